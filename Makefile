@@ -1,0 +1,42 @@
+# Set-up and checks in one command each, on a fresh machine (Debian/Ubuntu with Rust and
+# Python 3.10+):
+#   make demo   install, start a local etcd, run a short registry demo, stop everything
+#   make test   install, run the Rust unit tests and the whole pytest suite on a real etcd
+# Compiled Rust dependencies are kept outside the clone, so later runs are quick.
+
+PYTHON ?= python3
+VENV ?= .venv
+export CARGO_TARGET_DIR ?= $(HOME)/.cache/genesis-registry/target
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test install rust-test py-test lint clean
+
+demo: install
+	$(PY) -m genesis_registry.demo
+
+test: install rust-test py-test
+
+install: $(STAMP)
+
+# etcd-client's build script needs protoc.
+$(STAMP): pyproject.toml Cargo.toml Cargo.lock $(shell find rust python -name '*.rs' -o -name '*.py' -o -name '*.pyi' 2>/dev/null)
+	@command -v protoc >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    (apt-get install -y -qq protobuf-compiler >/dev/null 2>&1 || \
+	     (apt-get update -qq && apt-get install -y -qq protobuf-compiler >/dev/null)); \
+	  else echo "protoc is missing: install protobuf-compiler (sudo apt-get install protobuf-compiler)"; exit 1; fi; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "maturin>=1.9.4,<2"
+	$(VENV)/bin/maturin develop --release --extras test -q
+	touch $(STAMP)
+
+rust-test:
+	cargo test --release -p genesis-registry-core
+
+py-test: install
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV)

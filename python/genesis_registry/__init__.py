@@ -1,0 +1,60 @@
+"""genesis_registry: service registration and discovery on etcd, with a Rust core.
+
+    >>> import genesis_registry as gr
+    >>> conn = gr.EtcdConnector(gr.EtcdConfig(endpoints=["127.0.0.1:2379"]))  # doctest: +SKIP
+    >>> conn.connect()  # doctest: +SKIP
+    >>> reg = gr.Registry(conn, gr.Config(namespace="/genesis/services"))  # doctest: +SKIP
+
+See the README for the full tour: registration with leases, discovery, watches.
+"""
+
+from __future__ import annotations
+
+import logging as _logging
+
+from . import lifecycle as _lifecycle  # noqa: F401  (installs the exit and fork hooks)
+from ._core import __version__
+from .config import Config, EtcdConfig, Seconds, TLSConfig
+from .connector import EtcdConnector
+from .errors import (
+    AuthenticationError,
+    EtcdUnavailableError,
+    InvalidConfigError,
+    InvalidServiceInstanceError,
+    InvalidTTLError,
+    LeaseExpiredError,
+    RegistryClosedError,
+    RegistryError,
+    ServiceAlreadyRegisteredError,
+    ServiceNotFoundError,
+)
+from .model import EventType, ServiceEvent, ServiceInstance
+from .registry import AsyncRegistry, AsyncWatch, Registry, Watch
+
+_logging.getLogger("genesis_registry").addHandler(_logging.NullHandler())
+
+__all__ = [
+    "__version__",
+    "AsyncRegistry",
+    "AsyncWatch",
+    "AuthenticationError",
+    "Config",
+    "EtcdConfig",
+    "EtcdConnector",
+    "EtcdUnavailableError",
+    "EventType",
+    "InvalidConfigError",
+    "InvalidServiceInstanceError",
+    "InvalidTTLError",
+    "LeaseExpiredError",
+    "Registry",
+    "RegistryClosedError",
+    "RegistryError",
+    "Seconds",
+    "ServiceAlreadyRegisteredError",
+    "ServiceEvent",
+    "ServiceInstance",
+    "ServiceNotFoundError",
+    "TLSConfig",
+    "Watch",
+]

@@ -1,0 +1,105 @@
+"""Logs and metrics from the Rust core.
+
+Background work in the core (keep-alive, watches) never calls Python. It queues log
+records; one daemon thread per connector (:class:`LogPump`) forwards them to the
+``logging`` module, with structured fields (service, instance_id, lease_id, revision, key)
+in ``extra=``. Metrics are OpenTelemetry observable instruments that read the core's
+counters when the SDK collects (:class:`RegistryMetrics`).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import TYPE_CHECKING, Any, Callable, Iterable
+
+if TYPE_CHECKING:
+    from ._core import ConnectorCore
+
+__all__ = ["LogPump", "RegistryMetrics", "METRICS"]
+
+_LEVELS = {
+    "DEBUG": logging.DEBUG,
+    "INFO": logging.INFO,
+    "WARNING": logging.WARNING,
+    "ERROR": logging.ERROR,
+}
+
+
+class LogPump:
+    """Forwards one connector's log records to loggers, each record to the logger of
+    the registry it is about (``origin``), or to the connector's logger."""
+
+    def __init__(self, core: ConnectorCore, default_logger: logging.Logger) -> None:
+        self._core = core
+        self._default = default_logger
+        self._routes: dict[int, logging.Logger] = {}
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def route(self, origin: int, logger: logging.Logger) -> None:
+        self._routes[origin] = logger
+
+    def start(self) -> None:
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="genesis-registry-logs", daemon=True)
+                self._thread.start()
+
+    def join(self, timeout: float) -> None:
+        """Waits for the thread to end; the core ends it when the connector closes."""
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+
+    def _run(self) -> None:
+        while True:
+            records = self._core.drain_logs(1.0)
+            if records is None:
+                return
+            for level, origin, message, fields in records:
+                logger = self._routes.get(origin, self._default)
+                levelno = _LEVELS.get(level, logging.INFO)
+                if logger.isEnabledFor(levelno):
+                    logger.log(levelno, message, extra=dict(fields))
+
+
+#: (metric name, unit, description, stats key, kind) of every instrument.
+METRICS: tuple[tuple[str, str, str, str, str], ...] = (
+    ("registry.registrations.total", "1", "Instances registered", "registrations", "counter"),
+    ("registry.deregistrations.total", "1", "Instances deregistered", "deregistrations", "counter"),
+    ("registry.lease_failures.total", "1", "Leases found lost", "lease_failures", "counter"),
+    ("registry.lease_recoveries.total", "1", "Lost leases replaced, keys written again", "lease_recoveries", "counter"),
+    ("registry.re_registrations.total", "1", "Keys written back after someone deleted them", "re_registrations", "counter"),
+    ("registry.keepalive_restarts.total", "1", "Keep-alive streams reopened", "keepalive_restarts", "counter"),
+    ("registry.watch_events.total", "1", "Watch events applied to service caches", "watch_events", "counter"),
+    ("registry.watch_restarts.total", "1", "Watch stream reconnections", "watch_restarts", "counter"),
+    ("registry.compaction_resyncs.total", "1", "Services re-read after compaction", "compaction_resyncs", "counter"),
+    ("registry.malformed_values.total", "1", "Stored values skipped as malformed", "malformed_values", "counter"),
+    ("registry.instances.registered", "1", "Instances this registry keeps registered", "registered", "gauge"),
+    ("registry.leases.active", "1", "Leases this registry holds", "leases", "gauge"),
+    ("registry.services.watched", "1", "Services watched on the connector", "watched_services", "gauge"),
+)
+
+
+class RegistryMetrics:
+    """Creates the observable instruments on an OpenTelemetry ``Meter`` for one registry.
+
+    The instruments read ``stats()`` when the SDK collects; nothing is recorded on the hot path.
+    """
+
+    def __init__(self, meter: Any, stats: Callable[[], dict[str, int]], attributes: dict[str, str]) -> None:
+        from opentelemetry.metrics import CallbackOptions, Observation
+
+        self._stats = stats
+
+        def callback_for(key: str) -> Callable[[CallbackOptions], Iterable[Observation]]:
+            def observe(_options: CallbackOptions) -> Iterable[Observation]:
+                return [Observation(self._stats().get(key, 0), attributes)]
+
+            return observe
+
+        self.instruments = []
+        for name, unit, description, key, kind in METRICS:
+            create = meter.create_observable_counter if kind == "counter" else meter.create_observable_gauge
+            self.instruments.append(create(name, callbacks=[callback_for(key)], unit=unit, description=description))

@@ -1,0 +1,349 @@
+"""The registry: :class:`Registry` (blocking) and :class:`AsyncRegistry` (asyncio), and
+their watches, :class:`Watch` and :class:`AsyncWatch`.
+
+Both registries share their logic in :class:`_RegistryBase`; the Rust core does the work
+(with the GIL released) and the twins differ only in how they wait for it.
+
+    >>> import genesis_registry as gr
+    >>> conn = gr.EtcdConnector(gr.EtcdConfig(endpoints=[etcd_endpoint])); conn.connect()  # doctest: +SKIP
+    >>> reg = gr.Registry(conn, gr.Config(default_ttl=30))  # doctest: +SKIP
+    >>> reg.register(gr.ServiceInstance(id="user-1", name="user-service",
+    ...                                 endpoints=["grpc://127.0.0.1:9001"]))  # doctest: +SKIP
+    >>> [i.id for i in reg.get_service("user-service")]  # doctest: +SKIP
+    ['user-1']
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from types import TracebackType
+from typing import Any, AsyncIterator, Iterator
+
+from . import _core, lifecycle
+from .config import Config, Seconds, to_seconds
+from .connector import EtcdConnector
+from .errors import InvalidConfigError, InvalidServiceInstanceError, InvalidTTLError
+from .model import ServiceEvent, ServiceInstance, event_from_core
+from .observability import RegistryMetrics
+
+__all__ = ["Registry", "AsyncRegistry", "Watch", "AsyncWatch"]
+
+#: Events a watch queues before a slow reader is resynced from the snapshot instead.
+DEFAULT_WATCH_BUFFER = 1024
+
+
+class _RegistryBase:
+    """What :class:`Registry` and :class:`AsyncRegistry` share: construction, argument
+    checks, stats, metrics and logging."""
+
+    def __init__(
+        self,
+        connector: EtcdConnector,
+        config: Config | None = None,
+        *,
+        logger: logging.Logger | None = None,
+        meter: Any | None = None,
+    ) -> None:
+        if not isinstance(connector, EtcdConnector):
+            raise InvalidConfigError(f"connector must be an EtcdConnector, not {type(connector).__name__}")
+        config = config if config is not None else Config()
+        if not isinstance(config, Config):
+            raise InvalidConfigError(f"config must be a Config, not {type(config).__name__}")
+        self._connector = connector
+        self._config = config
+        self._core = _core.RegistryCore(
+            connector._core, config.namespace, float(config.default_ttl), float(config.retry_interval)
+        )
+        self._logger = logger if logger is not None else logging.getLogger("genesis_registry")
+        connector._route_logs(self._core.id, self._logger)
+        self._metrics = (
+            RegistryMetrics(meter, self.stats, {"namespace": self._core.namespace}) if meter is not None else None
+        )
+        lifecycle.track(self)
+
+    @property
+    def config(self) -> Config:
+        return self._config
+
+    @property
+    def connector(self) -> EtcdConnector:
+        """The connector this registry borrows (and never closes)."""
+        return self._connector
+
+    @property
+    def namespace(self) -> str:
+        """The key prefix, without a trailing ``/``."""
+        return self._core.namespace
+
+    @property
+    def closed(self) -> bool:
+        return self._core.closed
+
+    def key_of(self, name: str, instance_id: str) -> str:
+        """The etcd key of an instance: ``<namespace>/<name>/<id>``."""
+        return self._core.key_of(name, instance_id)
+
+    def registered_ids(self) -> list[str]:
+        """Ids of the instances this registry keeps registered, sorted."""
+        return self._core.registered_ids()
+
+    def stats(self) -> dict[str, int]:
+        """Counters and gauges as a plain dict (registrations, lease_failures, watch_events...).
+
+        >>> reg.stats()["registrations"]  # doctest: +SKIP
+        1
+        """
+        return self._core.stats()
+
+    @staticmethod
+    def _instance(instance: ServiceInstance) -> ServiceInstance:
+        if not isinstance(instance, ServiceInstance):
+            raise InvalidServiceInstanceError(
+                f"register() takes a ServiceInstance, not {type(instance).__name__} ({instance!r})"
+            )
+        return instance
+
+    @staticmethod
+    def _ttl(ttl: Seconds | None) -> float | None:
+        return None if ttl is None else to_seconds("ttl", ttl, error=InvalidTTLError)
+
+    @staticmethod
+    def _buffer(buffer: int) -> int:
+        if not isinstance(buffer, int) or isinstance(buffer, bool) or buffer < 1:
+            raise InvalidConfigError(f"buffer must be a positive int (got {buffer!r})")
+        return buffer
+
+    def _close_at_exit(self) -> None:
+        self._core.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else f"{len(self.registered_ids())} registered"
+        return f"{type(self).__name__}(namespace={self.namespace!r}, {state})"
+
+
+class Registry(_RegistryBase):
+    """Register, deregister, discover and watch services (blocking calls; the GIL is
+    released while they wait).
+
+    Instances with the same TTL share one lease and one keep-alive. A lost lease is
+    replaced and every instance on it registered again, for as long as the registry
+    lives. Discovery answers from a cache that etcd watches keep current.
+    """
+
+    def register(self, instance: ServiceInstance, ttl: Seconds | None = None) -> None:
+        """Register ``instance`` and keep it alive until :meth:`deregister` or :meth:`close`.
+
+        ``ttl`` (seconds or timedelta, at least 1 s) defaults to ``config.default_ttl``.
+
+        >>> reg.register(gr.ServiceInstance(id="user-1", name="user-service",
+        ...              endpoints=["grpc://127.0.0.1:9001"]), ttl=30)  # doctest: +SKIP
+        """
+        self._core.register(self._instance(instance), self._ttl(ttl))
+
+    def deregister(self, instance_id: str) -> None:
+        """Remove an instance this registry registered. Raises :class:`ServiceNotFoundError`
+        for ids it does not know; succeeds if the key already expired.
+
+        >>> reg.deregister("user-1")  # doctest: +SKIP
+        """
+        self._core.deregister(instance_id)
+
+    def get_service(self, name: str) -> tuple[ServiceInstance, ...]:
+        """The instances of service ``name``, sorted by id.
+
+        The first call for a service reads it from etcd and starts watching it; later
+        calls answer from memory in constant time. While etcd is unreachable the last
+        known instances are returned.
+
+        >>> [i.id for i in reg.get_service("user-service")]  # doctest: +SKIP
+        ['user-1']
+        """
+        return self._core.get_service(name)
+
+    def watch(self, name: str, *, buffer: int = DEFAULT_WATCH_BUFFER) -> Watch:
+        """Events of service ``name``: first a PUT per instance (sorted by id), then
+        every change. Iterate it; close it (or the registry) to stop.
+
+        >>> with reg.watch("user-service") as events:  # doctest: +SKIP
+        ...     for event in events:
+        ...         print(event.type, event.service.id)
+        """
+        return Watch(self._core.watch(name, self._buffer(buffer)), name)
+
+    def close(self) -> None:
+        """Revoke every lease (instances disappear at once) and end every watch.
+        Idempotent; later calls on the registry raise :class:`RegistryClosedError`."""
+        self._core.close()
+
+    def __enter__(self) -> Registry:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+class AsyncRegistry(_RegistryBase):
+    """:class:`Registry` for asyncio: the same methods, as coroutines.
+
+    >>> async with gr.AsyncRegistry(conn) as reg:  # doctest: +SKIP
+    ...     await reg.register(instance)
+    ...     async for event in reg.watch("user-service"):
+    ...         print(event)
+    """
+
+    async def register(self, instance: ServiceInstance, ttl: Seconds | None = None) -> None:
+        """See :meth:`Registry.register`."""
+        await self._core.register_async(self._instance(instance), self._ttl(ttl))
+
+    async def deregister(self, instance_id: str) -> None:
+        """See :meth:`Registry.deregister`."""
+        await self._core.deregister_async(instance_id)
+
+    async def get_service(self, name: str) -> tuple[ServiceInstance, ...]:
+        """See :meth:`Registry.get_service`."""
+        instances = self._core.cached_service(name)
+        while instances is None:
+            await self._core.load_service_async(name)
+            instances = self._core.cached_service(name)
+        return instances
+
+    def watch(self, name: str, *, buffer: int = DEFAULT_WATCH_BUFFER) -> AsyncWatch:
+        """Events of service ``name`` as an async iterator (see :meth:`Registry.watch`).
+
+        >>> async for event in reg.watch("user-service"):  # doctest: +SKIP
+        ...     print(event.type, event.service.id)
+        """
+        return AsyncWatch(self._core, name, self._buffer(buffer))
+
+    async def close(self) -> None:
+        """See :meth:`Registry.close`."""
+        await self._core.close_async()
+
+    async def __aenter__(self) -> AsyncRegistry:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+
+class Watch:
+    """A blocking iterator of :class:`ServiceEvent`. Ends when closed (here, by the
+    registry, or from another thread)."""
+
+    def __init__(self, core: _core.WatchCore, name: str) -> None:
+        self._core = core
+        self.service_name = name
+
+    def __iter__(self) -> Iterator[ServiceEvent]:
+        return self
+
+    def __next__(self) -> ServiceEvent:
+        event = self._core.next(None)
+        if event is None:
+            raise StopIteration
+        return event_from_core(*event)
+
+    def get(self, timeout: Seconds | None = None) -> ServiceEvent | None:
+        """The next event, waiting up to ``timeout`` (forever if None); None once closed.
+        Raises :class:`TimeoutError` when the time runs out."""
+        seconds = None if timeout is None else to_seconds("timeout", timeout)
+        event = self._core.next(seconds)
+        return None if event is None else event_from_core(*event)
+
+    def get_nowait(self) -> ServiceEvent | None:
+        """The next queued event, or None if there is none right now."""
+        event = self._core.try_next()
+        return None if event is None else event_from_core(*event)
+
+    @property
+    def closed(self) -> bool:
+        return self._core.closed
+
+    @property
+    def overflows(self) -> int:
+        """Times this watch fell behind and was resynced from the current snapshot."""
+        return self._core.overflows
+
+    def close(self) -> None:
+        """Stop the watch; a thread blocked on it wakes up. Idempotent."""
+        self._core.close()
+
+    def __enter__(self) -> Watch:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+class AsyncWatch:
+    """An async iterator of :class:`ServiceEvent`; subscribes on first use."""
+
+    def __init__(self, registry: _core.RegistryCore, name: str, buffer: int) -> None:
+        self._registry = registry
+        self._buffer = buffer
+        self._core: _core.WatchCore | None = None
+        self._closed = False
+        self.service_name = name
+
+    async def _subscribed(self) -> _core.WatchCore:
+        if self._core is None:
+            self._core = await self._registry.watch_async(self.service_name, self._buffer)
+            if self._closed:
+                self._core.close()
+        return self._core
+
+    def __aiter__(self) -> AsyncIterator[ServiceEvent]:
+        return self
+
+    async def __anext__(self) -> ServiceEvent:
+        if self._closed:
+            raise StopAsyncIteration
+        core = await self._subscribed()
+        event = await core.next_async()
+        if event is None:
+            raise StopAsyncIteration
+        return event_from_core(*event)
+
+    async def get(self, timeout: Seconds | None = None) -> ServiceEvent | None:
+        """The next event, waiting up to ``timeout``; None once closed. Raises
+        :class:`TimeoutError` when the time runs out."""
+        core = await self._subscribed()
+        seconds = None if timeout is None else to_seconds("timeout", timeout)
+        try:
+            event = await asyncio.wait_for(core.next_async(), seconds)
+        except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
+            raise TimeoutError(f"no event within {seconds:.3f}s") from None
+        return None if event is None else event_from_core(*event)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed or (self._core is not None and self._core.closed)
+
+    @property
+    def overflows(self) -> int:
+        return 0 if self._core is None else self._core.overflows
+
+    def close(self) -> None:
+        """Stop the watch; a pending ``__anext__`` ends the iteration. Idempotent."""
+        self._closed = True
+        if self._core is not None:
+            self._core.close()
+
+    async def aclose(self) -> None:
+        self.close()
+
+    async def __aenter__(self) -> AsyncWatch:
+        await self._subscribed()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()

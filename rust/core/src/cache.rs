@@ -1,0 +1,359 @@
+//! Per-service snapshots and the subscribers fed from them.
+//!
+//! The watch hub is the single writer of each [`ServiceCache`]: it publishes a new
+//! immutable [`Snapshot`] per event batch (arc-swap), then hands the batch's events to
+//! every [`Subscriber`]. Readers load the current snapshot without locking.
+//!
+//! A subscriber's queue is bounded. When it overflows the queue is dropped and the
+//! subscriber is marked lagged; its next read computes the difference between what it has
+//! delivered so far and the current snapshot, so a slow consumer skips intermediate
+//! states but still ends with an exact view, and never slows the hub or anyone else.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use arc_swap::ArcSwap;
+use tokio::sync::Notify;
+
+use crate::instance::ServiceInstance;
+
+/// Where in etcd's history a snapshot or event sits. `epoch` grows when etcd's data is
+/// found reset (revisions start over), so positions stay ordered across a wipe.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Position {
+    pub epoch: u64,
+    pub revision: i64,
+}
+
+/// One immutable view of a service: its instances sorted by id.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    pub position: Position,
+    /// Grows with every publication; lets readers cache what they derive from a snapshot.
+    pub generation: u64,
+    pub instances: Vec<Arc<ServiceInstance>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    Put,
+    Delete,
+}
+
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Put => "PUT",
+            EventKind::Delete => "DELETE",
+        }
+    }
+}
+
+/// A change to a service. A DELETE carries an instance with only `id` and `name` set.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    pub kind: EventKind,
+    pub instance: Arc<ServiceInstance>,
+}
+
+impl Event {
+    pub fn put(instance: Arc<ServiceInstance>) -> Self {
+        Self { kind: EventKind::Put, instance }
+    }
+
+    pub fn delete(name: &str, id: &str) -> Self {
+        let instance = ServiceInstance { id: id.to_string(), name: name.to_string(), ..Default::default() };
+        Self { kind: EventKind::Delete, instance: Arc::new(instance) }
+    }
+}
+
+/// The events that turn `from` into `to`, sorted by id: PUT for new or changed
+/// instances, DELETE for vanished ones. Both inputs are sorted by id.
+pub fn diff<'a, I, J>(name: &str, from: I, to: J) -> Vec<Event>
+where
+    I: IntoIterator<Item = &'a Arc<ServiceInstance>>,
+    J: IntoIterator<Item = &'a Arc<ServiceInstance>>,
+{
+    let mut from = from.into_iter().peekable();
+    let mut to = to.into_iter().peekable();
+    let mut events = Vec::new();
+    loop {
+        match (from.peek(), to.peek()) {
+            (None, None) => break,
+            (Some(old), None) => {
+                events.push(Event::delete(name, &old.id));
+                from.next();
+            }
+            (None, Some(new)) => {
+                events.push(Event::put(Arc::clone(new)));
+                to.next();
+            }
+            (Some(old), Some(new)) => match old.id.cmp(&new.id) {
+                std::cmp::Ordering::Less => {
+                    events.push(Event::delete(name, &old.id));
+                    from.next();
+                }
+                std::cmp::Ordering::Greater => {
+                    events.push(Event::put(Arc::clone(new)));
+                    to.next();
+                }
+                std::cmp::Ordering::Equal => {
+                    if !Arc::ptr_eq(old, new) && old != new {
+                        events.push(Event::put(Arc::clone(new)));
+                    }
+                    from.next();
+                    to.next();
+                }
+            },
+        }
+    }
+    events
+}
+
+/// The cached state of one service (one key prefix), shared by everyone interested in it.
+pub struct ServiceCache {
+    name: String,
+    prefix: String,
+    snapshot: ArcSwap<Snapshot>,
+    generation: AtomicU64,
+    ready: AtomicBool,
+    ready_notify: Notify,
+    /// Why the last read failed, for callers waiting on the first snapshot.
+    last_error: Mutex<Option<crate::Error>>,
+    subscribers: Mutex<Vec<Arc<Subscriber>>>,
+}
+
+impl std::fmt::Debug for ServiceCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceCache")
+            .field("prefix", &self.prefix)
+            .field("ready", &self.is_ready())
+            .field("instances", &self.snapshot.load().instances.len())
+            .finish()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl ServiceCache {
+    pub fn new(name: impl Into<String>, prefix: impl Into<String>) -> Arc<Self> {
+        Arc::new(Self {
+            name: name.into(),
+            prefix: prefix.into(),
+            snapshot: ArcSwap::from_pointee(Snapshot::default()),
+            generation: AtomicU64::new(0),
+            ready: AtomicBool::new(false),
+            ready_notify: Notify::new(),
+            last_error: Mutex::new(None),
+            subscribers: Mutex::new(Vec::new()),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The current snapshot; lock-free.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+
+    /// A cheaper borrow of the current snapshot for short reads.
+    pub fn load(&self) -> arc_swap::Guard<Arc<Snapshot>> {
+        self.snapshot.load()
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    /// Waits until the first snapshot is published.
+    pub async fn wait_ready(&self) {
+        loop {
+            let notified = self.ready_notify.notified();
+            if self.is_ready() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    pub fn last_error(&self) -> Option<crate::Error> {
+        lock(&self.last_error).clone()
+    }
+
+    pub(crate) fn set_last_error(&self, error: Option<crate::Error>) {
+        *lock(&self.last_error) = error;
+    }
+
+    /// Publishes a new snapshot, then gives `events` to every subscriber. Only the watch
+    /// hub calls this; snapshot first, so a subscriber resyncing concurrently never
+    /// misses what the events say.
+    pub(crate) fn publish(&self, position: Position, instances: Vec<Arc<ServiceInstance>>, events: &[Event]) {
+        let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
+        self.snapshot.store(Arc::new(Snapshot { position, generation, instances }));
+        if !self.ready.swap(true, Ordering::AcqRel) {
+            self.ready_notify.notify_waiters();
+        }
+        let mut subscribers = lock(&self.subscribers);
+        subscribers.retain(|s| !s.is_closed());
+        if !events.is_empty() {
+            for subscriber in subscribers.iter() {
+                subscriber.push(position, events);
+            }
+        }
+    }
+
+    /// A new subscriber whose first reads are one PUT per current instance, sorted by id.
+    pub fn subscribe(self: &Arc<Self>, capacity: usize) -> Arc<Subscriber> {
+        let subscriber = Arc::new(Subscriber {
+            cache: Arc::clone(self),
+            state: Mutex::new(SubscriberState {
+                resync: VecDeque::new(),
+                queue: VecDeque::new(),
+                // Lagged from the start: the first read diffs an empty view against the
+                // snapshot, which yields exactly the initial PUTs.
+                lagged: true,
+                resynced_at: Position::default(),
+                view: BTreeMap::new(),
+                capacity: capacity.max(1),
+                overflows: 0,
+            }),
+            notify: Notify::new(),
+            closed: AtomicBool::new(false),
+        });
+        lock(&self.subscribers).push(Arc::clone(&subscriber));
+        subscriber
+    }
+
+    /// Closes every subscriber (their reads end). Used when interest ends.
+    pub(crate) fn close_subscribers(&self) {
+        for subscriber in lock(&self.subscribers).drain(..) {
+            subscriber.close();
+        }
+    }
+
+    pub fn subscriber_count(&self) -> usize {
+        lock(&self.subscribers).iter().filter(|s| !s.is_closed()).count()
+    }
+}
+
+struct SubscriberState {
+    /// Diff events of the last resync; delivered before anything in `queue`.
+    resync: VecDeque<Event>,
+    /// Live events from the hub, with the position of their batch.
+    queue: VecDeque<(Position, Event)>,
+    lagged: bool,
+    /// Live events at or before this position are already reflected by the last resync.
+    resynced_at: Position,
+    /// What this subscriber has delivered so far, by id.
+    view: BTreeMap<String, Arc<ServiceInstance>>,
+    capacity: usize,
+    overflows: u64,
+}
+
+/// One consumer's bounded queue of events for one service.
+pub struct Subscriber {
+    cache: Arc<ServiceCache>,
+    state: Mutex<SubscriberState>,
+    notify: Notify,
+    closed: AtomicBool,
+}
+
+impl Subscriber {
+    pub fn cache(&self) -> &Arc<ServiceCache> {
+        &self.cache
+    }
+
+    fn push(&self, position: Position, events: &[Event]) {
+        {
+            let mut state = lock(&self.state);
+            if state.lagged {
+                // The next read resyncs from the snapshot, which already holds these.
+                return;
+            }
+            if state.queue.len() + events.len() > state.capacity {
+                state.queue.clear();
+                state.lagged = true;
+                state.overflows += 1;
+            } else {
+                state.queue.extend(events.iter().map(|e| (position, e.clone())));
+            }
+        }
+        self.notify.notify_one();
+    }
+
+    /// The next event if one is ready; never blocks.
+    pub fn try_next(&self) -> Option<Event> {
+        if self.is_closed() {
+            return None;
+        }
+        let mut guard = lock(&self.state);
+        let state = &mut *guard;
+        if state.lagged {
+            let snapshot = self.cache.snapshot();
+            state.resync = diff(&self.cache.name, state.view.values(), snapshot.instances.iter()).into();
+            state.queue.clear();
+            state.resynced_at = snapshot.position;
+            state.lagged = false;
+        }
+        let event = match state.resync.pop_front() {
+            Some(event) => event,
+            None => loop {
+                let (position, event) = state.queue.pop_front()?;
+                if position > state.resynced_at {
+                    break event;
+                }
+            },
+        };
+        match event.kind {
+            EventKind::Put => {
+                state.view.insert(event.instance.id.clone(), Arc::clone(&event.instance));
+            }
+            EventKind::Delete => {
+                state.view.remove(&event.instance.id);
+            }
+        }
+        Some(event)
+    }
+
+    /// Waits for the next event; `None` once the subscriber is closed.
+    pub async fn next(&self) -> Option<Event> {
+        loop {
+            let notified = self.notify.notified();
+            if let Some(event) = self.try_next() {
+                return Some(event);
+            }
+            if self.is_closed() {
+                return None;
+            }
+            notified.await;
+        }
+    }
+
+    /// Times this subscriber fell behind and was resynced from a snapshot.
+    pub fn overflows(&self) -> u64 {
+        lock(&self.state).overflows
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// Ends the subscription: pending and future reads return `None`.
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.notify.notify_one();
+        let mut state = lock(&self.state);
+        state.resync.clear();
+        state.queue.clear();
+        state.view.clear();
+    }
+}

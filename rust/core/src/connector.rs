@@ -1,0 +1,530 @@
+//! The owner of the etcd connection: endpoints, dial timeout, auth, TLS, and the retry
+//! policy every call goes through. Registries borrow it and never close it.
+
+use std::fmt;
+use std::future::Future;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::backoff::Backoff;
+use crate::error::{Error, Result};
+use crate::instance::split_endpoint;
+use crate::log_sink::LogSink;
+use crate::stats::WatchStats;
+use crate::watch::WatchHub;
+
+/// PEM material for TLS to etcd. All parts are optional: a CA alone verifies the server,
+/// a certificate and key together authenticate the client.
+#[derive(Clone, Default)]
+pub struct TlsConfig {
+    pub ca_pem: Option<Vec<u8>>,
+    pub cert_pem: Option<Vec<u8>>,
+    pub key_pem: Option<Vec<u8>>,
+    /// The name to verify the server certificate against, when it differs from the host.
+    pub server_name: Option<String>,
+}
+
+impl fmt::Debug for TlsConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsConfig")
+            .field("ca", &self.ca_pem.is_some())
+            .field("cert", &self.cert_pem.is_some())
+            .field("key", &self.key_pem.as_ref().map(|_| "<redacted>"))
+            .field("server_name", &self.server_name)
+            .finish()
+    }
+}
+
+#[derive(Clone)]
+pub struct ConnectorConfig {
+    /// `host:port`, optionally prefixed with `http://` or `https://`.
+    pub endpoints: Vec<String>,
+    /// How long `connect()` may take to prove the cluster answers.
+    pub dial_timeout: Duration,
+    /// Deadline of each call, retries on other members included.
+    pub request_timeout: Duration,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub tls: Option<TlsConfig>,
+}
+
+impl fmt::Debug for ConnectorConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConnectorConfig")
+            .field("endpoints", &self.endpoints)
+            .field("dial_timeout", &self.dial_timeout)
+            .field("request_timeout", &self.request_timeout)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("tls", &self.tls)
+            .finish()
+    }
+}
+
+impl ConnectorConfig {
+    /// Checks the configuration and returns the endpoints without their scheme.
+    fn normalized_endpoints(&self) -> Result<Vec<String>> {
+        if self.endpoints.is_empty() {
+            return Err(Error::InvalidConfig("etcd endpoints must not be empty".into()));
+        }
+        let mut out = Vec::with_capacity(self.endpoints.len());
+        for endpoint in &self.endpoints {
+            let trimmed = endpoint.trim();
+            let (scheme, rest) = match trimmed.split_once("://") {
+                Some((scheme, rest)) => (Some(scheme.to_ascii_lowercase()), rest),
+                None => (None, trimmed),
+            };
+            match scheme.as_deref() {
+                None => {}
+                Some("http") if self.tls.is_some() => {
+                    return Err(Error::InvalidConfig(format!(
+                        "etcd endpoint {endpoint:?} says http:// but TLS is configured; use https:// or a bare host:port"
+                    )))
+                }
+                Some("https") if self.tls.is_none() => {
+                    return Err(Error::InvalidConfig(format!(
+                        "etcd endpoint {endpoint:?} says https:// but no TLS configuration was given"
+                    )))
+                }
+                Some("http") | Some("https") => {}
+                Some(_) => {
+                    return Err(Error::InvalidConfig(format!(
+                        "etcd endpoint {endpoint:?} has an unsupported scheme; use host:port, http:// or https://"
+                    )))
+                }
+            }
+            let rest = rest.trim_end_matches('/');
+            if split_endpoint(rest).is_none() || rest.contains("://") {
+                return Err(Error::InvalidConfig(format!(
+                    "etcd endpoint {endpoint:?} is not a valid host:port"
+                )));
+            }
+            out.push(rest.to_string());
+        }
+        if self.dial_timeout.is_zero() {
+            return Err(Error::InvalidConfig("dial_timeout must be positive".into()));
+        }
+        if self.request_timeout.is_zero() {
+            return Err(Error::InvalidConfig("request_timeout must be positive".into()));
+        }
+        match (&self.username, &self.password) {
+            (Some(u), Some(_)) if u.is_empty() => {
+                return Err(Error::InvalidConfig("username must not be empty".into()))
+            }
+            (Some(_), None) | (None, Some(_)) => {
+                return Err(Error::InvalidConfig("username and password must be given together".into()))
+            }
+            _ => {}
+        }
+        if let Some(tls) = &self.tls {
+            if tls.cert_pem.is_some() != tls.key_pem.is_some() {
+                return Err(Error::InvalidConfig(
+                    "TLS client certificate and key must be given together".into(),
+                ));
+            }
+        }
+        Ok(out)
+    }
+
+    fn connect_options(&self) -> ConnectOptions {
+        let mut options = ConnectOptions::new()
+            .with_connect_timeout(self.dial_timeout)
+            // Detects a member that vanished without closing the connection (partition).
+            .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
+            .with_keep_alive_while_idle(false)
+            // A partitioned member must fail our calls and watches, not hang them.
+            .with_require_leader(true)
+            .with_auto_token_refresh(true);
+        if let (Some(user), Some(password)) = (&self.username, &self.password) {
+            options = options.with_user(user.clone(), password.clone());
+        }
+        if let Some(tls) = &self.tls {
+            let mut t = TlsOptions::new();
+            if let Some(ca) = &tls.ca_pem {
+                t = t.ca_certificate(Certificate::from_pem(ca));
+            }
+            if let (Some(cert), Some(key)) = (&tls.cert_pem, &tls.key_pem) {
+                t = t.identity(Identity::from_pem(cert, key));
+            }
+            if let Some(name) = &tls.server_name {
+                t = t.domain_name(name.clone());
+            }
+            options = options.with_tls(t);
+        }
+        options
+    }
+}
+
+/// What background tasks and registries need to talk to etcd: a client, the deadlines,
+/// and the token that ends everything when the connector closes.
+#[derive(Clone)]
+pub struct EtcdAccess {
+    pub(crate) client: Client,
+    pub(crate) request_timeout: Duration,
+    pub(crate) closed: CancellationToken,
+    pub(crate) log: Arc<LogSink>,
+    pub(crate) watch_stats: Arc<WatchStats>,
+}
+
+impl EtcdAccess {
+    /// Runs `op` with a fresh client handle, retrying with backoff while etcd is
+    /// unavailable (the balanced channel then tries another member), within
+    /// `request_timeout`. `what` names the operation in errors.
+    pub async fn call<T, F, Fut>(&self, what: &str, op: F) -> Result<T>
+    where
+        F: FnMut(Client) -> Fut,
+        Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
+    {
+        self.call_within(what, self.request_timeout, op).await
+    }
+
+    pub async fn call_within<T, F, Fut>(&self, what: &str, budget: Duration, mut op: F) -> Result<T>
+    where
+        F: FnMut(Client) -> Fut,
+        Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
+    {
+        let deadline = Instant::now() + budget;
+        let mut backoff = Backoff::new(Duration::from_millis(25), Duration::from_millis(500));
+        let mut last: Option<Error> = None;
+        loop {
+            let attempt = tokio::select! {
+                _ = self.closed.cancelled() => return Err(Error::Closed("etcd connector".into())),
+                r = tokio::time::timeout_at(deadline, op(self.client.clone())) => r,
+            };
+            let err = match attempt {
+                Ok(Ok(value)) => return Ok(value),
+                Ok(Err(e)) => classify(e, what),
+                Err(_) => {
+                    return Err(Error::Unavailable(match last {
+                        Some(e) => format!("{e} (gave up after {budget:?})"),
+                        None => format!("{what}: etcd did not answer within {budget:?}"),
+                    }))
+                }
+            };
+            if !err.is_retryable() {
+                return Err(err);
+            }
+            let delay = backoff.next_delay();
+            if Instant::now() + delay >= deadline {
+                return Err(err);
+            }
+            last = Some(err);
+            tokio::select! {
+                _ = self.closed.cancelled() => return Err(Error::Closed("etcd connector".into())),
+                _ = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+}
+
+/// Maps an etcd-client error onto the core's error enum, naming the operation.
+pub(crate) fn classify(err: etcd_client::Error, what: &str) -> Error {
+    use tonic::Code;
+    match err {
+        etcd_client::Error::GRpcStatus(status) => {
+            let msg = status.message();
+            match status.code() {
+                Code::Unavailable | Code::DeadlineExceeded | Code::Aborted | Code::Cancelled => {
+                    Error::Unavailable(format!("{what}: etcd unavailable: {}", describe_status(&status)))
+                }
+                Code::Unknown if is_transport_message(msg) => {
+                    Error::Unavailable(format!("{what}: etcd unavailable: {}", describe_status(&status)))
+                }
+                Code::Unauthenticated => {
+                    Error::Authentication(format!("{what}: etcd rejected the credentials: {msg}"))
+                }
+                Code::PermissionDenied => {
+                    Error::Authentication(format!("{what}: permission denied by etcd: {msg}"))
+                }
+                Code::InvalidArgument if msg.contains("authentication failed") => Error::Authentication(
+                    format!("{what}: authentication failed: invalid user name or password"),
+                ),
+                Code::FailedPrecondition if msg.contains("authentication is not enabled") => {
+                    Error::Authentication(format!(
+                        "{what}: credentials were given but authentication is not enabled on this etcd cluster"
+                    ))
+                }
+                Code::NotFound if msg.contains("lease not found") => {
+                    Error::LeaseExpired(format!("{what}: {msg}"))
+                }
+                _ => Error::Etcd(format!("{what}: {}", describe_status(&status))),
+            }
+        }
+        etcd_client::Error::TransportError(e) => {
+            Error::Unavailable(format!("{what}: cannot reach etcd: {}", error_chain(&e)))
+        }
+        etcd_client::Error::IoError(e) => {
+            Error::Unavailable(format!("{what}: cannot reach etcd: {}", error_chain(&e)))
+        }
+        etcd_client::Error::LeaseKeepAliveError(m) if m.contains("not found") => {
+            Error::LeaseExpired(format!("{what}: {m}"))
+        }
+        etcd_client::Error::InvalidUri(e) => {
+            Error::InvalidConfig(format!("{what}: invalid etcd endpoint: {e}"))
+        }
+        other => Error::Etcd(format!("{what}: {}", error_chain(&other))),
+    }
+}
+
+fn is_transport_message(msg: &str) -> bool {
+    ["transport", "connection", "broken pipe", "h2 protocol", "tcp connect"]
+        .iter()
+        .any(|needle| msg.to_ascii_lowercase().contains(needle))
+}
+
+fn describe_status(status: &tonic::Status) -> String {
+    let mut text = if status.message().is_empty() {
+        format!("{:?}", status.code())
+    } else {
+        status.message().to_string()
+    };
+    if let Some(source) = std::error::Error::source(status) {
+        text.push_str(": ");
+        text.push_str(&error_chain(source));
+    }
+    text
+}
+
+/// An error and its causes, joined, so that TLS and socket failures say what happened.
+fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+struct Shared {
+    config: ConnectorConfig,
+    endpoints: Vec<String>,
+    access: ArcSwapOption<EtcdAccess>,
+    connecting: tokio::sync::Mutex<()>,
+    closed: CancellationToken,
+    log: Arc<LogSink>,
+    watch_stats: Arc<WatchStats>,
+    hub: OnceLock<WatchHub>,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        self.closed.cancel();
+        self.log.close();
+    }
+}
+
+/// Owns one etcd client (one balanced channel over all endpoints) and the watch hub
+/// that every registry on this connector shares. Cheap to clone.
+#[derive(Clone)]
+pub struct Connector {
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for Connector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Connector")
+            .field("endpoints", &self.shared.endpoints)
+            .field("connected", &self.is_connected())
+            .field("closed", &self.is_closed())
+            .finish()
+    }
+}
+
+impl Connector {
+    pub fn new(config: ConnectorConfig) -> Result<Self> {
+        let endpoints = config.normalized_endpoints()?;
+        Ok(Self {
+            shared: Arc::new(Shared {
+                config,
+                endpoints,
+                access: ArcSwapOption::empty(),
+                connecting: tokio::sync::Mutex::new(()),
+                closed: CancellationToken::new(),
+                log: Arc::new(LogSink::default()),
+                watch_stats: Arc::new(WatchStats::default()),
+                hub: OnceLock::new(),
+            }),
+        })
+    }
+
+    pub fn endpoints(&self) -> &[String] {
+        &self.shared.endpoints
+    }
+
+    pub fn log_sink(&self) -> &Arc<LogSink> {
+        &self.shared.log
+    }
+
+    pub fn watch_stats(&self) -> &Arc<WatchStats> {
+        &self.shared.watch_stats
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.shared.access.load().is_some() && !self.is_closed()
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.shared.closed.is_cancelled()
+    }
+
+    pub(crate) fn closed_token(&self) -> &CancellationToken {
+        &self.shared.closed
+    }
+
+    /// Builds the client and proves that the cluster answers (with a leader) within
+    /// `dial_timeout`. Idempotent: a connected connector returns at once.
+    pub async fn connect(&self) -> Result<()> {
+        let shared = &self.shared;
+        if self.is_closed() {
+            return Err(Error::Closed("etcd connector".into()));
+        }
+        let _guard = shared.connecting.lock().await;
+        if shared.access.load().is_some() {
+            return Ok(());
+        }
+        let config = &shared.config;
+        let budget = config.dial_timeout;
+        let deadline = Instant::now() + budget;
+        let endpoints_text = shared.endpoints.join(", ");
+        let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_millis(500));
+        let mut last_error: Option<Error> = None;
+
+        let client = loop {
+            let attempt = tokio::select! {
+                _ = shared.closed.cancelled() => return Err(Error::Closed("etcd connector".into())),
+                r = tokio::time::timeout_at(deadline, Client::connect(&shared.endpoints, Some(config.connect_options()))) => r,
+            };
+            let err = match attempt {
+                Ok(Ok(client)) => break client,
+                Ok(Err(e)) => classify(e, "connect"),
+                Err(_) => last_error.unwrap_or_else(|| Error::Unavailable("connect: timed out".into())),
+            };
+            if !err.is_retryable() || Instant::now() + Duration::from_millis(50) >= deadline {
+                return Err(unreachable_error(err, &endpoints_text, budget));
+            }
+            last_error = Some(err);
+            tokio::time::sleep(backoff.next_delay().min(deadline - Instant::now())).await;
+        };
+
+        let access = EtcdAccess {
+            client,
+            request_timeout: config.request_timeout,
+            closed: shared.closed.clone(),
+            log: shared.log.clone(),
+            watch_stats: shared.watch_stats.clone(),
+        };
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let probe = access
+            .call_within("connect", remaining.max(Duration::from_millis(1)), |mut c| async move {
+                c.status().await
+            })
+            .await;
+        match probe {
+            Ok(_) => {}
+            // The cluster answered; this user may just not be allowed to ask for status.
+            Err(Error::Authentication(m)) if m.contains("permission denied") => {}
+            Err(e) => return Err(unreachable_error(e, &endpoints_text, budget)),
+        }
+        shared.access.store(Some(Arc::new(access)));
+        Ok(())
+    }
+
+    /// The client and deadlines, or an error saying why there are none.
+    pub fn access(&self) -> Result<Arc<EtcdAccess>> {
+        if self.is_closed() {
+            return Err(Error::Closed("etcd connector".into()));
+        }
+        self.shared.access.load_full().ok_or_else(|| {
+            Error::Unavailable("the etcd connector is not connected; call connect() first".into())
+        })
+    }
+
+    /// The watch hub shared by every registry on this connector, started on first use.
+    /// Must be called from within a tokio runtime.
+    pub(crate) fn hub(&self) -> Result<&WatchHub> {
+        let access = self.access()?;
+        Ok(self.shared.hub.get_or_init(|| WatchHub::start(access)))
+    }
+
+    /// Ends the hub and every call in flight. Idempotent.
+    pub fn close(&self) {
+        self.shared.closed.cancel();
+        self.shared.access.store(None);
+        self.shared.log.close();
+    }
+}
+
+fn unreachable_error(err: Error, endpoints: &str, budget: Duration) -> Error {
+    match err {
+        Error::Unavailable(m) => Error::Unavailable(format!(
+            "etcd at {endpoints} did not answer within the dial timeout ({budget:?}): {m}"
+        )),
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(endpoints: &[&str]) -> ConnectorConfig {
+        ConnectorConfig {
+            endpoints: endpoints.iter().map(|s| s.to_string()).collect(),
+            dial_timeout: Duration::from_secs(1),
+            request_timeout: Duration::from_secs(1),
+            username: None,
+            password: None,
+            tls: None,
+        }
+    }
+
+    #[test]
+    fn endpoints_are_normalized_and_checked() {
+        let c = config(&["127.0.0.1:2379", "http://localhost:2380", "[::1]:2381"]);
+        assert_eq!(c.normalized_endpoints().unwrap(), vec!["127.0.0.1:2379", "localhost:2380", "[::1]:2381"]);
+        for bad in ["", "localhost", "ftp://h:1", "https://h:1", "h:99999"] {
+            let err = config(&[bad]).normalized_endpoints().unwrap_err();
+            assert!(matches!(err, Error::InvalidConfig(_)), "{bad}: {err}");
+        }
+        assert!(config(&[]).normalized_endpoints().is_err());
+    }
+
+    #[test]
+    fn credentials_come_in_pairs_and_are_never_printed() {
+        let mut c = config(&["h:1"]);
+        c.username = Some("root".into());
+        assert!(c.normalized_endpoints().is_err());
+        c.password = Some("s3cret".into());
+        assert!(c.normalized_endpoints().is_ok());
+        assert!(!format!("{c:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn status_codes_map_to_errors() {
+        let unavailable = classify(tonic::Status::unavailable("etcdserver: no leader").into(), "put");
+        assert!(
+            matches!(unavailable, Error::Unavailable(ref m) if m.contains("no leader") && m.starts_with("put"))
+        );
+        let auth = classify(
+            tonic::Status::invalid_argument("etcdserver: authentication failed, invalid user ID or password")
+                .into(),
+            "connect",
+        );
+        assert!(matches!(auth, Error::Authentication(_)));
+        let lease = classify(tonic::Status::not_found("etcdserver: requested lease not found").into(), "put");
+        assert!(matches!(lease, Error::LeaseExpired(_)));
+        let denied =
+            classify(tonic::Status::permission_denied("etcdserver: permission denied").into(), "put");
+        assert!(matches!(denied, Error::Authentication(ref m) if m.contains("permission denied")));
+    }
+}

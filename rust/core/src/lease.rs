@@ -1,0 +1,514 @@
+//! The lease pool: every instance a registry registers with the same TTL shares one
+//! lease and one keep-alive stream, however many instances there are.
+//!
+//! A group's task renews its lease at a third of the granted TTL. When the lease is lost
+//! (a TTL-0 reply, "lease not found", no successful renewal for a whole TTL, etcd's data
+//! wiped) the task grants a new lease and writes every key of the group again, with
+//! backoff and jitter starting at `retry_interval`, for as long as the group has keys.
+//! Once per TTL it also checks that its keys still exist, and writes back any that
+//! someone else deleted. The key of an instance never changes.
+//!
+//! Locking: `lease` is a read-write lock. Writing one key (register) or deleting one
+//! (deregister) holds it for reading; replacing the lease and writing every key again,
+//! or restoring deleted keys, holds it for writing. So a deregistered key is never
+//! written back, and no key is written with a lease that is being replaced.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use etcd_client::{GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse};
+use tokio::sync::{Notify, RwLock};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::backoff::Backoff;
+use crate::connector::{classify, EtcdAccess};
+use crate::error::{Error, Result};
+use crate::log_sink::Level;
+use crate::stats::RegistryStats;
+
+/// Operations per transaction when writing or checking many keys (etcd's default
+/// `--max-txn-ops` is 128).
+const TXN_BATCH: usize = 100;
+/// The longest wait between two attempts to recover a lost lease.
+const MAX_RECOVERY_DELAY: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Lease {
+    id: i64,
+    granted: Duration,
+}
+
+/// What the registry tells the pool about itself.
+pub(crate) struct LeaseContext {
+    pub access: Arc<EtcdAccess>,
+    pub retry_interval: Duration,
+    pub stats: Arc<RegistryStats>,
+    /// Registry id, so log records reach that registry's logger.
+    pub origin: u64,
+    pub closed: CancellationToken,
+}
+
+impl LeaseContext {
+    fn log(&self, level: Level, message: impl Into<String>, fields: Vec<(&'static str, String)>) {
+        self.access.log.emit(level, self.origin, message, fields);
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The TTL as etcd takes it: whole seconds, rounded up so an instance never expires
+/// sooner than asked.
+fn grant_seconds(ttl: Duration) -> i64 {
+    (ttl.as_secs_f64().ceil() as i64).max(1)
+}
+
+struct LeaseGroup {
+    ttl: Duration,
+    lease: RwLock<Option<Lease>>,
+    /// How many leases this group has been granted; above 1 means recoveries.
+    grants: Mutex<u64>,
+    /// Every key on this group's lease, with the value to write back.
+    keys: Mutex<BTreeMap<String, Arc<[u8]>>>,
+    /// Wakes the task when a lease appears or is reported lost.
+    wake: Notify,
+    stop: CancellationToken,
+}
+
+impl LeaseGroup {
+    fn keys_snapshot(&self) -> Vec<(String, Arc<[u8]>)> {
+        lock(&self.keys).iter().map(|(k, v)| (k.clone(), Arc::clone(v))).collect()
+    }
+
+    fn current(&self) -> Option<Lease> {
+        self.lease.try_read().ok().and_then(|l| *l)
+    }
+
+    /// A live lease, granting one (and writing every key on it) when there is none.
+    /// `true` with it means every key of the group was just written with it.
+    async fn ensure_lease(&self, ctx: &LeaseContext) -> Result<(Lease, bool)> {
+        if let Some(lease) = *self.lease.read().await {
+            return Ok((lease, false));
+        }
+        let mut slot = self.lease.write().await;
+        if let Some(lease) = *slot {
+            return Ok((lease, false));
+        }
+        let seconds = grant_seconds(self.ttl);
+        let granted =
+            ctx.access.call("grant lease", |mut c| async move { c.lease_grant(seconds, None).await }).await?;
+        let lease = Lease { id: granted.id(), granted: Duration::from_secs(granted.ttl().max(1) as u64) };
+        let keys = self.keys_snapshot();
+        if let Err(e) = put_all(&ctx.access, &keys, lease.id).await {
+            revoke_in_background(&ctx.access, lease.id);
+            return Err(e);
+        }
+        *slot = Some(lease);
+        let grants = {
+            let mut grants = lock(&self.grants);
+            *grants += 1;
+            *grants
+        };
+        drop(slot);
+        self.wake.notify_one();
+        if grants > 1 {
+            ctx.stats.lease_recoveries.inc();
+            ctx.log(
+                Level::Info,
+                format!(
+                    "lease recovered: granted lease {:x} and registered {} instance(s) again",
+                    lease.id,
+                    keys.len()
+                ),
+                vec![("lease_id", lease.id.to_string()), ("ttl", format!("{:?}", self.ttl))],
+            );
+        }
+        Ok((lease, true))
+    }
+
+    /// Forgets `lease` if it is still the current one; true if this call did.
+    async fn mark_lost(&self, ctx: &LeaseContext, lease: Lease, reason: &str) -> bool {
+        let mut slot = self.lease.write().await;
+        if *slot != Some(lease) {
+            return false;
+        }
+        *slot = None;
+        drop(slot);
+        ctx.stats.lease_failures.inc();
+        ctx.log(
+            Level::Warning,
+            format!("lease {:x} lost ({reason}); registering its instances again", lease.id),
+            vec![("lease_id", lease.id.to_string()), ("ttl", format!("{:?}", self.ttl))],
+        );
+        self.wake.notify_one();
+        true
+    }
+
+    /// Writes `key` (already in `keys`) with the current lease, replacing a lost lease
+    /// on the way. Returns the lease id the key is on.
+    async fn write_key(&self, ctx: &LeaseContext, key: &str) -> Result<i64> {
+        for _ in 0..3 {
+            let (lease, fresh) = self.ensure_lease(ctx).await?;
+            if fresh {
+                return Ok(lease.id);
+            }
+            let slot = self.lease.read().await;
+            if *slot != Some(lease) {
+                continue;
+            }
+            let Some(value) = lock(&self.keys).get(key).cloned() else {
+                return Err(Error::NotFound(key.to_string()));
+            };
+            let written = put_one(&ctx.access, key, &value, lease.id).await;
+            drop(slot);
+            match written {
+                Ok(()) => return Ok(lease.id),
+                Err(Error::LeaseExpired(_)) => {
+                    self.mark_lost(ctx, lease, "etcd no longer knows it").await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(Error::LeaseExpired(format!("the lease for {key} kept disappearing while writing it")))
+    }
+
+    /// Checks that every key still exists and writes back those that do not.
+    async fn restore_deleted_keys(&self, ctx: &LeaseContext, lease: Lease) -> Result<()> {
+        let keys: Vec<String> = lock(&self.keys).keys().cloned().collect();
+        let mut missing = Vec::new();
+        for batch in keys.chunks(TXN_BATCH) {
+            let ops: Vec<TxnOp> = batch
+                .iter()
+                .map(|k| TxnOp::get(k.as_str(), Some(GetOptions::new().with_keys_only())))
+                .collect();
+            let response = ctx
+                .access
+                .call("check registered keys", |mut c| {
+                    let txn = Txn::new().and_then(ops.clone());
+                    async move { c.txn(txn).await }
+                })
+                .await?;
+            for (key, op) in batch.iter().zip(response.op_responses()) {
+                if let TxnOpResponse::Get(get) = op {
+                    if get.kvs().is_empty() {
+                        missing.push(key.clone());
+                    }
+                }
+            }
+        }
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let slot = self.lease.write().await;
+        if *slot != Some(lease) {
+            return Ok(());
+        }
+        let restore: Vec<(String, Arc<[u8]>)> = {
+            let keys = lock(&self.keys);
+            missing.iter().filter_map(|k| keys.get(k).map(|v| (k.clone(), Arc::clone(v)))).collect()
+        };
+        put_all(&ctx.access, &restore, lease.id).await?;
+        drop(slot);
+        ctx.stats.re_registrations.add(restore.len() as u64);
+        for (key, _) in &restore {
+            ctx.log(
+                Level::Warning,
+                format!("{key} was deleted from etcd while its lease lived; registered it again"),
+                vec![("key", key.clone()), ("lease_id", lease.id.to_string())],
+            );
+        }
+        Ok(())
+    }
+}
+
+enum KeepAliveEnd {
+    Stopped,
+    /// Another path replaced or dropped the lease; start over with the current one.
+    Replaced,
+    Lost(String),
+}
+
+async fn keep_alive_task(group: Arc<LeaseGroup>, ctx: Arc<LeaseContext>) {
+    let mut recovery = Backoff::new(ctx.retry_interval, MAX_RECOVERY_DELAY.max(ctx.retry_interval));
+    loop {
+        if group.stop.is_cancelled() {
+            return;
+        }
+        let current = *group.lease.read().await;
+        let lease = match current {
+            Some(lease) => lease,
+            None if lock(&group.keys).is_empty() => {
+                tokio::select! {
+                    _ = group.stop.cancelled() => return,
+                    _ = group.wake.notified() => continue,
+                }
+            }
+            None => match group.ensure_lease(&ctx).await {
+                Ok((lease, _)) => {
+                    recovery.reset();
+                    lease
+                }
+                Err(Error::Closed(_)) => return,
+                Err(e) => {
+                    let delay = recovery.next_delay();
+                    ctx.log(
+                        Level::Warning,
+                        format!("cannot replace lost lease yet, retrying in {delay:.1?}: {e}"),
+                        vec![("ttl", format!("{:?}", group.ttl))],
+                    );
+                    tokio::select! {
+                        _ = group.stop.cancelled() => return,
+                        _ = tokio::time::sleep(delay) => continue,
+                    }
+                }
+            },
+        };
+        match keep_alive(&group, &ctx, lease).await {
+            KeepAliveEnd::Stopped => return,
+            KeepAliveEnd::Replaced => continue,
+            KeepAliveEnd::Lost(reason) => {
+                if group.mark_lost(&ctx, lease, &reason).await {
+                    // The old lease may still exist (e.g. etcd extended it over a restart):
+                    // revoke it once the keys have moved, so nothing stays on it.
+                    revoke_in_background(&ctx.access, lease.id);
+                }
+            }
+        }
+    }
+}
+
+/// Renews `lease` until it is lost, replaced, or the group stops.
+async fn keep_alive(group: &LeaseGroup, ctx: &LeaseContext, lease: Lease) -> KeepAliveEnd {
+    let interval = (lease.granted / 3).max(Duration::from_millis(100));
+    let mut last_ok = Instant::now();
+    let mut check_keys_at = Instant::now() + lease.granted;
+    let mut reopen = Backoff::new(Duration::from_millis(100), interval);
+    loop {
+        let mut leases = ctx.access.client.lease_client();
+        let opened = tokio::select! {
+            _ = group.stop.cancelled() => return KeepAliveEnd::Stopped,
+            r = tokio::time::timeout(interval, leases.keep_alive(lease.id)) => r,
+        };
+        match opened {
+            Ok(Ok((mut keeper, mut replies))) => {
+                last_ok = Instant::now();
+                reopen.reset();
+                loop {
+                    tokio::select! {
+                        _ = group.stop.cancelled() => return KeepAliveEnd::Stopped,
+                        _ = group.wake.notified() => {}
+                        _ = tokio::time::sleep(interval) => {}
+                    }
+                    if group.current() != Some(lease) && *group.lease.read().await != Some(lease) {
+                        return KeepAliveEnd::Replaced;
+                    }
+                    if keeper.keep_alive().await.is_err() {
+                        break;
+                    }
+                    match tokio::time::timeout(interval, replies.message()).await {
+                        Ok(Ok(Some(reply))) if reply.ttl() > 0 => last_ok = Instant::now(),
+                        Ok(Ok(Some(_))) => {
+                            return KeepAliveEnd::Lost("etcd reports it expired (TTL 0)".into())
+                        }
+                        _ => break,
+                    }
+                    if Instant::now() >= check_keys_at {
+                        check_keys_at = Instant::now() + lease.granted;
+                        if let Err(e) = group.restore_deleted_keys(ctx, lease).await {
+                            if matches!(e, Error::LeaseExpired(_)) {
+                                return KeepAliveEnd::Lost("etcd no longer knows it".into());
+                            }
+                        }
+                    }
+                }
+            }
+            Ok(Err(e)) => {
+                if let Error::LeaseExpired(_) = classify(e, "keep-alive") {
+                    return KeepAliveEnd::Lost("etcd no longer knows it".into());
+                }
+            }
+            Err(_) => {}
+        }
+        ctx.stats.keepalive_restarts.inc();
+        let silent_for = last_ok.elapsed();
+        if silent_for >= lease.granted {
+            return KeepAliveEnd::Lost(format!(
+                "no keep-alive reply for {silent_for:.1?}, longer than its TTL"
+            ));
+        }
+        let delay = reopen.next_delay().min(lease.granted - silent_for);
+        tokio::select! {
+            _ = group.stop.cancelled() => return KeepAliveEnd::Stopped,
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+async fn put_one(access: &EtcdAccess, key: &str, value: &Arc<[u8]>, lease: i64) -> Result<()> {
+    access
+        .call("write instance", |mut c| {
+            let value = value.to_vec();
+            async move { c.put(key, value, Some(PutOptions::new().with_lease(lease))).await }
+        })
+        .await
+        .map(|_| ())
+}
+
+/// Writes many keys with `lease`, a transaction per batch.
+async fn put_all(access: &EtcdAccess, keys: &[(String, Arc<[u8]>)], lease: i64) -> Result<()> {
+    for batch in keys.chunks(TXN_BATCH) {
+        let ops: Vec<TxnOp> = batch
+            .iter()
+            .map(|(k, v)| TxnOp::put(k.as_str(), v.to_vec(), Some(PutOptions::new().with_lease(lease))))
+            .collect();
+        access
+            .call("write instances", |mut c| {
+                let txn = Txn::new().and_then(ops.clone());
+                async move { c.txn(txn).await }
+            })
+            .await?;
+    }
+    Ok(())
+}
+
+fn revoke_in_background(access: &Arc<EtcdAccess>, lease: i64) {
+    let access = Arc::clone(access);
+    tokio::spawn(async move {
+        let _ = access.call("revoke lease", |mut c| async move { c.lease_revoke(lease).await }).await;
+    });
+}
+
+/// All of a registry's lease groups, keyed by TTL in milliseconds.
+pub(crate) struct LeasePool {
+    ctx: Arc<LeaseContext>,
+    groups: Mutex<HashMap<u64, Arc<LeaseGroup>>>,
+}
+
+fn ttl_key(ttl: Duration) -> u64 {
+    ttl.as_millis() as u64
+}
+
+impl LeasePool {
+    pub(crate) fn new(ctx: LeaseContext) -> Self {
+        Self { ctx: Arc::new(ctx), groups: Mutex::new(HashMap::new()) }
+    }
+
+    /// Writes `key` = `value` on the shared lease for `ttl`; returns the lease id.
+    pub(crate) async fn attach(&self, ttl: Duration, key: &str, value: Vec<u8>) -> Result<i64> {
+        let group = {
+            let mut groups = lock(&self.groups);
+            let group = groups.entry(ttl_key(ttl)).or_insert_with(|| {
+                let group = Arc::new(LeaseGroup {
+                    ttl,
+                    lease: RwLock::new(None),
+                    grants: Mutex::new(0),
+                    keys: Mutex::new(BTreeMap::new()),
+                    wake: Notify::new(),
+                    stop: self.ctx.closed.child_token(),
+                });
+                tokio::spawn(keep_alive_task(Arc::clone(&group), Arc::clone(&self.ctx)));
+                self.ctx.stats.leases.inc();
+                group
+            });
+            // Inserted under the pool lock, so a concurrent detach never sees the group
+            // empty and retires it under us.
+            lock(&group.keys).insert(key.to_string(), value.into());
+            Arc::clone(group)
+        };
+        match group.write_key(&self.ctx, key).await {
+            Ok(id) => Ok(id),
+            Err(e) => {
+                let _guard = group.lease.read().await;
+                lock(&group.keys).remove(key);
+                drop(_guard);
+                self.retire_if_empty(&group).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Deletes `key` from etcd and from its group; the last key of a group revokes the
+    /// lease. On failure the key stays registered, so the caller may try again.
+    pub(crate) async fn detach(&self, ttl: Duration, key: &str) -> Result<()> {
+        let Some(group) = lock(&self.groups).get(&ttl_key(ttl)).cloned() else {
+            return Ok(());
+        };
+        let slot = group.lease.read().await;
+        let Some(value) = lock(&group.keys).remove(key) else {
+            return Ok(());
+        };
+        let deleted =
+            self.ctx.access.call("delete instance", |mut c| async move { c.delete(key, None).await }).await;
+        if let Err(e) = deleted {
+            lock(&group.keys).insert(key.to_string(), value);
+            return Err(e);
+        }
+        drop(slot);
+        self.retire_if_empty(&group).await;
+        Ok(())
+    }
+
+    /// Stops and revokes a group that has no keys left.
+    async fn retire_if_empty(&self, group: &Arc<LeaseGroup>) {
+        {
+            let mut groups = lock(&self.groups);
+            if !lock(&group.keys).is_empty() {
+                return;
+            }
+            let key = ttl_key(group.ttl);
+            if !groups.get(&key).is_some_and(|g| Arc::ptr_eq(g, group)) {
+                return;
+            }
+            groups.remove(&key);
+        }
+        self.ctx.stats.leases.sub(1);
+        group.stop.cancel();
+        if let Some(lease) = group.lease.write().await.take() {
+            let _ = self
+                .ctx
+                .access
+                .call("revoke lease", |mut c| async move { c.lease_revoke(lease.id).await })
+                .await;
+        }
+    }
+
+    /// Stops every keep-alive and revokes every lease, within `budget`.
+    pub(crate) async fn close(&self, budget: Duration) {
+        let groups: Vec<Arc<LeaseGroup>> = lock(&self.groups).drain().map(|(_, g)| g).collect();
+        self.ctx.stats.leases.set(0);
+        let mut revokes = tokio::task::JoinSet::new();
+        for group in groups {
+            group.stop.cancel();
+            let lease = *group.lease.read().await;
+            if let Some(lease) = lease {
+                let access = Arc::clone(&self.ctx.access);
+                revokes.spawn(async move {
+                    access
+                        .call_within(
+                            "revoke lease",
+                            budget,
+                            |mut c| async move { c.lease_revoke(lease.id).await },
+                        )
+                        .await
+                });
+            }
+        }
+        let _ = tokio::time::timeout(budget, async { while revokes.join_next().await.is_some() {} }).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sub_second_ttls_round_up_never_down() {
+        assert_eq!(grant_seconds(Duration::from_millis(1000)), 1);
+        assert_eq!(grant_seconds(Duration::from_millis(1500)), 2);
+        assert_eq!(grant_seconds(Duration::from_millis(30_000)), 30);
+        assert_eq!(grant_seconds(Duration::from_millis(30_001)), 31);
+    }
+}

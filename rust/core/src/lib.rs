@@ -1,0 +1,29 @@
+//! The core of genesis-registry: everything that talks to etcd, with no Python in it.
+//!
+//! - [`connector::Connector`] owns the etcd client (endpoints, auth, TLS, retries).
+//! - [`registry::Registry`] registers instances on shared leases ([`lease`]) and serves
+//!   discovery from per-service snapshots ([`cache`]) that the connector's watch hub
+//!   ([`watch`]) keeps current.
+//! - [`instance::ServiceInstance`] is the stored value, encoded as Go's `json.Marshal` does.
+//!
+//! Background work (keep-alive, watches) runs on the caller's tokio runtime and reports
+//! through [`log_sink::LogSink`] and [`stats`] counters, which the bindings read; nothing
+//! here ever calls back into the host language.
+
+pub mod backoff;
+pub mod cache;
+pub mod connector;
+pub mod error;
+pub mod instance;
+pub mod lease;
+pub mod log_sink;
+pub mod registry;
+pub mod stats;
+pub mod watch;
+
+pub use cache::{Event, EventKind, ServiceCache, Snapshot, Subscriber};
+pub use connector::{Connector, ConnectorConfig, TlsConfig};
+pub use error::{Error, Result};
+pub use instance::ServiceInstance;
+pub use log_sink::{Level, LogRecord, LogSink};
+pub use registry::{Registry, RegistryConfig};

@@ -1,0 +1,421 @@
+//! The registry: registration on shared leases, discovery from the watch hub's caches.
+//!
+//! A registry borrows a connected [`Connector`] and never closes it. Several registries
+//! may share one connector (and so one watch stream and one cache per service).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+use tokio::sync::OnceCell;
+use tokio_util::sync::CancellationToken;
+
+use crate::cache::{ServiceCache, Subscriber};
+use crate::connector::{Connector, EtcdAccess};
+use crate::error::{Error, Result};
+use crate::instance::{validate_segment, ServiceInstance};
+use crate::lease::{LeaseContext, LeasePool};
+use crate::log_sink::Level;
+use crate::stats::RegistryStats;
+
+/// etcd refuses requests above 1.5 MiB (`--max-request-bytes`); leave room for the
+/// request's own framing.
+pub const MAX_VALUE_BYTES: usize = 1024 * 1024 * 3 / 2 - 4096;
+/// The shortest TTL accepted.
+pub const MIN_TTL: Duration = Duration::from_secs(1);
+/// The longest time `close()` spends revoking leases; after it, they expire on their own.
+const CLOSE_BUDGET: Duration = Duration::from_secs(3);
+
+static NEXT_REGISTRY_ID: AtomicU64 = AtomicU64::new(1);
+
+#[derive(Debug, Clone)]
+pub struct RegistryConfig {
+    /// Key prefix of every service, e.g. `/genesis/services`.
+    pub namespace: String,
+    /// TTL of a registration when none is given.
+    pub default_ttl: Duration,
+    /// First delay when re-registering after a lost lease; it grows with backoff.
+    pub retry_interval: Duration,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        Self {
+            namespace: "/genesis/services".into(),
+            default_ttl: Duration::from_secs(30),
+            retry_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+impl RegistryConfig {
+    /// The namespace without a trailing `/`, after checking every field.
+    fn validated_namespace(&self) -> Result<String> {
+        let namespace = self.namespace.trim_end_matches('/');
+        if namespace.is_empty() {
+            return Err(Error::InvalidConfig(format!(
+                "namespace must name at least one path segment, like \"/genesis/services\" (got {:?})",
+                self.namespace
+            )));
+        }
+        if namespace.chars().any(char::is_control) {
+            return Err(Error::InvalidConfig(format!(
+                "namespace must not contain control characters (got {:?})",
+                self.namespace
+            )));
+        }
+        if namespace.contains("//") {
+            return Err(Error::InvalidConfig(format!(
+                "namespace must not contain empty segments (got {:?})",
+                self.namespace
+            )));
+        }
+        if self.default_ttl < MIN_TTL {
+            return Err(Error::InvalidConfig(format!(
+                "default_ttl must be at least 1 second (got {:?})",
+                self.default_ttl
+            )));
+        }
+        if self.retry_interval.is_zero() {
+            return Err(Error::InvalidConfig(format!(
+                "retry_interval must be positive (got {:?})",
+                self.retry_interval
+            )));
+        }
+        Ok(namespace.to_string())
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Registration {
+    key: String,
+    ttl: Duration,
+}
+
+struct Inner {
+    id: u64,
+    connector: Connector,
+    access: Arc<EtcdAccess>,
+    namespace: String,
+    config: RegistryConfig,
+    registrations: Mutex<HashMap<String, Registration>>,
+    leases: LeasePool,
+    /// Services this registry holds interest in, by name.
+    services: Mutex<HashMap<String, Arc<ServiceCache>>>,
+    subscribers: Mutex<Vec<Weak<Subscriber>>>,
+    stats: Arc<RegistryStats>,
+    closed: CancellationToken,
+    close_done: OnceCell<()>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Register, deregister, discover and watch services in one namespace. Cheap to clone.
+#[derive(Clone)]
+pub struct Registry {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry")
+            .field("id", &self.inner.id)
+            .field("namespace", &self.inner.namespace)
+            .field("registered", &lock(&self.inner.registrations).len())
+            .field("closed", &self.is_closed())
+            .finish()
+    }
+}
+
+impl Registry {
+    /// A registry over a connected connector.
+    pub fn new(connector: &Connector, config: RegistryConfig) -> Result<Self> {
+        let namespace = config.validated_namespace()?;
+        let access = connector.access()?;
+        let id = NEXT_REGISTRY_ID.fetch_add(1, Ordering::Relaxed);
+        let closed = connector.closed_token().child_token();
+        let stats = Arc::new(RegistryStats::default());
+        let leases = LeasePool::new(LeaseContext {
+            access: Arc::clone(&access),
+            retry_interval: config.retry_interval,
+            stats: Arc::clone(&stats),
+            origin: id,
+            closed: closed.clone(),
+        });
+        Ok(Self {
+            inner: Arc::new(Inner {
+                id,
+                connector: connector.clone(),
+                access,
+                namespace,
+                config,
+                registrations: Mutex::new(HashMap::new()),
+                leases,
+                services: Mutex::new(HashMap::new()),
+                subscribers: Mutex::new(Vec::new()),
+                stats,
+                closed,
+                close_done: OnceCell::new(),
+            }),
+        })
+    }
+
+    /// Identifies this registry in log records ([`crate::LogRecord::origin`]).
+    pub fn id(&self) -> u64 {
+        self.inner.id
+    }
+
+    pub fn namespace(&self) -> &str {
+        &self.inner.namespace
+    }
+
+    pub fn config(&self) -> &RegistryConfig {
+        &self.inner.config
+    }
+
+    pub fn connector(&self) -> &Connector {
+        &self.inner.connector
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.inner.closed.is_cancelled()
+    }
+
+    /// This registry's counters followed by its connector's watch counters.
+    pub fn stats(&self) -> Vec<(&'static str, u64)> {
+        let mut stats = self.inner.stats.snapshot();
+        stats.extend(self.inner.connector.watch_stats().snapshot());
+        stats.push(("log_records_dropped", self.inner.access.log.dropped()));
+        stats
+    }
+
+    /// The etcd key of an instance: `<namespace>/<name>/<id>`.
+    pub fn key_of(&self, name: &str, id: &str) -> String {
+        format!("{}/{}/{}", self.inner.namespace, name, id)
+    }
+
+    fn prefix_of(&self, name: &str) -> String {
+        format!("{}/{}/", self.inner.namespace, name)
+    }
+
+    fn check_open(&self) -> Result<()> {
+        if self.is_closed() {
+            Err(Error::Closed("registry".into()))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Runs `fut` unless the registry closes first.
+    async fn unless_closed<T>(&self, fut: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+        tokio::select! {
+            _ = self.inner.closed.cancelled() => Err(Error::Closed("registry".into())),
+            r = fut => r,
+        }
+    }
+
+    /// The TTL a registration gets: `ttl`, or the default for `None` and zero.
+    pub fn effective_ttl(&self, ttl: Option<Duration>) -> Result<Duration> {
+        let ttl = match ttl {
+            None => self.inner.config.default_ttl,
+            Some(t) if t.is_zero() => self.inner.config.default_ttl,
+            Some(t) => t,
+        };
+        if ttl < MIN_TTL {
+            return Err(Error::InvalidTtl(format!(
+                "TTL must be at least 1 second (got {:.3}s)",
+                ttl.as_secs_f64()
+            )));
+        }
+        Ok(ttl)
+    }
+
+    /// Registers `instance` under `<namespace>/<name>/<id>` and keeps it alive until
+    /// [`Registry::deregister`] or [`Registry::close`], re-registering it if its lease is lost.
+    pub async fn register(&self, instance: ServiceInstance, ttl: Option<Duration>) -> Result<()> {
+        self.check_open()?;
+        instance.validate()?;
+        let ttl = self.effective_ttl(ttl)?;
+        let key = self.key_of(&instance.name, &instance.id);
+        let value = instance.to_json();
+        if key.len() + value.len() > MAX_VALUE_BYTES {
+            return Err(Error::InvalidInstance(format!(
+                "service instance {:?} encodes to {} bytes; etcd accepts at most {MAX_VALUE_BYTES} per value",
+                instance.id,
+                key.len() + value.len()
+            )));
+        }
+        {
+            let mut registrations = lock(&self.inner.registrations);
+            if registrations.contains_key(&instance.id) {
+                return Err(Error::AlreadyRegistered(instance.id.clone()));
+            }
+            registrations.insert(instance.id.clone(), Registration { key: key.clone(), ttl });
+        }
+        let attached = self.unless_closed(self.inner.leases.attach(ttl, &key, value)).await;
+        match attached {
+            Ok(lease_id) => {
+                self.inner.stats.registrations.inc();
+                self.inner.stats.registered.inc();
+                self.log(
+                    Level::Info,
+                    format!("registered {key}"),
+                    vec![
+                        ("service", instance.name.clone()),
+                        ("instance_id", instance.id.clone()),
+                        ("lease_id", lease_id.to_string()),
+                    ],
+                );
+                Ok(())
+            }
+            Err(e) => {
+                lock(&self.inner.registrations).remove(&instance.id);
+                Err(e)
+            }
+        }
+    }
+
+    /// Deletes the key of an instance this registry registered and stops renewing it.
+    /// Succeeds when the key is already gone (for instance, its lease expired).
+    pub async fn deregister(&self, id: &str) -> Result<()> {
+        self.check_open()?;
+        let registration = lock(&self.inner.registrations)
+            .get(id)
+            .cloned()
+            .ok_or_else(|| Error::NotFound(id.to_string()))?;
+        self.unless_closed(self.inner.leases.detach(registration.ttl, &registration.key)).await?;
+        lock(&self.inner.registrations).remove(id);
+        self.inner.stats.deregistrations.inc();
+        self.inner.stats.registered.sub(1);
+        self.log(
+            Level::Info,
+            format!("deregistered {}", registration.key),
+            vec![("instance_id", id.to_string())],
+        );
+        Ok(())
+    }
+
+    /// The ids this registry has registered.
+    pub fn registered_ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = lock(&self.inner.registrations).keys().cloned().collect();
+        ids.sort();
+        ids
+    }
+
+    /// The cache of service `name`, reading it from etcd and starting its watch on first
+    /// use. Fails if the first read does not complete within the request timeout (the
+    /// read goes on in the background; a later call may succeed).
+    pub async fn service(&self, name: &str) -> Result<Arc<ServiceCache>> {
+        self.check_open()?;
+        validate_segment("service name", name)?;
+        let existing = lock(&self.inner.services).get(name).cloned();
+        let cache = match existing {
+            Some(cache) => cache,
+            None => {
+                let hub = self.inner.connector.hub()?;
+                let mut services = lock(&self.inner.services);
+                match services.get(name) {
+                    Some(cache) => Arc::clone(cache),
+                    None => {
+                        let cache = hub.acquire(name, &self.prefix_of(name));
+                        services.insert(name.to_string(), Arc::clone(&cache));
+                        cache
+                    }
+                }
+            }
+        };
+        if cache.is_ready() {
+            return Ok(cache);
+        }
+        let timeout = self.inner.access.request_timeout;
+        let ready = self.unless_closed(async {
+            tokio::time::timeout(timeout, cache.wait_ready()).await.map_err(|_| {
+                let cause = cache.last_error().map(|e| format!(": {e}")).unwrap_or_default();
+                Error::Unavailable(format!(
+                    "could not read service {name:?} from etcd within {timeout:?}{cause}"
+                ))
+            })
+        });
+        ready.await?;
+        Ok(cache)
+    }
+
+    /// The cache of service `name` if this registry already read it; never waits.
+    pub fn ready_service(&self, name: &str) -> Option<Arc<ServiceCache>> {
+        lock(&self.inner.services).get(name).filter(|c| c.is_ready()).cloned()
+    }
+
+    /// Events of service `name`: first a PUT per current instance (sorted by id), then
+    /// changes. `capacity` bounds the queue; a subscriber that falls further behind is
+    /// resynced from the snapshot.
+    pub async fn watch(&self, name: &str, capacity: usize) -> Result<Arc<Subscriber>> {
+        let cache = self.service(name).await?;
+        let subscriber = cache.subscribe(capacity);
+        let mut subscribers = lock(&self.inner.subscribers);
+        subscribers.retain(|s| s.strong_count() > 0);
+        subscribers.push(Arc::downgrade(&subscriber));
+        if self.is_closed() {
+            subscriber.close();
+        }
+        Ok(subscriber)
+    }
+
+    /// Ends watches, revokes every lease (within a few seconds; leases left unrevoked
+    /// expire by themselves) and releases the services this registry watched.
+    /// Idempotent; concurrent callers all return once it is done.
+    pub async fn close(&self) {
+        self.inner
+            .close_done
+            .get_or_init(|| async {
+                self.inner.closed.cancel();
+                for subscriber in lock(&self.inner.subscribers).drain(..) {
+                    if let Some(subscriber) = subscriber.upgrade() {
+                        subscriber.close();
+                    }
+                }
+                let services: Vec<Arc<ServiceCache>> =
+                    lock(&self.inner.services).drain().map(|(_, cache)| cache).collect();
+                if let Ok(hub) = self.inner.connector.hub() {
+                    for cache in &services {
+                        hub.release(cache.prefix());
+                    }
+                }
+                let budget = CLOSE_BUDGET.min(self.inner.access.request_timeout);
+                self.inner.leases.close(budget).await;
+                let count = {
+                    let mut registrations = lock(&self.inner.registrations);
+                    let count = registrations.len();
+                    registrations.clear();
+                    count
+                };
+                self.inner.stats.registered.set(0);
+                self.log(Level::Debug, format!("registry closed; {count} instance(s) deregistered"), vec![]);
+            })
+            .await;
+    }
+
+    fn log(&self, level: Level, message: String, fields: Vec<(&'static str, String)>) {
+        self.inner.access.log.emit(level, self.inner.id, message, fields);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn namespace_is_checked_and_normalized() {
+        let ok = RegistryConfig { namespace: "/genesis/services/".into(), ..Default::default() };
+        assert_eq!(ok.validated_namespace().unwrap(), "/genesis/services");
+        for bad in ["", "/", "/a//b", "/a\u{0}b"] {
+            let config = RegistryConfig { namespace: bad.into(), ..Default::default() };
+            let err = config.validated_namespace().unwrap_err();
+            assert!(matches!(err, Error::InvalidConfig(_)), "{bad:?}: {err}");
+        }
+        let short = RegistryConfig { default_ttl: Duration::from_millis(999), ..Default::default() };
+        assert!(short.validated_namespace().unwrap_err().to_string().contains("999ms"));
+    }
+}

@@ -1,0 +1,748 @@
+//! The watch hub: one etcd watch stream per connector, carrying one watch per service
+//! prefix that anyone is interested in, and the single writer of every [`ServiceCache`].
+//!
+//! Per prefix: a linearizable (paginated) range read gives the instances at revision R
+//! and the first snapshot; the watch starts at R + 1 with progress notifications (the
+//! connector requires a leader on every call, so a partitioned member fails the stream
+//! instead of stalling it). When the stream breaks every watch resumes from its last
+//! revision + 1, with backoff. A compacted revision, a cancelled watch, or etcd data
+//! found reset (revision or raft term going backwards) lead to a re-read whose
+//! difference from the cache is published as events, so every view ends exact.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use etcd_client::{
+    EventType, GetOptions, SortOrder, SortTarget, WatchOptions, WatchRequestSender, WatchResponse,
+    WatchResponseStream,
+};
+use tokio::sync::{mpsc, Semaphore};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use crate::backoff::Backoff;
+use crate::cache::{diff, Event, Position, ServiceCache};
+use crate::connector::EtcdAccess;
+use crate::error::{Error, Result};
+use crate::instance::ServiceInstance;
+use crate::log_sink::Level;
+
+/// Keys per page of a range read, so a large service never exceeds a message limit.
+const READ_PAGE: i64 = 1000;
+/// Range reads in flight at once (a data reset re-reads every watched service).
+const CONCURRENT_READS: usize = 16;
+
+enum Command {
+    Watch(Arc<ServiceCache>),
+    Unwatch(String),
+}
+
+/// Handle to the hub task; owned by the connector.
+pub struct WatchHub {
+    commands: mpsc::UnboundedSender<Command>,
+    /// Watched services by prefix. Copy-on-write: lookups never lock.
+    services: ArcSwap<HashMap<String, Arc<ServiceCache>>>,
+    /// How many holders each prefix has; the watch ends when the last lets go.
+    interest: Mutex<HashMap<String, usize>>,
+}
+
+impl WatchHub {
+    pub(crate) fn start(access: Arc<EtcdAccess>) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let task = HubTask::new(access, rx);
+        tokio::spawn(task.run());
+        Self { commands: tx, services: ArcSwap::default(), interest: Mutex::new(HashMap::new()) }
+    }
+
+    /// Registers one more holder of interest in `prefix` and returns its cache, which
+    /// becomes ready once the first read completes.
+    pub(crate) fn acquire(&self, name: &str, prefix: &str) -> Arc<ServiceCache> {
+        let mut interest = self.interest.lock().unwrap_or_else(|e| e.into_inner());
+        *interest.entry(prefix.to_string()).or_insert(0) += 1;
+        if let Some(cache) = self.services.load().get(prefix) {
+            return Arc::clone(cache);
+        }
+        let cache = ServiceCache::new(name, prefix);
+        let mut services = HashMap::clone(&self.services.load());
+        services.insert(prefix.to_string(), Arc::clone(&cache));
+        self.services.store(Arc::new(services));
+        let _ = self.commands.send(Command::Watch(Arc::clone(&cache)));
+        cache
+    }
+
+    /// Drops one holder of interest; the last one ends the watch and closes its subscribers.
+    pub(crate) fn release(&self, prefix: &str) {
+        let mut interest = self.interest.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(count) = interest.get_mut(prefix) else { return };
+        *count -= 1;
+        if *count > 0 {
+            return;
+        }
+        interest.remove(prefix);
+        let mut services = HashMap::clone(&self.services.load());
+        services.remove(prefix);
+        self.services.store(Arc::new(services));
+        let _ = self.commands.send(Command::Unwatch(prefix.to_string()));
+    }
+}
+
+/// What a completed range read found.
+struct ReadResult {
+    prefix: String,
+    /// Distinguishes this read from an older one for the same prefix.
+    ticket: u64,
+    header: Header,
+    instances: BTreeMap<String, Arc<ServiceInstance>>,
+    malformed: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Header {
+    revision: i64,
+    raft_term: u64,
+}
+
+impl Header {
+    fn of(header: Option<&etcd_client::ResponseHeader>) -> Self {
+        header.map_or_else(Header::default, |h| Header { revision: h.revision(), raft_term: h.raft_term() })
+    }
+}
+
+enum Phase {
+    /// A range read is in flight; `ticket` identifies it.
+    Reading { ticket: u64 },
+    /// Read done; waiting for the stream to carry the watch.
+    Pending,
+    /// A create request went out with this watch id.
+    Watching { watch_id: i64 },
+}
+
+struct Watched {
+    cache: Arc<ServiceCache>,
+    instances: BTreeMap<String, Arc<ServiceInstance>>,
+    /// Last revision reflected in `instances`; the watch resumes after it.
+    revision: i64,
+    phase: Phase,
+}
+
+enum Opened {
+    Stream {
+        sender: WatchRequestSender,
+        responses: WatchResponseStream,
+        first_watch: (String, i64),
+        header: Header,
+    },
+    /// The probe before opening found etcd's data reset; nothing was opened.
+    Reset(Header),
+}
+
+struct HubTask {
+    access: Arc<EtcdAccess>,
+    commands: mpsc::UnboundedReceiver<Command>,
+    watched: HashMap<String, Watched>,
+    by_watch_id: HashMap<i64, String>,
+    sender: Option<WatchRequestSender>,
+    responses: Option<WatchResponseStream>,
+    opening: Option<tokio::task::JoinHandle<Result<Opened>>>,
+    reconnect_at: Option<Instant>,
+    stream_backoff: Backoff,
+    reads: JoinSet<ReadResult>,
+    read_slots: Arc<Semaphore>,
+    next_ticket: u64,
+    next_watch_id: i64,
+    epoch: u64,
+    highest: Header,
+}
+
+impl HubTask {
+    fn new(access: Arc<EtcdAccess>, commands: mpsc::UnboundedReceiver<Command>) -> Self {
+        Self {
+            access,
+            commands,
+            watched: HashMap::new(),
+            by_watch_id: HashMap::new(),
+            sender: None,
+            responses: None,
+            opening: None,
+            reconnect_at: None,
+            stream_backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(5)),
+            reads: JoinSet::new(),
+            read_slots: Arc::new(Semaphore::new(CONCURRENT_READS)),
+            next_ticket: 0,
+            next_watch_id: 1,
+            epoch: 0,
+            highest: Header::default(),
+        }
+    }
+
+    fn log(&self, level: Level, message: impl Into<String>, fields: Vec<(&'static str, String)>) {
+        self.access.log.emit(level, 0, message, fields);
+    }
+
+    async fn run(mut self) {
+        let closed = self.access.closed.clone();
+        loop {
+            tokio::select! {
+                _ = closed.cancelled() => break,
+                command = self.commands.recv() => match command {
+                    Some(Command::Watch(cache)) => self.watch(cache).await,
+                    Some(Command::Unwatch(prefix)) => self.unwatch(&prefix).await,
+                    None => break,
+                },
+                Some(done) = self.reads.join_next(), if !self.reads.is_empty() => {
+                    if let Ok(result) = done {
+                        self.on_read(result).await;
+                    }
+                }
+                message = next_message(&mut self.responses), if self.responses.is_some() => {
+                    match message {
+                        Ok(Some(response)) => self.on_response(response).await,
+                        Ok(None) => self.stream_broken("etcd closed the watch stream".into()),
+                        Err(e) => self.stream_broken(e.to_string()),
+                    }
+                }
+                opened = wait_opening(&mut self.opening), if self.opening.is_some() => {
+                    self.opening = None;
+                    self.on_opened(opened).await;
+                }
+                _ = sleep_until(self.reconnect_at), if self.reconnect_at.is_some() => {
+                    self.reconnect_at = None;
+                    self.ensure_stream();
+                }
+            }
+        }
+        self.reads.abort_all();
+        if let Some(opening) = self.opening.take() {
+            opening.abort();
+        }
+        for watched in self.watched.values() {
+            watched.cache.close_subscribers();
+        }
+    }
+
+    async fn watch(&mut self, cache: Arc<ServiceCache>) {
+        let prefix = cache.prefix().to_string();
+        if self.watched.contains_key(&prefix) {
+            return;
+        }
+        let watched = Watched { cache, instances: BTreeMap::new(), revision: 0, phase: Phase::Pending };
+        self.watched.insert(prefix.clone(), watched);
+        self.access.watch_stats.watched_services.set(self.watched.len() as u64);
+        self.start_read(&prefix, Duration::ZERO).await;
+    }
+
+    async fn unwatch(&mut self, prefix: &str) {
+        let Some(watched) = self.watched.remove(prefix) else { return };
+        self.access.watch_stats.watched_services.set(self.watched.len() as u64);
+        if let Phase::Watching { watch_id } = watched.phase {
+            self.by_watch_id.remove(&watch_id);
+            if let Some(sender) = self.sender.as_mut() {
+                let _ = sender.cancel(watch_id).await;
+            }
+        }
+        watched.cache.close_subscribers();
+    }
+
+    /// Starts a (re-)read of `prefix` after `delay`; an older read in flight is superseded.
+    async fn start_read(&mut self, prefix: &str, delay: Duration) {
+        let Some(watched) = self.watched.get_mut(prefix) else { return };
+        if let Phase::Watching { watch_id } = watched.phase {
+            self.by_watch_id.remove(&watch_id);
+            if let Some(sender) = self.sender.as_mut() {
+                // Best effort: a failed cancel only leaves a watch whose replies we ignore.
+                let _ = sender.cancel(watch_id).await;
+            }
+        }
+        let Some(watched) = self.watched.get_mut(prefix) else { return };
+        self.next_ticket += 1;
+        let ticket = self.next_ticket;
+        watched.phase = Phase::Reading { ticket };
+        let access = Arc::clone(&self.access);
+        let slots = Arc::clone(&self.read_slots);
+        let prefix = prefix.to_string();
+        let cache = Arc::clone(&watched.cache);
+        self.reads.spawn(async move {
+            tokio::time::sleep(delay).await;
+            let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+            let mut failures = 0u32;
+            loop {
+                let attempt = {
+                    let _slot = slots.acquire().await;
+                    read_prefix(&access, &prefix).await
+                };
+                match attempt {
+                    Ok((header, instances, malformed)) => {
+                        cache.set_last_error(None);
+                        return ReadResult { prefix, ticket, header, instances, malformed };
+                    }
+                    Err(e) => {
+                        if failures == 0 {
+                            access.log.emit(
+                                Level::Warning,
+                                0,
+                                format!("reading service {} failed, retrying: {e}", cache.name()),
+                                vec![("service", cache.name().to_string())],
+                            );
+                        }
+                        failures += 1;
+                        cache.set_last_error(Some(e));
+                        tokio::time::sleep(backoff.next_delay()).await;
+                    }
+                }
+            }
+        });
+    }
+
+    async fn on_read(&mut self, result: ReadResult) {
+        let ReadResult { prefix, ticket, header, instances, malformed } = result;
+        if self.detect_reset(header) {
+            // Every other watch now points at revisions of a history that is gone.
+            let others: Vec<String> = self.watched.keys().filter(|p| **p != prefix).cloned().collect();
+            for other in others {
+                self.start_read(&other, Duration::ZERO).await;
+            }
+        }
+        let Some(watched) = self.watched.get_mut(&prefix) else { return };
+        if !matches!(watched.phase, Phase::Reading { ticket: t } if t == ticket) {
+            return;
+        }
+        let name = watched.cache.name().to_string();
+        for (key, reason) in &malformed {
+            self.access.watch_stats.malformed_values.inc();
+            self.access.log.emit(
+                Level::Warning,
+                0,
+                format!("skipping malformed value at {key}: {reason}"),
+                vec![
+                    ("service", name.clone()),
+                    ("key", key.clone()),
+                    ("revision", header.revision.to_string()),
+                ],
+            );
+        }
+        let watched = self.watched.get_mut(&prefix).expect("checked above");
+        let was_ready = watched.cache.is_ready();
+        let events = diff(&name, watched.instances.values(), instances.values());
+        watched.instances = instances;
+        watched.revision = header.revision;
+        watched.phase = Phase::Pending;
+        let position = Position { epoch: self.epoch, revision: header.revision };
+        watched.cache.publish(position, watched.instances.values().cloned().collect(), &events);
+        if was_ready && !events.is_empty() {
+            self.log(
+                Level::Info,
+                format!("resynced service {name}: {} change(s) found by re-reading", events.len()),
+                vec![("service", name.clone()), ("revision", header.revision.to_string())],
+            );
+        }
+        self.ensure_stream();
+        self.create_pending().await;
+    }
+
+    /// Whether `header` shows etcd's history restarted (data wiped or restored); if so
+    /// a new epoch begins.
+    fn detect_reset(&mut self, header: Header) -> bool {
+        let reset = header.revision < self.highest.revision || header.raft_term < self.highest.raft_term;
+        if reset {
+            self.epoch += 1;
+            self.highest = header;
+            self.access.watch_stats.data_resets.inc();
+            self.log(
+                Level::Warning,
+                "etcd's data was reset (revision or raft term went backwards); re-reading every watched service",
+                vec![("revision", header.revision.to_string())],
+            );
+        } else {
+            self.highest.revision = self.highest.revision.max(header.revision);
+            self.highest.raft_term = self.highest.raft_term.max(header.raft_term);
+        }
+        reset
+    }
+
+    /// Opens the stream in the background if watches are waiting for one.
+    fn ensure_stream(&mut self) {
+        if self.sender.is_some() || self.opening.is_some() || self.reconnect_at.is_some() {
+            return;
+        }
+        let Some((prefix, revision)) = self
+            .watched
+            .iter()
+            .find(|(_, w)| matches!(w.phase, Phase::Pending))
+            .map(|(p, w)| (p.clone(), w.revision))
+        else {
+            return;
+        };
+        let watch_id = self.take_watch_id();
+        if let Some(watched) = self.watched.get_mut(&prefix) {
+            watched.phase = Phase::Watching { watch_id };
+        }
+        self.by_watch_id.insert(watch_id, prefix.clone());
+        let access = Arc::clone(&self.access);
+        let highest = self.highest;
+        self.opening = Some(tokio::spawn(async move {
+            // Probe first: after a wipe, resuming at old revisions would wait for a
+            // future that never comes.
+            let probe = access
+                .call("probe etcd revision", |mut c| {
+                    let prefix = prefix.clone();
+                    async move { c.get(prefix, Some(GetOptions::new().with_prefix().with_count_only())).await }
+                })
+                .await?;
+            let header = Header::of(probe.header());
+            if header.revision < highest.revision || header.raft_term < highest.raft_term {
+                return Ok(Opened::Reset(header));
+            }
+            let options = watch_options(revision, watch_id);
+            let stream = access
+                .call("open watch stream", |mut c| {
+                    let (prefix, options) = (prefix.clone(), options.clone());
+                    async move { c.watch(prefix, Some(options)).await }
+                })
+                .await?;
+            let (sender, responses) = stream.split();
+            Ok(Opened::Stream { sender, responses, first_watch: (prefix, watch_id), header })
+        }));
+    }
+
+    async fn on_opened(&mut self, opened: Result<Opened>) {
+        match opened {
+            Ok(Opened::Stream { sender, responses, first_watch, header }) => {
+                self.sender = Some(sender);
+                self.responses = Some(responses);
+                self.detect_reset(header);
+                // The first watch may have been unwatched or superseded meanwhile.
+                let (prefix, watch_id) = first_watch;
+                let current = self.watched.get(&prefix).map(|w| &w.phase);
+                if !matches!(current, Some(Phase::Watching { watch_id: id }) if *id == watch_id) {
+                    self.by_watch_id.remove(&watch_id);
+                    if let Some(sender) = self.sender.as_mut() {
+                        let _ = sender.cancel(watch_id).await;
+                    }
+                }
+                self.create_pending().await;
+            }
+            Ok(Opened::Reset(header)) => {
+                self.detect_reset(header);
+                self.by_watch_id.clear();
+                let all: Vec<String> = self.watched.keys().cloned().collect();
+                for prefix in all {
+                    self.start_read(&prefix, Duration::ZERO).await;
+                }
+            }
+            Err(e) => {
+                self.by_watch_id.clear();
+                for watched in self.watched.values_mut() {
+                    if matches!(watched.phase, Phase::Watching { .. }) {
+                        watched.phase = Phase::Pending;
+                    }
+                }
+                let delay = self.stream_backoff.next_delay();
+                self.log(
+                    Level::Warning,
+                    format!("cannot open the etcd watch stream, retrying in {delay:.1?}: {e}"),
+                    vec![],
+                );
+                self.reconnect_at = Some(Instant::now() + delay);
+            }
+        }
+    }
+
+    /// Sends a create request for every watch waiting for the stream.
+    async fn create_pending(&mut self) {
+        if self.sender.is_none() {
+            return;
+        }
+        let pending: Vec<(String, i64)> = self
+            .watched
+            .iter()
+            .filter(|(_, w)| matches!(w.phase, Phase::Pending))
+            .map(|(p, w)| (p.clone(), w.revision))
+            .collect();
+        for (prefix, revision) in pending {
+            let watch_id = self.take_watch_id();
+            let sent = match self.sender.as_mut() {
+                Some(sender) => sender.watch(prefix.clone(), Some(watch_options(revision, watch_id))).await,
+                None => return,
+            };
+            if let Err(e) = sent {
+                self.stream_broken(format!("sending a watch request failed: {e}"));
+                return;
+            }
+            self.by_watch_id.insert(watch_id, prefix.clone());
+            if let Some(watched) = self.watched.get_mut(&prefix) {
+                watched.phase = Phase::Watching { watch_id };
+            }
+        }
+    }
+
+    fn take_watch_id(&mut self) -> i64 {
+        let id = self.next_watch_id;
+        self.next_watch_id += 1;
+        id
+    }
+
+    fn stream_broken(&mut self, reason: String) {
+        self.sender = None;
+        self.responses = None;
+        self.by_watch_id.clear();
+        let mut resumable = 0;
+        for watched in self.watched.values_mut() {
+            if matches!(watched.phase, Phase::Watching { .. }) {
+                watched.phase = Phase::Pending;
+                resumable += 1;
+            }
+        }
+        self.access.watch_stats.restarts.inc();
+        let delay = self.stream_backoff.next_delay();
+        self.log(
+            Level::Warning,
+            format!("etcd watch stream broke ({reason}); resuming {resumable} watch(es) in {delay:.1?}"),
+            vec![],
+        );
+        self.reconnect_at = Some(Instant::now() + delay);
+    }
+
+    async fn on_response(&mut self, response: WatchResponse) {
+        let header = Header::of(response.header());
+        let watch_id = response.watch_id();
+        if response.created() {
+            self.stream_backoff.reset();
+        }
+        if response.canceled() {
+            let Some(prefix) = self.by_watch_id.remove(&watch_id) else { return };
+            let compacted = response.compact_revision();
+            let name = self.watched.get(&prefix).map(|w| w.cache.name().to_string()).unwrap_or_default();
+            if compacted > 0 {
+                self.access.watch_stats.compaction_resyncs.inc();
+                self.log(
+                    Level::Info,
+                    format!("watch of service {name} fell behind compaction (revision {compacted}); re-reading it"),
+                    vec![("service", name), ("revision", compacted.to_string())],
+                );
+                self.start_read(&prefix, Duration::ZERO).await;
+            } else {
+                let delay = self.stream_backoff.next_delay();
+                self.log(
+                    Level::Warning,
+                    format!(
+                        "etcd cancelled the watch of service {name}: {}; re-reading it in {delay:.1?}",
+                        response.cancel_reason()
+                    ),
+                    vec![("service", name)],
+                );
+                self.start_read(&prefix, delay).await;
+            }
+            return;
+        }
+        if watch_id == -1 || (response.events().is_empty() && !response.created()) {
+            // Progress notification: nothing happened under these prefixes up to this
+            // revision, so a resume may start after it.
+            self.detect_reset(header);
+            let targets: Vec<String> = if watch_id == -1 {
+                self.watched.keys().cloned().collect()
+            } else {
+                self.by_watch_id.get(&watch_id).cloned().into_iter().collect()
+            };
+            for prefix in targets {
+                if let Some(w) = self.watched.get_mut(&prefix) {
+                    if matches!(w.phase, Phase::Watching { .. }) {
+                        w.revision = w.revision.max(header.revision);
+                    }
+                }
+            }
+            return;
+        }
+        if response.events().is_empty() {
+            return;
+        }
+        let Some(prefix) = self.by_watch_id.get(&watch_id).cloned() else { return };
+        self.apply_events(&prefix, &response);
+    }
+
+    fn apply_events(&mut self, prefix: &str, response: &WatchResponse) {
+        let epoch = self.epoch;
+        let Some(watched) = self.watched.get_mut(prefix) else { return };
+        let name = watched.cache.name().to_string();
+        let mut events = Vec::with_capacity(response.events().len());
+        let mut malformed = Vec::new();
+        let mut revision = watched.revision;
+        for event in response.events() {
+            let Some(kv) = event.kv() else { continue };
+            revision = revision.max(kv.mod_revision());
+            let Some(id) = instance_id(prefix, kv.key()) else { continue };
+            match event.event_type() {
+                EventType::Put => match decode_instance(id, kv.value()) {
+                    Ok(instance) => {
+                        let instance = Arc::new(instance);
+                        watched.instances.insert(id.to_string(), Arc::clone(&instance));
+                        events.push(Event::put(instance));
+                    }
+                    Err(reason) => {
+                        malformed.push((String::from_utf8_lossy(kv.key()).into_owned(), reason));
+                        if watched.instances.remove(id).is_some() {
+                            events.push(Event::delete(&name, id));
+                        }
+                    }
+                },
+                EventType::Delete => {
+                    if watched.instances.remove(id).is_some() {
+                        events.push(Event::delete(&name, id));
+                    }
+                }
+            }
+        }
+        watched.revision = revision;
+        let position = Position { epoch, revision };
+        watched.cache.publish(position, watched.instances.values().cloned().collect(), &events);
+        self.access.watch_stats.events.add(response.events().len() as u64);
+        for (key, reason) in malformed {
+            self.access.watch_stats.malformed_values.inc();
+            self.log(
+                Level::Warning,
+                format!("skipping malformed value at {key}: {reason}"),
+                vec![("service", name.clone()), ("key", key), ("revision", revision.to_string())],
+            );
+        }
+    }
+}
+
+fn watch_options(revision: i64, watch_id: i64) -> WatchOptions {
+    WatchOptions::new()
+        .with_prefix()
+        .with_start_revision(revision + 1)
+        .with_progress_notify()
+        .with_watch_id(watch_id)
+}
+
+/// The instance id a key under `prefix` names: its last segment. Keys nested deeper
+/// (another `/` after the prefix) or not valid UTF-8 are not instance keys.
+fn instance_id<'k>(prefix: &str, key: &'k [u8]) -> Option<&'k str> {
+    let rest = key.strip_prefix(prefix.as_bytes())?;
+    let id = std::str::from_utf8(rest).ok()?;
+    (!id.is_empty() && !id.contains('/')).then_some(id)
+}
+
+/// Decodes a stored value; the id inside must agree with the key's.
+fn decode_instance(id: &str, value: &[u8]) -> std::result::Result<ServiceInstance, String> {
+    let instance = ServiceInstance::from_json(value).map_err(|e| e.to_string())?;
+    if instance.id != id {
+        return Err(format!("the value's id {:?} disagrees with the key's {id:?}", instance.id));
+    }
+    Ok(instance)
+}
+
+/// Reads every instance under `prefix` at one revision, a page at a time.
+async fn read_prefix(
+    access: &EtcdAccess,
+    prefix: &str,
+) -> Result<(Header, BTreeMap<String, Arc<ServiceInstance>>, Vec<(String, String)>)> {
+    let range_end = prefix_range_end(prefix.as_bytes());
+    let mut instances = BTreeMap::new();
+    let mut malformed = Vec::new();
+    let mut from: Vec<u8> = prefix.as_bytes().to_vec();
+    let mut pinned: Option<Header> = None;
+    loop {
+        let mut options = GetOptions::new()
+            .with_range(range_end.clone())
+            .with_limit(READ_PAGE)
+            .with_sort(SortTarget::Key, SortOrder::Ascend);
+        if let Some(header) = pinned {
+            options = options.with_revision(header.revision);
+        }
+        let response = access
+            .call("read service instances", |mut c| {
+                let (from, options) = (from.clone(), options.clone());
+                async move { c.get(from, Some(options)).await }
+            })
+            .await?;
+        let header = pinned.unwrap_or_else(|| Header::of(response.header()));
+        pinned = Some(header);
+        for kv in response.kvs() {
+            let Some(id) = instance_id(prefix, kv.key()) else { continue };
+            match decode_instance(id, kv.value()) {
+                Ok(instance) => {
+                    instances.insert(id.to_string(), Arc::new(instance));
+                }
+                Err(reason) => malformed.push((String::from_utf8_lossy(kv.key()).into_owned(), reason)),
+            }
+        }
+        match (response.more(), response.kvs().last()) {
+            (true, Some(last)) => {
+                from = last.key().to_vec();
+                from.push(0);
+            }
+            _ => return Ok((header, instances, malformed)),
+        }
+    }
+}
+
+/// The end of the key range holding every key that starts with `prefix`.
+fn prefix_range_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+async fn next_message(
+    responses: &mut Option<WatchResponseStream>,
+) -> Result<Option<WatchResponse>, etcd_client::Error> {
+    match responses.as_mut() {
+        Some(r) => r.message().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn wait_opening(opening: &mut Option<tokio::task::JoinHandle<Result<Opened>>>) -> Result<Opened> {
+    match opening.as_mut() {
+        Some(handle) => match handle.await {
+            Ok(result) => result,
+            Err(e) => Err(Error::Etcd(format!("opening the watch stream failed: {e}"))),
+        },
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn instance_ids_come_from_the_last_key_segment() {
+        let prefix = "/genesis/services/user/";
+        assert_eq!(instance_id(prefix, b"/genesis/services/user/u-1"), Some("u-1"));
+        assert_eq!(instance_id(prefix, b"/genesis/services/user/"), None);
+        assert_eq!(instance_id(prefix, b"/genesis/services/user/a/b"), None);
+        assert_eq!(instance_id(prefix, b"/genesis/services/other/u-1"), None);
+        assert_eq!(instance_id(prefix, b"/genesis/services/user/\xff"), None);
+    }
+
+    #[test]
+    fn values_must_agree_with_their_key() {
+        let ok = br#"{"id":"u-1","name":"user","endpoints":["grpc://127.0.0.1:1"]}"#;
+        assert_eq!(decode_instance("u-1", ok).unwrap().name, "user");
+        let err = decode_instance("u-2", ok).unwrap_err();
+        assert!(err.contains("u-1") && err.contains("u-2"), "{err}");
+        assert!(decode_instance("u-1", b"garbage").is_err());
+    }
+
+    #[test]
+    fn prefix_range_end_increments_the_last_byte() {
+        assert_eq!(prefix_range_end(b"/a/"), b"/a0".to_vec());
+        assert_eq!(prefix_range_end(b"a\xff"), b"b".to_vec());
+        assert_eq!(prefix_range_end(b"\xff\xff"), vec![0]);
+    }
+}

@@ -1,0 +1,280 @@
+//! `RegistryCore`: the registry for Python, and the per-service tuples `get_service`
+//! returns, built once per snapshot generation.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::{ArcSwap, ArcSwapOption};
+use genesis_registry_core::{Registry, RegistryConfig, ServiceCache};
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyTuple};
+
+use crate::py::connector::{seconds, PyConnector};
+use crate::py::errors::{closed_error, to_py_err, IntoPyResult};
+use crate::py::instance::PyServiceInstance;
+use crate::py::runtime;
+use crate::py::watch::PyWatch;
+
+struct CachedTuple {
+    generation: u64,
+    tuple: Py<PyTuple>,
+}
+
+/// A service's cache plus the Python tuple last built from it.
+struct ServiceView {
+    cache: Arc<ServiceCache>,
+    tuple: ArcSwapOption<CachedTuple>,
+}
+
+impl ServiceView {
+    /// The instances as a tuple of ServiceInstance, sorted by id. O(1) while the snapshot
+    /// is unchanged; a rebuild reuses the Python objects of unchanged instances.
+    fn tuple(&self, py: Python<'_>) -> PyResult<Py<PyTuple>> {
+        let snapshot = self.cache.load();
+        let previous = self.tuple.load_full();
+        if let Some(cached) = previous.as_deref() {
+            if cached.generation == snapshot.generation {
+                return Ok(cached.tuple.clone_ref(py));
+            }
+        }
+        let old: Vec<Bound<'_, PyServiceInstance>> = match previous.as_deref() {
+            Some(cached) => cached
+                .tuple
+                .bind(py)
+                .iter()
+                .filter_map(|item| item.cast_into::<PyServiceInstance>().ok())
+                .collect(),
+            None => Vec::new(),
+        };
+        let mut old = old.into_iter().peekable();
+        let mut items: Vec<Bound<'_, PyAny>> = Vec::with_capacity(snapshot.instances.len());
+        for instance in &snapshot.instances {
+            while old.peek().is_some_and(|o| o.get().inner.id < instance.id) {
+                old.next();
+            }
+            match old.peek() {
+                Some(o) if Arc::ptr_eq(&o.get().inner, instance) => {
+                    items.push(old.next().expect("peeked").into_any());
+                }
+                _ => items.push(Bound::new(py, PyServiceInstance::wrap(Arc::clone(instance)))?.into_any()),
+            }
+        }
+        let tuple = PyTuple::new(py, items)?.unbind();
+        self.tuple.store(Some(Arc::new(CachedTuple {
+            generation: snapshot.generation,
+            tuple: tuple.clone_ref(py),
+        })));
+        Ok(tuple)
+    }
+}
+
+#[pyclass(frozen, name = "RegistryCore", module = "genesis_registry._core")]
+pub struct PyRegistry {
+    core: Registry,
+    /// Services read so far, by name. Copy-on-write: `get_service` never locks.
+    views: ArcSwap<HashMap<String, Arc<ServiceView>>>,
+    created_in: u64,
+}
+
+fn optional_ttl(ttl: Option<f64>) -> PyResult<Option<Duration>> {
+    match ttl {
+        None => Ok(None),
+        Some(t) => Duration::try_from_secs_f64(t).map(Some).map_err(|_| {
+            to_py_err(genesis_registry_core::Error::InvalidTtl(format!(
+                "TTL must be a non-negative number of seconds (got {t})"
+            )))
+        }),
+    }
+}
+
+impl PyRegistry {
+    fn check(&self) -> PyResult<&Registry> {
+        runtime::ensure_same_process(self.created_in, "Registry")?;
+        if self.core.is_closed() {
+            return Err(closed_error("registry is closed".into()));
+        }
+        Ok(&self.core)
+    }
+
+    fn view(&self, name: &str) -> Option<Arc<ServiceView>> {
+        self.views.load().get(name).cloned()
+    }
+
+    fn remember(&self, cache: Arc<ServiceCache>) -> Arc<ServiceView> {
+        let name = cache.name().to_string();
+        let view = Arc::new(ServiceView { cache, tuple: ArcSwapOption::empty() });
+        self.views.rcu(|views| {
+            let mut views = HashMap::clone(views);
+            views.entry(name.clone()).or_insert_with(|| Arc::clone(&view));
+            views
+        });
+        self.view(&name).unwrap_or(view)
+    }
+}
+
+#[pymethods]
+impl PyRegistry {
+    #[new]
+    fn new(
+        connector: &PyConnector,
+        namespace: String,
+        default_ttl: f64,
+        retry_interval: f64,
+    ) -> PyResult<Self> {
+        let config = RegistryConfig {
+            namespace,
+            default_ttl: seconds("default_ttl", default_ttl)?,
+            retry_interval: seconds("retry_interval", retry_interval)?,
+        };
+        let core = Registry::new(connector.check()?, config).into_py_result()?;
+        Ok(Self { core, views: ArcSwap::default(), created_in: runtime::generation() })
+    }
+
+    #[getter]
+    fn id(&self) -> u64 {
+        self.core.id()
+    }
+
+    #[getter]
+    fn namespace(&self) -> &str {
+        self.core.namespace()
+    }
+
+    #[getter]
+    fn closed(&self) -> bool {
+        self.core.is_closed()
+    }
+
+    fn key_of(&self, name: &str, id: &str) -> String {
+        self.core.key_of(name, id)
+    }
+
+    /// The TTL a registration with `ttl` gets, in seconds (checks it).
+    #[pyo3(signature = (ttl=None))]
+    fn effective_ttl(&self, ttl: Option<f64>) -> PyResult<f64> {
+        self.core.effective_ttl(optional_ttl(ttl)?).into_py_result().map(|d| d.as_secs_f64())
+    }
+
+    #[pyo3(signature = (instance, ttl=None))]
+    fn register(&self, py: Python<'_>, instance: &PyServiceInstance, ttl: Option<f64>) -> PyResult<()> {
+        let core = self.check()?.clone();
+        let (instance, ttl) = (instance.inner.as_ref().clone(), optional_ttl(ttl)?);
+        runtime::block_on(py, async move { core.register(instance, ttl).await }, false)?.into_py_result()
+    }
+
+    #[pyo3(signature = (instance, ttl=None))]
+    fn register_async<'py>(
+        &self,
+        py: Python<'py>,
+        instance: &PyServiceInstance,
+        ttl: Option<f64>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let core = self.check()?.clone();
+        let (instance, ttl) = (instance.inner.as_ref().clone(), optional_ttl(ttl)?);
+        runtime::into_awaitable(py, async move { core.register(instance, ttl).await.into_py_result() })
+    }
+
+    fn deregister(&self, py: Python<'_>, id: String) -> PyResult<()> {
+        let core = self.check()?.clone();
+        runtime::block_on(py, async move { core.deregister(&id).await }, false)?.into_py_result()
+    }
+
+    fn deregister_async<'py>(&self, py: Python<'py>, id: String) -> PyResult<Bound<'py, PyAny>> {
+        let core = self.check()?.clone();
+        runtime::into_awaitable(py, async move { core.deregister(&id).await.into_py_result() })
+    }
+
+    fn registered_ids(&self) -> Vec<String> {
+        self.core.registered_ids()
+    }
+
+    /// The service's instances; the first call for a service blocks for its first read.
+    fn get_service(&self, py: Python<'_>, name: &str) -> PyResult<Py<PyTuple>> {
+        self.check()?;
+        if let Some(view) = self.view(name) {
+            return view.tuple(py);
+        }
+        let core = self.core.clone();
+        let owned = name.to_string();
+        let cache =
+            runtime::block_on(py, async move { core.service(&owned).await }, true)?.into_py_result()?;
+        self.remember(cache).tuple(py)
+    }
+
+    /// The service's instances if it was read before, else None; never blocks.
+    fn cached_service(&self, py: Python<'_>, name: &str) -> PyResult<Option<Py<PyTuple>>> {
+        let core = self.check()?;
+        let view = match self.view(name) {
+            Some(view) => view,
+            None => match core.ready_service(name) {
+                Some(cache) => self.remember(cache),
+                None => return Ok(None),
+            },
+        };
+        view.tuple(py).map(Some)
+    }
+
+    /// Awaitable that completes once the service's first snapshot is available, after
+    /// which `cached_service` answers.
+    fn load_service_async<'py>(&self, py: Python<'py>, name: String) -> PyResult<Bound<'py, PyAny>> {
+        let core = self.check()?.clone();
+        runtime::into_awaitable(py, async move {
+            core.service(&name).await.into_py_result()?;
+            Ok(())
+        })
+    }
+
+    /// Events of service `name` (first a PUT per instance, sorted by id); blocks for the
+    /// service's first read.
+    #[pyo3(signature = (name, capacity=1024))]
+    fn watch(&self, py: Python<'_>, name: String, capacity: usize) -> PyResult<PyWatch> {
+        let core = self.check()?.clone();
+        let subscriber = runtime::block_on(py, async move { core.watch(&name, capacity).await }, true)?
+            .into_py_result()?;
+        Ok(PyWatch { subscriber, created_in: self.created_in })
+    }
+
+    #[pyo3(signature = (name, capacity=1024))]
+    fn watch_async<'py>(
+        &self,
+        py: Python<'py>,
+        name: String,
+        capacity: usize,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let core = self.check()?.clone();
+        let created_in = self.created_in;
+        runtime::into_awaitable(py, async move {
+            let subscriber = core.watch(&name, capacity).await.into_py_result()?;
+            Ok(PyWatch { subscriber, created_in })
+        })
+    }
+
+    /// Revokes leases and ends watches; idempotent.
+    fn close(&self, py: Python<'_>) -> PyResult<()> {
+        if self.created_in != runtime::generation() {
+            return Ok(());
+        }
+        let core = self.core.clone();
+        runtime::block_on(py, async move { core.close().await }, false)?;
+        self.views.store(Arc::default());
+        Ok(())
+    }
+
+    fn close_async<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        runtime::ensure_same_process(self.created_in, "Registry")?;
+        let core = self.core.clone();
+        runtime::into_awaitable(py, async move {
+            core.close().await;
+            Ok(())
+        })
+    }
+
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let dict = PyDict::new(py);
+        for (name, value) in self.core.stats() {
+            dict.set_item(name, value)?;
+        }
+        Ok(dict)
+    }
+}

@@ -1,0 +1,186 @@
+//! The process's tokio runtime: built on first use, replaced in a forked child (tokio's
+//! threads do not survive `fork()`), shut down at interpreter exit. Also the two ways
+//! Python waits on Rust: blocking (GIL released, Ctrl-C honoured) and awaitable.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use pyo3::prelude::*;
+use pyo3_async_runtimes::generic::{ContextExt, JoinError, Runtime as AsyncRuntime};
+use pyo3_async_runtimes::TaskLocals;
+use tokio::runtime::{Handle, Runtime};
+use tokio::sync::OnceCell;
+
+use crate::py::errors::closed_error;
+
+static RUNTIME: Mutex<Option<Arc<Runtime>>> = Mutex::new(None);
+/// Bumped in a forked child: objects from before the fork hold a dead runtime's handles.
+static PROCESS_GENERATION: AtomicU64 = AtomicU64::new(0);
+
+/// How often a blocked call wakes to let Python handle signals (Ctrl-C).
+const SIGNAL_CHECK_INTERVAL: Duration = Duration::from_millis(100);
+
+fn worker_threads() -> usize {
+    std::env::var("GENESIS_REGISTRY_WORKER_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(2)
+}
+
+pub fn handle() -> Handle {
+    let mut runtime = RUNTIME.lock().unwrap_or_else(|e| e.into_inner());
+    let runtime = runtime.get_or_insert_with(|| {
+        Arc::new(
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(worker_threads())
+                .thread_name("genesis-registry")
+                .enable_all()
+                .build()
+                .expect("cannot start the tokio runtime"),
+        )
+    });
+    runtime.handle().clone()
+}
+
+pub fn generation() -> u64 {
+    PROCESS_GENERATION.load(Ordering::Acquire)
+}
+
+/// Fails for objects created in the parent of a forked process.
+pub fn ensure_same_process(created_in: u64, what: &str) -> PyResult<()> {
+    if created_in == generation() {
+        Ok(())
+    } else {
+        Err(closed_error(format!(
+            "this {what} was created before os.fork() and cannot be used in the child process; create a new one"
+        )))
+    }
+}
+
+/// Called in a forked child: forget the parent's runtime (its threads do not exist
+/// here, so dropping it would wait forever) and start afresh on next use.
+#[pyfunction]
+pub fn _reset_after_fork() {
+    let mut runtime = RUNTIME.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(old) = runtime.take() {
+        std::mem::forget(old);
+    }
+    PROCESS_GENERATION.fetch_add(1, Ordering::AcqRel);
+}
+
+/// Stops the runtime's threads, waiting at most `timeout` seconds for running tasks.
+/// Called at interpreter exit after every registry and connector was closed.
+#[pyfunction]
+pub fn _shutdown_runtime(py: Python<'_>, timeout: f64) {
+    let taken = RUNTIME.lock().unwrap_or_else(|e| e.into_inner()).take();
+    if let Some(runtime) = taken {
+        match Arc::try_unwrap(runtime) {
+            Ok(runtime) => py.detach(|| runtime.shutdown_timeout(Duration::from_secs_f64(timeout.max(0.0)))),
+            Err(shared) => std::mem::forget(shared),
+        }
+    }
+}
+
+/// Runs `fut` on the runtime and blocks until it completes, with the GIL released.
+/// Pending signal handlers run every 100 ms; if one raises (KeyboardInterrupt), that
+/// error is returned and the future is cancelled when `cancel_on_interrupt` is set, or
+/// left to finish in the background otherwise (for operations that must not stop
+/// half-way, like a registration).
+pub fn block_on<F>(py: Python<'_>, fut: F, cancel_on_interrupt: bool) -> PyResult<F::Output>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let (tx, rx) = sync_channel(1);
+    let task = handle().spawn(async move {
+        let _ = tx.send(fut.await);
+    });
+    let mut rx = rx;
+    loop {
+        let (received, returned) = py.detach(move || (rx.recv_timeout(SIGNAL_CHECK_INTERVAL), rx));
+        rx = returned;
+        match received {
+            Ok(value) => return Ok(value),
+            Err(RecvTimeoutError::Timeout) => {
+                if let Err(interrupt) = py.check_signals() {
+                    if cancel_on_interrupt {
+                        task.abort();
+                    }
+                    return Err(interrupt);
+                }
+            }
+            Err(RecvTimeoutError::Disconnected) => {
+                return Err(closed_error("the operation was cancelled because the runtime shut down".into()))
+            }
+        }
+    }
+}
+
+/// Turns a Rust future into an asyncio awaitable running on our runtime.
+pub fn into_awaitable<'py, F, T>(py: Python<'py>, fut: F) -> PyResult<Bound<'py, PyAny>>
+where
+    F: Future<Output = PyResult<T>> + Send + 'static,
+    T: for<'a> IntoPyObject<'a> + Send + 'static,
+{
+    pyo3_async_runtimes::generic::future_into_py::<GenesisRuntime, _, T>(py, fut)
+}
+
+/// pyo3-async-runtimes glue for our (fork-resettable) runtime.
+pub struct GenesisRuntime;
+
+pub struct TaskJoinError(tokio::task::JoinError);
+
+impl JoinError for TaskJoinError {
+    fn is_panic(&self) -> bool {
+        self.0.is_panic()
+    }
+    fn into_panic(self) -> Box<dyn std::any::Any + Send + 'static> {
+        self.0.into_panic()
+    }
+}
+
+type TaskJoinHandle = Pin<Box<dyn Future<Output = Result<(), TaskJoinError>> + Send>>;
+
+tokio::task_local! {
+    static TASK_LOCALS: OnceCell<TaskLocals>;
+}
+
+impl AsyncRuntime for GenesisRuntime {
+    type JoinError = TaskJoinError;
+    type JoinHandle = TaskJoinHandle;
+
+    fn spawn<F>(fut: F) -> Self::JoinHandle
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let task = handle().spawn(fut);
+        Box::pin(async move { task.await.map_err(TaskJoinError) })
+    }
+
+    fn spawn_blocking<F>(f: F) -> Self::JoinHandle
+    where
+        F: FnOnce() + Send + 'static,
+    {
+        let task = handle().spawn_blocking(f);
+        Box::pin(async move { task.await.map_err(TaskJoinError) })
+    }
+}
+
+impl ContextExt for GenesisRuntime {
+    fn scope<F, R>(locals: TaskLocals, fut: F) -> Pin<Box<dyn Future<Output = R> + Send>>
+    where
+        F: Future<Output = R> + Send + 'static,
+    {
+        let cell = OnceCell::new_with(Some(locals));
+        Box::pin(TASK_LOCALS.scope(cell, fut))
+    }
+
+    fn get_task_locals() -> Option<TaskLocals> {
+        TASK_LOCALS.try_with(|cell| cell.get().cloned()).ok().flatten()
+    }
+}

@@ -1,0 +1,84 @@
+//! `WatchCore`: one subscriber's events, read blocking (sync iterator) or awaited.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use genesis_registry_core::{Event, Subscriber};
+use pyo3::exceptions::PyTimeoutError;
+use pyo3::prelude::*;
+
+use crate::py::connector::seconds;
+use crate::py::instance::PyServiceInstance;
+use crate::py::runtime;
+
+/// (event type, instance) as handed to Python.
+pub(crate) type PyEvent = (&'static str, PyServiceInstance);
+
+fn to_py_event(event: Event) -> PyEvent {
+    (event.kind.as_str(), PyServiceInstance::wrap(event.instance))
+}
+
+#[pyclass(frozen, name = "WatchCore", module = "genesis_registry._core")]
+pub struct PyWatch {
+    pub(crate) subscriber: Arc<Subscriber>,
+    pub(crate) created_in: u64,
+}
+
+#[pymethods]
+impl PyWatch {
+    /// The next event, waiting up to `timeout` seconds (forever when None); None once
+    /// the watch is closed. Raises TimeoutError when the time runs out.
+    #[pyo3(signature = (timeout=None))]
+    fn next(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<Option<PyEvent>> {
+        runtime::ensure_same_process(self.created_in, "watch")?;
+        if let Some(event) = self.subscriber.try_next() {
+            return Ok(Some(to_py_event(event)));
+        }
+        let timeout = timeout.map(|t| seconds("timeout", t)).transpose()?;
+        let subscriber = Arc::clone(&self.subscriber);
+        let waited = runtime::block_on(
+            py,
+            async move {
+                match timeout {
+                    Some(limit) => tokio::time::timeout(limit, subscriber.next()).await.ok(),
+                    None => Some(subscriber.next().await),
+                }
+            },
+            true,
+        )?;
+        match waited {
+            Some(event) => Ok(event.map(to_py_event)),
+            None => Err(PyTimeoutError::new_err(format!(
+                "no event within {:.3}s",
+                timeout.unwrap_or(Duration::ZERO).as_secs_f64()
+            ))),
+        }
+    }
+
+    /// The next event if one is queued, else None; never blocks.
+    fn try_next(&self) -> Option<PyEvent> {
+        self.subscriber.try_next().map(to_py_event)
+    }
+
+    /// Awaitable of the next event; resolves to None once the watch is closed.
+    fn next_async<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        runtime::ensure_same_process(self.created_in, "watch")?;
+        let subscriber = Arc::clone(&self.subscriber);
+        runtime::into_awaitable(py, async move { Ok(subscriber.next().await.map(to_py_event)) })
+    }
+
+    fn close(&self) {
+        self.subscriber.close();
+    }
+
+    #[getter]
+    fn closed(&self) -> bool {
+        self.subscriber.is_closed()
+    }
+
+    /// Times this watch fell behind and was resynced from the current snapshot.
+    #[getter]
+    fn overflows(&self) -> u64 {
+        self.subscriber.overflows()
+    }
+}

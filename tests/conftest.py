@@ -1,0 +1,95 @@
+"""Fixtures for the suite: a real etcd (from genesis_registry.testing), connectors and
+registries on it, each test in its own namespace."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Any, Callable, Iterator, TypeVar
+
+import pytest
+
+import genesis_registry as gr
+from genesis_registry.testing import EtcdServer
+
+pytest_plugins = ["genesis_registry.testing"]
+
+T = TypeVar("T")
+
+
+def wait_until(predicate: Callable[[], T], timeout: float = 10.0, message: str = "condition") -> T:
+    """Polls ``predicate`` until it returns something truthy, or fails after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout}s waiting for {message} (last value: {last!r})")
+
+
+def etcd_keys(etcd: Any, prefix: str) -> dict[str, tuple[bytes, int]]:
+    """Every key under ``prefix`` as etcd holds it now: key -> (value, lease id)."""
+    out = etcd.etcdctl("get", "--prefix", prefix, "-w", "json").stdout
+    data = json.loads(out)
+    import base64
+
+    return {
+        base64.b64decode(kv["key"]).decode(): (base64.b64decode(kv.get("value", "")), int(kv.get("lease", 0)))
+        for kv in data.get("kvs", [])
+    }
+
+
+def etcd_leases(etcd: Any) -> list[int]:
+    out = etcd.etcdctl("lease", "list", "-w", "json").stdout
+    return [int(lease["id"]) for lease in json.loads(out).get("leases") or []]
+
+
+def instance(id: str, name: str = "svc", port: int = 9000, **kw: Any) -> gr.ServiceInstance:
+    return gr.ServiceInstance(id=id, name=name, endpoints=[f"grpc://127.0.0.1:{port}"], **kw)
+
+
+@pytest.fixture
+def namespace() -> str:
+    """A namespace no other test uses, so tests never see each other's keys."""
+    return f"/test/{uuid.uuid4().hex[:12]}"
+
+
+def make_connector(endpoints: list[str], **kw: Any) -> gr.EtcdConnector:
+    config = gr.EtcdConfig(endpoints=endpoints, dial_timeout=kw.pop("dial_timeout", 5), **kw)
+    conn = gr.EtcdConnector(config)
+    conn.connect()
+    return conn
+
+
+@pytest.fixture
+def connector(etcd_endpoints: list[str]) -> Iterator[gr.EtcdConnector]:
+    conn = make_connector(etcd_endpoints)
+    yield conn
+    conn.close()
+
+
+@pytest.fixture
+def registry(connector: gr.EtcdConnector, namespace: str) -> Iterator[gr.Registry]:
+    reg = gr.Registry(connector, gr.Config(namespace=namespace, default_ttl=5, retry_interval=0.1))
+    yield reg
+    reg.close()
+
+
+@pytest.fixture
+def second_registry(etcd_endpoints: list[str], namespace: str) -> Iterator[gr.Registry]:
+    """A registry on its own connector (another client), same namespace."""
+    conn = make_connector(etcd_endpoints)
+    reg = gr.Registry(conn, gr.Config(namespace=namespace, default_ttl=5, retry_interval=0.1))
+    yield reg
+    reg.close()
+    conn.close()
+
+
+@pytest.fixture
+def own_etcd() -> Iterator[EtcdServer]:
+    """An etcd of this test's own, free to kill, restart and wipe."""
+    with EtcdServer() as server:
+        yield server

@@ -6,14 +6,12 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from typing import Any, Callable, Iterator, TypeVar
-
-import pytest
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 import genesis_registry as gr
+import pytest
 from genesis_registry.testing import EtcdServer
-
-pytest_plugins = ["genesis_registry.testing"]
 
 T = TypeVar("T")
 

@@ -34,7 +34,6 @@ from .registry import AsyncRegistry, AsyncWatch, Registry, Watch
 _logging.getLogger("genesis_registry").addHandler(_logging.NullHandler())
 
 __all__ = [
-    "__version__",
     "AsyncRegistry",
     "AsyncWatch",
     "AuthenticationError",
@@ -57,4 +56,5 @@ __all__ = [
     "ServiceNotFoundError",
     "TLSConfig",
     "Watch",
+    "__version__",
 ]

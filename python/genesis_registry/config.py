@@ -14,16 +14,20 @@ from __future__ import annotations
 import datetime
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence, Union
 
 from .errors import InvalidConfigError
 
-__all__ = ["Seconds", "TLSConfig", "EtcdConfig", "Config", "to_seconds"]
+__all__ = ["MAX_SECONDS", "Config", "EtcdConfig", "Seconds", "TLSConfig", "to_seconds"]
 
 #: A duration: seconds as a number, or a timedelta.
-Seconds = Union[float, int, datetime.timedelta]
+Seconds = float | int | datetime.timedelta
+
+
+#: The longest duration accepted anywhere (about 31 years): beyond it, nothing is meant.
+MAX_SECONDS = 1e9
 
 
 def to_seconds(name: str, value: Seconds, *, error: type[Exception] = InvalidConfigError) -> float:
@@ -38,18 +42,29 @@ def to_seconds(name: str, value: Seconds, *, error: type[Exception] = InvalidCon
         seconds = float(value)
     else:
         raise error(f"{name} must be seconds (a number) or a timedelta, not {type(value).__name__} ({value!r})")
-    if math.isnan(seconds) or math.isinf(seconds) or seconds < 0:
-        raise error(f"{name} must be a finite, non-negative duration (got {value!r})")
+    if math.isnan(seconds) or not 0 <= seconds <= MAX_SECONDS:
+        raise error(f"{name} must be a duration between 0 and {MAX_SECONDS:g} seconds (got {value!r})")
     return seconds
 
 
-def _read_file(what: str, path: str | os.PathLike[str] | None) -> bytes | None:
+def _positive_seconds(name: str, value: Seconds, minimum: float = 0.0) -> float:
+    seconds = to_seconds(name, value)
+    if seconds <= 0 or seconds < minimum:
+        least = f"at least {minimum:g} second(s)" if minimum else "positive"
+        raise InvalidConfigError(f"{name} must be {least} (got {value!r})")
+    return seconds
+
+
+def _read_pem(what: str, path: str | os.PathLike[str] | None, marker: bytes) -> bytes | None:
     if path is None:
         return None
     try:
-        return Path(path).read_bytes()
+        data = Path(path).read_bytes()
     except OSError as e:
         raise InvalidConfigError(f"cannot read TLS {what} file {os.fspath(path)!r}: {e.strerror or e}") from e
+    if b"-----BEGIN " not in data or marker not in data:
+        raise InvalidConfigError(f"TLS {what} file {os.fspath(path)!r} is not a PEM file holding a {what}")
+    return data
 
 
 @dataclass(frozen=True)
@@ -71,15 +86,15 @@ class TLSConfig:
             raise InvalidConfigError("TLSConfig needs cert_file and key_file together (client certificate auth)")
 
     def read(self) -> tuple[bytes | None, bytes | None, bytes | None]:
-        """The PEM contents of (CA, certificate, key)."""
+        """The PEM contents of (CA, certificate, key); checks that each is PEM."""
         return (
-            _read_file("CA", self.ca_file),
-            _read_file("certificate", self.cert_file),
-            _read_file("key", self.key_file),
+            _read_pem("CA", self.ca_file, b"CERTIFICATE-----"),
+            _read_pem("certificate", self.cert_file, b"CERTIFICATE-----"),
+            _read_pem("key", self.key_file, b"PRIVATE KEY-----"),
         )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class EtcdConfig:
     """How to reach etcd.
 
@@ -90,37 +105,47 @@ class EtcdConfig:
     ('10.0.0.1:2379', '10.0.0.2:2379')
     """
 
-    endpoints: Sequence[str] = ("127.0.0.1:2379",)
-    #: How long ``connect()`` may take to prove the cluster answers.
-    dial_timeout: Seconds = 5.0
-    #: Deadline of each call to etcd, retries on other members included.
-    request_timeout: Seconds = 5.0
-    username: str | None = None
-    password: str | None = field(default=None, repr=False)
-    tls: TLSConfig | None = None
+    endpoints: tuple[str, ...]
+    #: How long ``connect()`` may take to prove the cluster answers, in seconds.
+    dial_timeout: float
+    #: Deadline of each call to etcd, retries on other members included, in seconds.
+    request_timeout: float
+    username: str | None
+    password: str | None = field(repr=False)
+    tls: TLSConfig | None
 
-    def __post_init__(self) -> None:
-        endpoints = self.endpoints
+    def __init__(
+        self,
+        endpoints: Sequence[str] | str = ("127.0.0.1:2379",),
+        dial_timeout: Seconds = 5.0,
+        request_timeout: Seconds = 5.0,
+        username: str | None = None,
+        password: str | None = None,
+        tls: TLSConfig | None = None,
+    ) -> None:
         if isinstance(endpoints, str):
             endpoints = [e for e in (part.strip() for part in endpoints.split(",")) if e]
-        endpoints = tuple(endpoints)
+        if not isinstance(endpoints, (list, tuple)):
+            raise InvalidConfigError(f"endpoints must be a list of host:port strings, not {endpoints!r}")
         for endpoint in endpoints:
             if not isinstance(endpoint, str):
                 raise InvalidConfigError(f"etcd endpoints must be str, not {type(endpoint).__name__} ({endpoint!r})")
         if not endpoints:
             raise InvalidConfigError("etcd endpoints must not be empty")
-        object.__setattr__(self, "endpoints", endpoints)
-        object.__setattr__(self, "dial_timeout", to_seconds("dial_timeout", self.dial_timeout))
-        object.__setattr__(self, "request_timeout", to_seconds("request_timeout", self.request_timeout))
-        if self.dial_timeout <= 0 or self.request_timeout <= 0:
-            raise InvalidConfigError("dial_timeout and request_timeout must be positive")
-        if (self.username is None) != (self.password is None):
+        if (username is None) != (password is None):
             raise InvalidConfigError("username and password must be given together")
-        if self.tls is not None and not isinstance(self.tls, TLSConfig):
-            raise InvalidConfigError(f"tls must be a TLSConfig, not {type(self.tls).__name__}")
+        if tls is not None and not isinstance(tls, TLSConfig):
+            raise InvalidConfigError(f"tls must be a TLSConfig, not {type(tls).__name__}")
+        set_ = object.__setattr__
+        set_(self, "endpoints", tuple(endpoints))
+        set_(self, "dial_timeout", _positive_seconds("dial_timeout", dial_timeout))
+        set_(self, "request_timeout", _positive_seconds("request_timeout", request_timeout))
+        set_(self, "username", username)
+        set_(self, "password", password)
+        set_(self, "tls", tls)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class Config:
     """A registry's settings.
 
@@ -129,14 +154,21 @@ class Config:
     """
 
     #: Key prefix of every service: instances live at ``<namespace>/<name>/<id>``.
-    namespace: str = "/genesis/services"
-    #: TTL of a registration when ``register()`` is given none (at least 1 second).
-    default_ttl: Seconds = 30.0
-    #: First delay before re-registering after a lost lease; grows with backoff.
-    retry_interval: Seconds = 1.0
+    namespace: str
+    #: TTL of a registration when ``register()`` is given none, in seconds (at least 1).
+    default_ttl: float
+    #: First delay before re-registering after a lost lease, in seconds; grows with backoff.
+    retry_interval: float
 
-    def __post_init__(self) -> None:
-        if not isinstance(self.namespace, str):
-            raise InvalidConfigError(f"namespace must be a str, not {type(self.namespace).__name__}")
-        object.__setattr__(self, "default_ttl", to_seconds("default_ttl", self.default_ttl))
-        object.__setattr__(self, "retry_interval", to_seconds("retry_interval", self.retry_interval))
+    def __init__(
+        self,
+        namespace: str = "/genesis/services",
+        default_ttl: Seconds = 30.0,
+        retry_interval: Seconds = 1.0,
+    ) -> None:
+        if not isinstance(namespace, str):
+            raise InvalidConfigError(f"namespace must be a str, not {type(namespace).__name__} ({namespace!r})")
+        set_ = object.__setattr__
+        set_(self, "namespace", namespace)
+        set_(self, "default_ttl", _positive_seconds("default_ttl", default_ttl, minimum=1.0))
+        set_(self, "retry_interval", _positive_seconds("retry_interval", retry_interval))

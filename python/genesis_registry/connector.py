@@ -32,8 +32,8 @@ class EtcdConnector:
         ca, cert, key = config.tls.read() if config.tls is not None else (None, None, None)
         self._core = _core.ConnectorCore(
             list(config.endpoints),
-            float(config.dial_timeout),
-            float(config.request_timeout),
+            config.dial_timeout,
+            config.request_timeout,
             username=config.username,
             password=config.password,
             tls_ca=ca,

@@ -13,16 +13,16 @@ Messages say what was wrong and with which value, e.g.::
 from __future__ import annotations
 
 __all__ = [
-    "RegistryError",
+    "AuthenticationError",
+    "EtcdUnavailableError",
     "InvalidConfigError",
     "InvalidServiceInstanceError",
     "InvalidTTLError",
+    "LeaseExpiredError",
+    "RegistryClosedError",
+    "RegistryError",
     "ServiceAlreadyRegisteredError",
     "ServiceNotFoundError",
-    "RegistryClosedError",
-    "LeaseExpiredError",
-    "EtcdUnavailableError",
-    "AuthenticationError",
 ]
 
 

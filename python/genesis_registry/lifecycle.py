@@ -37,7 +37,7 @@ def _close_everything() -> None:
         for obj in list(group):
             try:
                 obj._close_at_exit()
-            except Exception:  # noqa: BLE001 - exit must go on whatever one object does
+            except Exception:
                 pass
     _core._shutdown_runtime(1.0)
 

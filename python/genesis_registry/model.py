@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from ._core import ServiceInstance
 
-__all__ = ["ServiceInstance", "EventType", "ServiceEvent"]
+__all__ = ["EventType", "ServiceEvent", "ServiceInstance"]
 
 
 class EventType(str, enum.Enum):

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ._core import ConnectorCore
 
-__all__ = ["LogPump", "RegistryMetrics", "METRICS"]
+__all__ = ["METRICS", "LogPump", "RegistryMetrics"]
 
 _LEVELS = {
     "DEBUG": logging.DEBUG,
@@ -70,7 +71,13 @@ METRICS: tuple[tuple[str, str, str, str, str], ...] = (
     ("registry.deregistrations.total", "1", "Instances deregistered", "deregistrations", "counter"),
     ("registry.lease_failures.total", "1", "Leases found lost", "lease_failures", "counter"),
     ("registry.lease_recoveries.total", "1", "Lost leases replaced, keys written again", "lease_recoveries", "counter"),
-    ("registry.re_registrations.total", "1", "Keys written back after someone deleted them", "re_registrations", "counter"),
+    (
+        "registry.re_registrations.total",
+        "1",
+        "Keys written back after someone deleted them",
+        "re_registrations",
+        "counter",
+    ),
     ("registry.keepalive_restarts.total", "1", "Keep-alive streams reopened", "keepalive_restarts", "counter"),
     ("registry.watch_events.total", "1", "Watch events applied to service caches", "watch_events", "counter"),
     ("registry.watch_restarts.total", "1", "Watch stream reconnections", "watch_restarts", "counter"),

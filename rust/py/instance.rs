@@ -11,7 +11,8 @@ use pyo3::pyclass::CompareOp;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyDict, PyMapping, PyString, PyTuple};
 
-use crate::py::errors::IntoPyResult;
+use crate::py::errors::{to_py_err, IntoPyResult};
+use genesis_registry_core::Error;
 
 static MAPPING_PROXY: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
@@ -89,10 +90,22 @@ fn repr(value: &Bound<'_, PyAny>) -> String {
     value.repr().map(|r| r.to_string()).unwrap_or_else(|_| "?".into())
 }
 
+/// `value` as a Rust string: a TypeError naming `name` for non-str values, an
+/// InvalidServiceInstanceError for a str that is not valid Unicode (lone surrogates).
 fn string_arg(name: &str, value: &Bound<'_, PyAny>) -> PyResult<String> {
-    value.extract::<String>().map_err(|_| {
-        PyTypeError::new_err(format!("{name} must be a str, not {} ({})", type_name(value), repr(value)))
-    })
+    match value.cast::<PyString>() {
+        Ok(text) => text.to_str().map(str::to_owned).map_err(|_| {
+            to_py_err(Error::InvalidInstance(format!(
+                "{name} must be valid Unicode text (got {}, which holds a lone surrogate)",
+                repr(value)
+            )))
+        }),
+        Err(_) => Err(PyTypeError::new_err(format!(
+            "{name} must be a str, not {} ({})",
+            type_name(value),
+            repr(value)
+        ))),
+    }
 }
 
 #[pymethods]
@@ -182,7 +195,13 @@ impl PyServiceInstance {
         let decoded = if let Ok(bytes) = data.cast::<PyBytes>() {
             ServiceInstance::from_json(bytes.as_bytes())
         } else if let Ok(text) = data.cast::<PyString>() {
-            ServiceInstance::from_json(text.to_str()?.as_bytes())
+            match text.to_str() {
+                Ok(text) => ServiceInstance::from_json(text.as_bytes()),
+                Err(_) => Err(Error::InvalidInstance(
+                    "invalid service instance JSON: the str holds a lone surrogate, which is not Unicode text"
+                        .into(),
+                )),
+            }
         } else if let Ok(bytes) = data.extract::<Vec<u8>>() {
             ServiceInstance::from_json(&bytes)
         } else {

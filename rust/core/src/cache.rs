@@ -211,17 +211,22 @@ impl ServiceCache {
         }
     }
 
-    /// A new subscriber whose first reads are one PUT per current instance, sorted by id.
+    /// A new subscriber whose first reads are one PUT per instance present now, sorted by
+    /// id, followed by every change published after that.
     pub fn subscribe(self: &Arc<Self>, capacity: usize) -> Arc<Subscriber> {
+        // Holding the subscriber list while reading the snapshot orders this against
+        // `publish`: its events are either already in the snapshot (and filtered out by
+        // position) or pushed to this subscriber afterwards.
+        let mut subscribers = lock(&self.subscribers);
+        let snapshot = self.snapshot();
+        let initial: VecDeque<Event> = snapshot.instances.iter().map(|i| Event::put(Arc::clone(i))).collect();
         let subscriber = Arc::new(Subscriber {
             cache: Arc::clone(self),
             state: Mutex::new(SubscriberState {
-                resync: VecDeque::new(),
+                resync: initial,
                 queue: VecDeque::new(),
-                // Lagged from the start: the first read diffs an empty view against the
-                // snapshot, which yields exactly the initial PUTs.
-                lagged: true,
-                resynced_at: Position::default(),
+                lagged: false,
+                resynced_at: snapshot.position,
                 view: BTreeMap::new(),
                 capacity: capacity.max(1),
                 overflows: 0,
@@ -229,7 +234,7 @@ impl ServiceCache {
             notify: Notify::new(),
             closed: AtomicBool::new(false),
         });
-        lock(&self.subscribers).push(Arc::clone(&subscriber));
+        subscribers.push(Arc::clone(&subscriber));
         subscriber
     }
 
@@ -355,5 +360,99 @@ impl Subscriber {
         state.resync.clear();
         state.queue.clear();
         state.view.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inst(id: &str, version: &str) -> Arc<ServiceInstance> {
+        Arc::new(ServiceInstance { id: id.into(), name: "svc".into(), version: version.into(), ..Default::default() })
+    }
+
+    fn pos(revision: i64) -> Position {
+        Position { epoch: 0, revision }
+    }
+
+    fn kinds(events: &[Event]) -> Vec<(EventKind, String)> {
+        events.iter().map(|e| (e.kind, e.instance.id.clone())).collect()
+    }
+
+    #[test]
+    fn diff_puts_new_and_changed_deletes_gone_in_id_order() {
+        let (a, b1, b2, c, d) = (inst("a", "1"), inst("b", "1"), inst("b", "2"), inst("c", "1"), inst("d", "1"));
+        let events = diff("svc", &[a.clone(), b1, c.clone()], &[a, b2, d]);
+        assert_eq!(
+            kinds(&events),
+            vec![(EventKind::Put, "b".into()), (EventKind::Delete, "c".into()), (EventKind::Put, "d".into())]
+        );
+        assert_eq!(events[0].instance.version, "2");
+        assert_eq!(events[1].instance.name, "svc");
+        assert!(diff("svc", &[c.clone()], &[c]).is_empty());
+    }
+
+    #[test]
+    fn a_subscriber_starts_with_the_state_at_subscription_then_follows_changes() {
+        let cache = ServiceCache::new("svc", "/ns/svc/");
+        cache.publish(pos(5), vec![inst("b", "1"), inst("a", "1")], &[]);
+        let sub = cache.subscribe(8);
+        // Published after subscribing: delivered after the initial PUTs.
+        let c = inst("c", "1");
+        cache.publish(pos(6), vec![inst("a", "1"), inst("b", "1"), c.clone()], &[Event::put(c)]);
+        let got: Vec<_> = std::iter::from_fn(|| sub.try_next()).collect();
+        assert_eq!(
+            kinds(&got),
+            vec![(EventKind::Put, "b".into()), (EventKind::Put, "a".into()), (EventKind::Put, "c".into())]
+        );
+    }
+
+    #[test]
+    fn events_already_in_the_subscription_snapshot_are_not_repeated() {
+        let cache = ServiceCache::new("svc", "/ns/svc/");
+        cache.publish(pos(5), vec![inst("a", "1")], &[]);
+        let sub = cache.subscribe(8);
+        sub.push(pos(5), &[Event::put(inst("a", "1"))]);
+        let got: Vec<_> = std::iter::from_fn(|| sub.try_next()).collect();
+        assert_eq!(kinds(&got), vec![(EventKind::Put, "a".into())]);
+    }
+
+    #[test]
+    fn an_overflowing_subscriber_is_resynced_to_an_exact_view() {
+        let cache = ServiceCache::new("svc", "/ns/svc/");
+        cache.publish(pos(1), vec![inst("keep", "1"), inst("gone", "1")], &[]);
+        let sub = cache.subscribe(2);
+        assert_eq!(sub.try_next().unwrap().instance.id, "keep");
+        assert_eq!(sub.try_next().unwrap().instance.id, "gone");
+        let mut state = vec![inst("keep", "1"), inst("gone", "1")];
+        for (rev, id) in (2..10).zip(["n1", "n2", "n3", "n4", "n5", "n6", "n7", "n8"]) {
+            state.push(inst(id, "1"));
+            state.sort_by(|a, b| a.id.cmp(&b.id));
+            cache.publish(pos(rev), state.clone(), &[Event::put(inst(id, "1"))]);
+        }
+        state.retain(|i| i.id != "gone");
+        cache.publish(pos(10), state.clone(), &[Event::delete("svc", "gone")]);
+        assert_eq!(sub.overflows(), 1);
+        let mut view: BTreeMap<String, Arc<ServiceInstance>> = BTreeMap::new();
+        view.insert("keep".into(), inst("keep", "1"));
+        view.insert("gone".into(), inst("gone", "1"));
+        while let Some(event) = sub.try_next() {
+            match event.kind {
+                EventKind::Put => view.insert(event.instance.id.clone(), event.instance.clone()),
+                EventKind::Delete => view.remove(&event.instance.id),
+            };
+        }
+        let expected: Vec<String> = state.iter().map(|i| i.id.clone()).collect();
+        assert_eq!(view.keys().cloned().collect::<Vec<_>>(), expected);
+    }
+
+    #[test]
+    fn closing_ends_reads() {
+        let cache = ServiceCache::new("svc", "/ns/svc/");
+        cache.publish(pos(1), vec![inst("a", "1")], &[]);
+        let sub = cache.subscribe(8);
+        sub.close();
+        assert!(sub.try_next().is_none());
+        assert_eq!(cache.subscriber_count(), 0);
     }
 }

@@ -100,13 +100,31 @@ struct ReadResult {
 
 #[derive(Debug, Clone, Copy, Default)]
 struct Header {
+    cluster_id: u64,
     revision: i64,
     raft_term: u64,
 }
 
 impl Header {
     fn of(header: Option<&etcd_client::ResponseHeader>) -> Self {
-        header.map_or_else(Header::default, |h| Header { revision: h.revision(), raft_term: h.raft_term() })
+        header.map_or_else(Header::default, |h| Header {
+            cluster_id: h.cluster_id(),
+            revision: h.revision(),
+            raft_term: h.raft_term(),
+        })
+    }
+
+    /// Whether `self` comes from a different history than `seen` (the highest seen so
+    /// far): another cluster, or revision or raft term going backwards, which a living
+    /// cluster never does. Wiped data usually shows one of these; a wiped cluster that
+    /// kept its id and already wrote past the old revision would not.
+    fn is_new_history_since(&self, seen: &Header) -> bool {
+        if seen.revision == 0 {
+            return false;
+        }
+        (self.cluster_id != 0 && seen.cluster_id != 0 && self.cluster_id != seen.cluster_id)
+            || self.revision < seen.revision
+            || self.raft_term < seen.raft_term
     }
 }
 
@@ -297,6 +315,12 @@ impl HubTask {
 
     async fn on_read(&mut self, result: ReadResult) {
         let ReadResult { prefix, ticket, header, instances, malformed } = result;
+        // A superseded read (one started before a reset or a newer resync) says nothing
+        // about the current history.
+        let current = self.watched.get(&prefix).map(|w| &w.phase);
+        if !matches!(current, Some(Phase::Reading { ticket: t }) if *t == ticket) {
+            return;
+        }
         if self.detect_reset(header) {
             // Every other watch now points at revisions of a history that is gone.
             let others: Vec<String> = self.watched.keys().filter(|p| **p != prefix).cloned().collect();
@@ -305,9 +329,6 @@ impl HubTask {
             }
         }
         let Some(watched) = self.watched.get_mut(&prefix) else { return };
-        if !matches!(watched.phase, Phase::Reading { ticket: t } if t == ticket) {
-            return;
-        }
         let name = watched.cache.name().to_string();
         for (key, reason) in &malformed {
             self.access.watch_stats.malformed_values.inc();
@@ -341,10 +362,21 @@ impl HubTask {
         self.create_pending().await;
     }
 
+    /// Re-reads every watched service (after etcd's history was found reset).
+    async fn reread_all(&mut self) {
+        let all: Vec<String> = self.watched.keys().cloned().collect();
+        for prefix in all {
+            self.start_read(&prefix, Duration::ZERO).await;
+        }
+    }
+
     /// Whether `header` shows etcd's history restarted (data wiped or restored); if so
     /// a new epoch begins.
     fn detect_reset(&mut self, header: Header) -> bool {
-        let reset = header.revision < self.highest.revision || header.raft_term < self.highest.raft_term;
+        if header.revision == 0 {
+            return false;
+        }
+        let reset = header.is_new_history_since(&self.highest);
         if reset {
             self.epoch += 1;
             self.highest = header;
@@ -355,6 +387,7 @@ impl HubTask {
                 vec![("revision", header.revision.to_string())],
             );
         } else {
+            self.highest.cluster_id = header.cluster_id;
             self.highest.revision = self.highest.revision.max(header.revision);
             self.highest.raft_term = self.highest.raft_term.max(header.raft_term);
         }
@@ -391,7 +424,7 @@ impl HubTask {
                 })
                 .await?;
             let header = Header::of(probe.header());
-            if header.revision < highest.revision || header.raft_term < highest.raft_term {
+            if header.is_new_history_since(&highest) {
                 return Ok(Opened::Reset(header));
             }
             let options = watch_options(revision, watch_id);
@@ -411,7 +444,10 @@ impl HubTask {
             Ok(Opened::Stream { sender, responses, first_watch, header }) => {
                 self.sender = Some(sender);
                 self.responses = Some(responses);
-                self.detect_reset(header);
+                if self.detect_reset(header) {
+                    self.reread_all().await;
+                    return;
+                }
                 // The first watch may have been unwatched or superseded meanwhile.
                 let (prefix, watch_id) = first_watch;
                 let current = self.watched.get(&prefix).map(|w| &w.phase);
@@ -426,10 +462,12 @@ impl HubTask {
             Ok(Opened::Reset(header)) => {
                 self.detect_reset(header);
                 self.by_watch_id.clear();
-                let all: Vec<String> = self.watched.keys().cloned().collect();
-                for prefix in all {
-                    self.start_read(&prefix, Duration::ZERO).await;
+                for watched in self.watched.values_mut() {
+                    if matches!(watched.phase, Phase::Watching { .. }) {
+                        watched.phase = Phase::Pending;
+                    }
                 }
+                self.reread_all().await;
             }
             Err(e) => {
                 self.by_watch_id.clear();
@@ -506,6 +544,11 @@ impl HubTask {
 
     async fn on_response(&mut self, response: WatchResponse) {
         let header = Header::of(response.header());
+        if self.detect_reset(header) {
+            // This stream talks to a new history; every watch on it is meaningless.
+            self.reread_all().await;
+            return;
+        }
         let watch_id = response.watch_id();
         if response.created() {
             self.stream_backoff.reset();
@@ -539,7 +582,6 @@ impl HubTask {
         if watch_id == -1 || (response.events().is_empty() && !response.created()) {
             // Progress notification: nothing happened under these prefixes up to this
             // revision, so a resume may start after it.
-            self.detect_reset(header);
             let targets: Vec<String> = if watch_id == -1 {
                 self.watched.keys().cloned().collect()
             } else {

@@ -1,0 +1,295 @@
+"""Typed stub of ``genesis_registry._core``, the Rust extension module (pyo3).
+
+This file is the documented boundary between Rust and Python: every class, method,
+getter and function the bindings in ``rust/py/*.rs`` define (registered in
+``rust/lib.rs``), with the exact argument names, defaults and return types. Keep it in
+step with the Rust code; ``python -m mypy.stubtest genesis_registry._core`` checks it.
+
+Conventions of the bindings:
+
+* Durations are ``float`` seconds here; ``timedelta`` is converted in the Python layer.
+* Errors are the classes of ``genesis_registry.errors`` (``InvalidConfigError``,
+  ``InvalidServiceInstanceError``, ``RegistryClosedError``...), raised from Rust.
+* Blocking calls release the GIL and wake every 100 ms for signals (Ctrl-C).
+* ``*_async`` methods return an awaitable (an ``asyncio.Future`` of the running loop)
+  completed by the Rust runtime.
+* Objects created before ``os.fork()`` raise ``RegistryClosedError`` in the child.
+"""
+
+from collections.abc import Awaitable, Iterable, Mapping, Sequence
+from types import MappingProxyType
+from typing import Literal, TypedDict, final
+
+__all__ = [
+    "ConnectorCore",
+    "RegistryCore",
+    "ServiceInstance",
+    "WatchCore",
+    "__version__",
+    "_reset_after_fork",
+    "_shutdown_runtime",
+]
+
+__version__: str
+"""The version of the extension (the Rust crate's ``CARGO_PKG_VERSION``)."""
+
+_EventKind = Literal["PUT", "DELETE"]
+"""The kind of a watch event, as the core names it."""
+
+_Event = tuple[_EventKind, "ServiceInstance"]
+"""A watch event as the core hands it over: ``(kind, instance)``."""
+
+_LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+"""The level of a log record from the core, named as in ``logging``."""
+
+_LogRecord = tuple[_LogLevel, int, str, list[tuple[str, str]]]
+"""A log record from the core: ``(level, origin, message, fields)``; ``origin`` is a
+registry id (``RegistryCore.id``) or 0 for the connector itself."""
+
+class _ServiceInstanceDict(TypedDict):
+    """What ``ServiceInstance.to_dict()`` returns."""
+
+    id: str
+    name: str
+    version: str
+    metadata: dict[str, str]
+    endpoints: list[str]
+
+@final
+class ServiceInstance:
+    """One instance of a service: the value stored at ``<namespace>/<name>/<id>`` (immutable)."""
+
+    def __new__(
+        cls,
+        id: str,
+        name: str,
+        version: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        endpoints: Iterable[str] | None = None,
+    ) -> ServiceInstance:
+        """Build an instance, checking only types (``TypeError``); ``validate()`` checks values."""
+
+    @property
+    def id(self) -> str:
+        """Unique within the service; the last segment of the etcd key."""
+
+    @property
+    def name(self) -> str:
+        """The service this instance belongs to; the middle segment of the etcd key."""
+
+    @property
+    def version(self) -> str:
+        """Free-form version label (``""`` when not given)."""
+
+    @property
+    def metadata(self) -> MappingProxyType[str, str]:
+        """Free-form labels as a read-only mapping of str to str, sorted by key."""
+
+    @property
+    def endpoints(self) -> tuple[str, ...]:
+        """Where the instance can be reached (``host:port`` or ``grpc://host:port``), as a tuple."""
+
+    def to_json(self) -> bytes:
+        """The value as stored in etcd: byte-identical to Go's ``json.Marshal``."""
+
+    @classmethod
+    def from_json(cls, data: str | bytes | bytearray | memoryview) -> ServiceInstance:
+        """Decode a stored value as Go's ``json.Unmarshal`` would; raises ``InvalidServiceInstanceError``."""
+
+    def validate(self) -> None:
+        """Check the instance as ``register()`` does; raises ``InvalidServiceInstanceError`` naming the bad value."""
+
+    def to_dict(self) -> _ServiceInstanceDict:
+        """A plain dict (``metadata`` a dict, ``endpoints`` a list), e.g. for JSON output."""
+
+    def replace(
+        self,
+        *,
+        id: str | None = None,
+        name: str | None = None,
+        version: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        endpoints: Iterable[str] | None = None,
+    ) -> ServiceInstance:
+        """A copy with the given fields changed (``None`` keeps a field), like ``dataclasses.replace``."""
+
+    def __repr__(self) -> str:
+        """``ServiceInstance(id=..., name=..., version=..., metadata=..., endpoints=...)``."""
+
+    def __eq__(self, value: object, /) -> bool:
+        """Equal when every field is equal."""
+
+    def __ne__(self, value: object, /) -> bool:
+        """Not equal when any field differs."""
+
+    def __lt__(self, value: ServiceInstance, /) -> bool:
+        """Ordered by (id, name, version, metadata, endpoints)."""
+
+    def __le__(self, value: ServiceInstance, /) -> bool:
+        """Ordered by (id, name, version, metadata, endpoints)."""
+
+    def __gt__(self, value: ServiceInstance, /) -> bool:
+        """Ordered by (id, name, version, metadata, endpoints)."""
+
+    def __ge__(self, value: ServiceInstance, /) -> bool:
+        """Ordered by (id, name, version, metadata, endpoints)."""
+
+    def __hash__(self) -> int:
+        """A hash of every field, consistent with ``==``."""
+
+    def __reduce__(
+        self,
+    ) -> tuple[type[ServiceInstance], tuple[str, str, str, dict[str, str], list[str]]]:
+        """Pickle support: the class and its constructor arguments."""
+
+    def __copy__(self) -> ServiceInstance:
+        """The instance itself (it is immutable)."""
+
+    def __deepcopy__(self, _memo: object) -> ServiceInstance:
+        """The instance itself (it is immutable)."""
+
+@final
+class ConnectorCore:
+    """The connection to one etcd cluster, shared by the registries built on it."""
+
+    def __new__(
+        cls,
+        endpoints: Sequence[str],
+        dial_timeout: float,
+        request_timeout: float,
+        username: str | None = None,
+        password: str | None = None,
+        tls_ca: bytes | None = None,
+        tls_cert: bytes | None = None,
+        tls_key: bytes | None = None,
+        tls_server_name: str | None = None,
+        tls: bool = False,
+    ) -> ConnectorCore:
+        """Validate the settings (``InvalidConfigError``) without connecting; TLS files are PEM contents."""
+
+    def connect(self) -> None:
+        """Block until the cluster answers with a leader or ``dial_timeout`` passes."""
+
+    def connect_async(self) -> Awaitable[None]:
+        """``connect()`` as an awaitable."""
+
+    def close(self) -> None:
+        """End the connection and everything running on it; idempotent."""
+
+    @property
+    def endpoints(self) -> list[str]:
+        """The cluster members, as ``host:port``."""
+
+    @property
+    def is_connected(self) -> bool:
+        """Whether ``connect()`` succeeded and the connector is not closed."""
+
+    @property
+    def is_closed(self) -> bool:
+        """Whether ``close()`` was called."""
+
+    def drain_logs(self, timeout: float) -> list[_LogRecord] | None:
+        """Wait up to ``timeout`` s for log records: a list (empty when idle), None once closed and drained."""
+
+    def stats(self) -> dict[str, int]:
+        """The watch hub's counters, by name."""
+
+@final
+class RegistryCore:
+    """A registry (registrations with leases, cached discovery, watches) on a connector."""
+
+    def __new__(
+        cls,
+        connector: ConnectorCore,
+        namespace: str,
+        default_ttl: float,
+        retry_interval: float,
+    ) -> RegistryCore:
+        """Build a registry borrowing ``connector``; raises ``InvalidConfigError`` for bad settings."""
+
+    @property
+    def id(self) -> int:
+        """This registry's id: the ``origin`` of its log records."""
+
+    @property
+    def namespace(self) -> str:
+        """The key prefix of every service."""
+
+    @property
+    def closed(self) -> bool:
+        """Whether ``close()`` was called."""
+
+    def key_of(self, name: str, id: str) -> str:
+        """The etcd key of instance ``id`` of service ``name``."""
+
+    def effective_ttl(self, ttl: float | None = None) -> float:
+        """The TTL in seconds a registration with ``ttl`` gets; raises ``InvalidTTLError``."""
+
+    def register(self, instance: ServiceInstance, ttl: float | None = None) -> None:
+        """Register ``instance`` (validated) and keep it alive; ``ttl`` None means ``default_ttl``."""
+
+    def register_async(self, instance: ServiceInstance, ttl: float | None = None) -> Awaitable[None]:
+        """``register()`` as an awaitable."""
+
+    def deregister(self, id: str) -> None:
+        """Remove an instance this registry registered; raises ``ServiceNotFoundError`` otherwise."""
+
+    def deregister_async(self, id: str) -> Awaitable[None]:
+        """``deregister()`` as an awaitable."""
+
+    def registered_ids(self) -> list[str]:
+        """The ids of the instances this registry keeps registered."""
+
+    def get_service(self, name: str) -> tuple[ServiceInstance, ...]:
+        """The service's instances sorted by id; the first call for a service blocks for its first read."""
+
+    def cached_service(self, name: str) -> tuple[ServiceInstance, ...] | None:
+        """The service's instances if it was read before, else None; never blocks."""
+
+    def load_service_async(self, name: str) -> Awaitable[None]:
+        """Awaitable done once the service's first snapshot is there (``cached_service`` then answers)."""
+
+    def watch(self, name: str, capacity: int = 1024) -> WatchCore:
+        """Subscribe to the service's events (a PUT per instance first); blocks for its first read."""
+
+    def watch_async(self, name: str, capacity: int = 1024) -> Awaitable[WatchCore]:
+        """``watch()`` as an awaitable."""
+
+    def close(self) -> None:
+        """Revoke this registry's leases and end its watches; idempotent."""
+
+    def close_async(self) -> Awaitable[None]:
+        """``close()`` as an awaitable."""
+
+    def stats(self) -> dict[str, int]:
+        """The registry's counters and gauges, by name."""
+
+@final
+class WatchCore:
+    """One subscriber's events of one service; made by ``RegistryCore.watch()``, not constructible."""
+
+    def next(self, timeout: float | None = None) -> _Event | None:
+        """The next event, waiting up to ``timeout`` s (None: forever); None once closed; raises ``TimeoutError``."""
+
+    def try_next(self) -> _Event | None:
+        """The next event if one is queued, else None; never blocks."""
+
+    def next_async(self) -> Awaitable[_Event | None]:
+        """Awaitable of the next event; resolves to None once the watch is closed."""
+
+    def close(self) -> None:
+        """End the watch (a blocked ``next()`` returns None); idempotent."""
+
+    @property
+    def closed(self) -> bool:
+        """Whether the watch was closed (by itself, its registry or the connector)."""
+
+    @property
+    def overflows(self) -> int:
+        """Times this watch fell behind and was resynced from the current snapshot."""
+
+def _reset_after_fork() -> None:
+    """In a forked child: forget the parent's runtime; objects from before the fork stop working."""
+
+def _shutdown_runtime(timeout: float) -> None:
+    """At interpreter exit: stop the runtime's threads, waiting at most ``timeout`` s for tasks."""

@@ -1,0 +1,135 @@
+"""The asyncio twins against a real etcd."""
+
+from __future__ import annotations
+
+import asyncio
+
+import genesis_registry as gr
+import pytest
+from conftest import etcd_keys, instance, make_connector
+from test_watch import apply, etcd_view
+
+
+@pytest.fixture
+async def areg(etcd_endpoints, namespace):
+    conn = gr.EtcdConnector(gr.EtcdConfig(endpoints=etcd_endpoints))
+    await conn.aconnect()
+    reg = gr.AsyncRegistry(conn, gr.Config(namespace=namespace, default_ttl=5, retry_interval=0.1))
+    yield reg
+    await reg.close()
+    conn.close()
+
+
+async def test_register_get_deregister(areg, etcd_server, namespace):
+    await areg.register(instance("b"))
+    await areg.register(instance("a"), ttl=3)
+    found = await areg.get_service("svc")
+    assert [i.id for i in found] == ["a", "b"]
+    assert await areg.get_service("svc") is found
+    await areg.deregister("a")
+    assert list(etcd_keys(etcd_server, namespace)) == [f"{namespace}/svc/b"]
+    with pytest.raises(gr.ServiceNotFoundError):
+        await areg.deregister("a")
+    with pytest.raises(gr.ServiceAlreadyRegisteredError):
+        await areg.register(instance("b"))
+    with pytest.raises(gr.InvalidTTLError):
+        await areg.register(instance("c"), ttl=0.2)
+
+
+async def test_async_watch_initial_then_live_then_closed_by_the_registry(areg, second_registry):
+    second_registry.register(instance("b"))
+    second_registry.register(instance("a"))
+    seen: list[tuple[str, str]] = []
+
+    async def consume() -> None:
+        async for event in areg.watch("svc"):
+            seen.append((event.type.value, event.service.id))
+            if len(seen) == 2:
+                await asyncio.to_thread(second_registry.register, instance("c"))
+            if len(seen) == 3:
+                await asyncio.to_thread(second_registry.deregister, "a")
+
+    task = asyncio.create_task(consume())
+    while len(seen) < 4:
+        await asyncio.sleep(0.01)
+    await areg.close()
+    await asyncio.wait_for(task, 10)
+    assert seen == [("PUT", "a"), ("PUT", "b"), ("PUT", "c"), ("DELETE", "a")]
+
+
+async def test_async_watch_get_timeout_and_close(areg):
+    async with areg.watch("svc") as watch:
+        with pytest.raises(TimeoutError):
+            await watch.get(0.1)
+        await areg.register(instance("x"))
+        event = await watch.get(5)
+        assert event.service.id == "x"
+    assert watch.closed
+    with pytest.raises(StopAsyncIteration):
+        await watch.__anext__()
+
+
+async def test_cancelling_a_waiting_watch_task_is_clean(areg):
+    watch = areg.watch("svc")
+
+    async def wait_forever():
+        async for _ in watch:
+            pass
+
+    task = asyncio.create_task(wait_forever())
+    await asyncio.sleep(0.2)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    # The watch still works after a cancelled read.
+    await areg.register(instance("y"))
+    assert (await watch.get(5)).service.id == "y"
+    watch.close()
+
+
+async def test_many_concurrent_registrations_share_one_lease(areg, etcd_server, namespace):
+    await asyncio.gather(*(areg.register(instance(f"i-{i:03}")) for i in range(200)))
+    keys = etcd_keys(etcd_server, namespace)
+    assert len(keys) == 200
+    assert len({lease for _, lease in keys.values()}) == 1
+    assert areg.stats()["leases"] == 1
+
+
+async def test_async_view_matches_etcd_after_churn(areg, second_registry, etcd_server, namespace):
+    view: dict[str, gr.ServiceInstance] = {}
+    async with areg.watch("svc") as watch:
+        for i in range(30):
+            second_registry.register(instance(f"i-{i:02}"))
+        for i in range(0, 30, 4):
+            second_registry.deregister(f"i-{i:02}")
+        expected = etcd_view(etcd_server, namespace)
+        while view != expected:
+            apply(view, await watch.get(5))
+    assert {i.id: i for i in await areg.get_service("svc")} == expected
+
+
+async def test_operations_after_close_raise(areg):
+    await areg.close()
+    with pytest.raises(gr.RegistryClosedError):
+        await areg.register(instance("z"))
+    with pytest.raises(gr.RegistryClosedError):
+        await areg.get_service("svc")
+    await areg.close()
+
+
+def test_sync_and_async_registries_interoperate(etcd_endpoints, namespace):
+    conn = make_connector(etcd_endpoints)
+    sync_reg = gr.Registry(conn, gr.Config(namespace=namespace))
+
+    async def main() -> list[str]:
+        async with gr.AsyncRegistry(conn, gr.Config(namespace=namespace)) as areg:
+            await areg.register(instance("from-async"))
+            sync_reg.register(instance("from-sync"))
+            async for event in areg.watch("svc"):
+                if event.service.id == "from-sync":
+                    break
+            return [i.id for i in await areg.get_service("svc")]
+
+    assert asyncio.run(main()) == ["from-async", "from-sync"]
+    sync_reg.close()
+    conn.close()

@@ -97,3 +97,23 @@ def test_auth_right_and_wrong_password(own_etcd, namespace):
     assert "wrong-pw" not in str(info.value)
     assert "password" in str(info.value)
     bad.close()
+
+
+def test_expired_auth_tokens_are_refreshed_for_calls_and_watches(namespace):
+    from conftest import wait_until
+    from genesis_registry.testing import EtcdServer
+
+    with EtcdServer(extra_args=["--auth-token-ttl", "1"]) as etcd:
+        etcd.etcdctl("user", "add", "root:pw")
+        etcd.etcdctl("auth", "enable")
+        config = gr.EtcdConfig(endpoints=etcd.endpoints, username="root", password="pw")
+        with gr.EtcdConnector(config) as conn, gr.Registry(conn, gr.Config(namespace=namespace)) as reg:
+            reg.register(instance("a"))
+            watch = reg.watch("svc")
+            assert watch.get(5).service.id == "a"
+            time.sleep(2.5)  # let the 1 s token expire: time passing is what this test is about
+            reg.register(instance("b"))  # a call with an expired token
+            assert watch.get(5).service.id == "b"  # the open watch keeps delivering
+            assert reg.get_service("other") == ()  # a new watch on the old stream
+            reg.register(instance("c", name="other"))
+            wait_until(lambda: [i.id for i in reg.get_service("other")] == ["c"], 10, "new watch after expiry")

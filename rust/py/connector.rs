@@ -58,7 +58,7 @@ impl PyConnector {
         tls_server_name: Option<String>,
         tls: bool,
     ) -> PyResult<Self> {
-        let tls = tls.then(|| TlsConfig {
+        let tls = tls.then_some(TlsConfig {
             ca_pem: tls_ca,
             cert_pem: tls_cert,
             key_pem: tls_key,

@@ -368,7 +368,12 @@ mod tests {
     use super::*;
 
     fn inst(id: &str, version: &str) -> Arc<ServiceInstance> {
-        Arc::new(ServiceInstance { id: id.into(), name: "svc".into(), version: version.into(), ..Default::default() })
+        Arc::new(ServiceInstance {
+            id: id.into(),
+            name: "svc".into(),
+            version: version.into(),
+            ..Default::default()
+        })
     }
 
     fn pos(revision: i64) -> Position {
@@ -381,7 +386,8 @@ mod tests {
 
     #[test]
     fn diff_puts_new_and_changed_deletes_gone_in_id_order() {
-        let (a, b1, b2, c, d) = (inst("a", "1"), inst("b", "1"), inst("b", "2"), inst("c", "1"), inst("d", "1"));
+        let (a, b1, b2, c, d) =
+            (inst("a", "1"), inst("b", "1"), inst("b", "2"), inst("c", "1"), inst("d", "1"));
         let events = diff("svc", &[a.clone(), b1, c.clone()], &[a, b2, d]);
         assert_eq!(
             kinds(&events),
@@ -389,7 +395,8 @@ mod tests {
         );
         assert_eq!(events[0].instance.version, "2");
         assert_eq!(events[1].instance.name, "svc");
-        assert!(diff("svc", &[c.clone()], &[c]).is_empty());
+        let same = [c];
+        assert!(diff("svc", &same, &same).is_empty());
     }
 
     #[test]

@@ -165,11 +165,17 @@ impl ConnectorConfig {
 #[derive(Clone)]
 pub struct EtcdAccess {
     pub(crate) client: Client,
+    /// Whether the client authenticates (so a token may expire and need refreshing).
+    pub(crate) has_credentials: bool,
     pub(crate) request_timeout: Duration,
     pub(crate) closed: CancellationToken,
     pub(crate) log: Arc<LogSink>,
     pub(crate) watch_stats: Arc<WatchStats>,
+    pub(crate) in_flight: Arc<tokio::sync::Semaphore>,
 }
+
+/// Unary calls in flight at once per connector.
+const MAX_IN_FLIGHT: usize = 128;
 
 impl EtcdAccess {
     /// Runs `op` with a fresh client handle, retrying with backoff while etcd is
@@ -183,6 +189,14 @@ impl EtcdAccess {
         self.call_within(what, self.request_timeout, op).await
     }
 
+    /// Fetches a new auth token (streams keep the token they were opened with).
+    pub async fn refresh_token(&self) -> Result<()> {
+        if !self.has_credentials {
+            return Ok(());
+        }
+        self.call("refresh auth token", |c| async move { c.refresh_token().await }).await
+    }
+
     pub async fn call_within<T, F, Fut>(&self, what: &str, budget: Duration, mut op: F) -> Result<T>
     where
         F: FnMut(Client) -> Fut,
@@ -194,7 +208,12 @@ impl EtcdAccess {
         loop {
             let attempt = tokio::select! {
                 _ = self.closed.cancelled() => return Err(Error::Closed("etcd connector".into())),
-                r = tokio::time::timeout_at(deadline, op(self.client.clone())) => r,
+                r = tokio::time::timeout_at(deadline, async {
+                    // Bounded in-flight calls: thousands of concurrent registrations queue
+                    // here instead of tripping etcd's "too many requests".
+                    let _permit = self.in_flight.acquire().await;
+                    op(self.client.clone()).await
+                }) => r,
             };
             let err = match attempt {
                 Ok(Ok(value)) => return Ok(value),
@@ -231,6 +250,10 @@ pub(crate) fn classify(err: etcd_client::Error, what: &str) -> Error {
             match status.code() {
                 Code::Unavailable | Code::DeadlineExceeded | Code::Aborted | Code::Cancelled => {
                     Error::Unavailable(format!("{what}: etcd unavailable: {}", describe_status(&status)))
+                }
+                // etcd's back-pressure when its apply loop lags: retry after a pause.
+                _ if msg.contains("too many requests") => {
+                    Error::Unavailable(format!("{what}: etcd is overloaded: {msg}"))
                 }
                 Code::Unknown if is_transport_message(msg) => {
                     Error::Unavailable(format!("{what}: etcd unavailable: {}", describe_status(&status)))
@@ -418,10 +441,12 @@ impl Connector {
 
         let access = EtcdAccess {
             client,
+            has_credentials: config.username.is_some(),
             request_timeout: config.request_timeout,
             closed: shared.closed.clone(),
             log: shared.log.clone(),
             watch_stats: shared.watch_stats.clone(),
+            in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT)),
         };
         let remaining = deadline.saturating_duration_since(Instant::now());
         let probe = access

@@ -143,12 +143,14 @@ struct Watched {
     /// Last revision reflected in `instances`; the watch resumes after it.
     revision: i64,
     phase: Phase,
+    /// Delays between attempts after etcd refused this watch.
+    refused: Backoff,
 }
 
 enum Opened {
     Stream {
         sender: WatchRequestSender,
-        responses: WatchResponseStream,
+        responses: Box<WatchResponseStream>,
         first_watch: (String, i64),
         header: Header,
     },
@@ -164,6 +166,10 @@ struct HubTask {
     sender: Option<WatchRequestSender>,
     responses: Option<WatchResponseStream>,
     opening: Option<tokio::task::JoinHandle<Result<Opened>>>,
+    /// When the current stream was opened; old streams may carry an expired auth token.
+    stream_opened_at: Option<Instant>,
+    /// Refresh the auth token before opening the next stream.
+    refresh_token: bool,
     reconnect_at: Option<Instant>,
     stream_backoff: Backoff,
     reads: JoinSet<ReadResult>,
@@ -184,6 +190,8 @@ impl HubTask {
             sender: None,
             responses: None,
             opening: None,
+            stream_opened_at: None,
+            refresh_token: false,
             reconnect_at: None,
             stream_backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(5)),
             reads: JoinSet::new(),
@@ -245,7 +253,13 @@ impl HubTask {
         if self.watched.contains_key(&prefix) {
             return;
         }
-        let watched = Watched { cache, instances: BTreeMap::new(), revision: 0, phase: Phase::Pending };
+        let watched = Watched {
+            cache,
+            instances: BTreeMap::new(),
+            revision: 0,
+            phase: Phase::Pending,
+            refused: Backoff::new(Duration::from_millis(100), Duration::from_secs(30)),
+        };
         self.watched.insert(prefix.clone(), watched);
         self.access.watch_stats.watched_services.set(self.watched.len() as u64);
         self.start_read(&prefix, Duration::ZERO).await;
@@ -414,7 +428,11 @@ impl HubTask {
         self.by_watch_id.insert(watch_id, prefix.clone());
         let access = Arc::clone(&self.access);
         let highest = self.highest;
+        let refresh_token = std::mem::take(&mut self.refresh_token);
         self.opening = Some(tokio::spawn(async move {
+            if refresh_token {
+                access.refresh_token().await?;
+            }
             // Probe first: after a wipe, resuming at old revisions would wait for a
             // future that never comes.
             let probe = access
@@ -435,7 +453,12 @@ impl HubTask {
                 })
                 .await?;
             let (sender, responses) = stream.split();
-            Ok(Opened::Stream { sender, responses, first_watch: (prefix, watch_id), header })
+            Ok(Opened::Stream {
+                sender,
+                responses: Box::new(responses),
+                first_watch: (prefix, watch_id),
+                header,
+            })
         }));
     }
 
@@ -443,7 +466,8 @@ impl HubTask {
         match opened {
             Ok(Opened::Stream { sender, responses, first_watch, header }) => {
                 self.sender = Some(sender);
-                self.responses = Some(responses);
+                self.responses = Some(*responses);
+                self.stream_opened_at = Some(Instant::now());
                 if self.detect_reset(header) {
                     self.reread_all().await;
                     return;
@@ -521,9 +545,25 @@ impl HubTask {
         id
     }
 
+    /// Drops the stream and opens a new one for every watch it carried.
+    fn restart_stream(&mut self, refresh_token: bool) {
+        self.sender = None;
+        self.responses = None;
+        self.stream_opened_at = None;
+        self.by_watch_id.clear();
+        for watched in self.watched.values_mut() {
+            if matches!(watched.phase, Phase::Watching { .. }) {
+                watched.phase = Phase::Pending;
+            }
+        }
+        self.refresh_token |= refresh_token;
+        self.ensure_stream();
+    }
+
     fn stream_broken(&mut self, reason: String) {
         self.sender = None;
         self.responses = None;
+        self.stream_opened_at = None;
         self.by_watch_id.clear();
         let mut resumable = 0;
         for watched in self.watched.values_mut() {
@@ -550,8 +590,11 @@ impl HubTask {
             return;
         }
         let watch_id = response.watch_id();
-        if response.created() {
+        if response.created() && !response.canceled() {
             self.stream_backoff.reset();
+            if let Some(w) = self.by_watch_id.get(&watch_id).and_then(|p| self.watched.get_mut(p)) {
+                w.refused.reset();
+            }
         }
         if response.canceled() {
             let Some(prefix) = self.by_watch_id.remove(&watch_id) else { return };
@@ -565,8 +608,29 @@ impl HubTask {
                     vec![("service", name), ("revision", compacted.to_string())],
                 );
                 self.start_read(&prefix, Duration::ZERO).await;
+            } else if self.access.has_credentials
+                && is_auth_refusal(response.cancel_reason())
+                && self.stream_opened_at.is_some_and(|t| t.elapsed() >= TOKEN_SUSPECT_AGE)
+            {
+                // A stream keeps the auth token it was opened with; once that expires
+                // etcd refuses new watches on it. Reopen it with a fresh token.
+                self.log(
+                    Level::Info,
+                    format!(
+                        "etcd refused a watch on an aged stream ({}); reopening it with a fresh auth token",
+                        response.cancel_reason()
+                    ),
+                    vec![("service", name)],
+                );
+                if let Some(w) = self.watched.get_mut(&prefix) {
+                    w.phase = Phase::Pending;
+                }
+                self.restart_stream(true);
             } else {
-                let delay = self.stream_backoff.next_delay();
+                let delay = match self.watched.get_mut(&prefix) {
+                    Some(w) => w.refused.next_delay(),
+                    None => return,
+                };
                 self.log(
                     Level::Warning,
                     format!(
@@ -648,6 +712,18 @@ impl HubTask {
             );
         }
     }
+}
+
+/// How old a stream must be before a refusal on it is blamed on an expired token
+/// rather than on the user's permissions.
+const TOKEN_SUSPECT_AGE: Duration = Duration::from_secs(1);
+
+/// Whether a watch cancel reason says etcd refused the credentials.
+fn is_auth_refusal(reason: &str) -> bool {
+    let reason = reason.to_ascii_lowercase();
+    reason.contains("permission denied")
+        || reason.contains("auth token")
+        || reason.contains("unauthenticated")
 }
 
 fn watch_options(revision: i64, watch_id: i64) -> WatchOptions {

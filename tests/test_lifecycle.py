@@ -134,3 +134,31 @@ def test_close_while_other_threads_call_in(connector, namespace):
         t.join(10)
     assert not errors
     assert not any(t.is_alive() for t in threads)
+
+
+def test_ctrl_c_interrupts_a_blocked_watch(etcd_endpoints, etcd_server, namespace):
+    import signal
+
+    script = (
+        PRELUDE
+        + """
+import sys
+print("ready", flush=True)
+try:
+    for _ in reg.watch("nothing-happens-here"):
+        pass
+except KeyboardInterrupt:
+    print("interrupted", flush=True)
+"""
+    )
+    env = dict(os.environ, ENDPOINTS=",".join(etcd_endpoints), NAMESPACE=namespace)
+    child = subprocess.Popen(
+        [PYTHON, "-c", textwrap.dedent(script)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    assert child.stdout is not None
+    assert child.stdout.readline().strip() == "ready"
+    child.send_signal(signal.SIGINT)
+    out, err = child.communicate(timeout=30)
+    assert child.returncode == 0, err
+    assert out.strip() == "interrupted"
+    assert etcd_keys(etcd_server, namespace) == {}, "the exit hook still revoked the lease"

@@ -211,3 +211,19 @@ def _try(action) -> bool:
         return True
     except gr.EtcdUnavailableError:
         return False
+
+
+def test_an_outage_longer_than_the_ttl_ends_with_every_instance_registered(pair, own_etcd, namespace):
+    writer, watcher = pair
+    for i in "abc":
+        writer.register(instance(i))  # ttl 3 s
+    follower = Follower(watcher.watch("svc"))
+    wait_until(lambda: sorted(follower.snapshot()) == ["a", "b", "c"], message="initial view")
+    own_etcd.kill()
+    time.sleep(4.5)  # the outage must outlast the TTL: elapsed time is the condition under test
+    own_etcd.restart()
+    wait_until(converged(follower, watcher, own_etcd, namespace, ["a", "b", "c"]), 20, "everything back")
+    assert writer.stats()["lease_failures"] >= 1
+    keys = etcd_keys(own_etcd, namespace)
+    assert len({lease for _, lease in keys.values()}) == 1, "all three share the new lease"
+    follower.stop()

@@ -325,3 +325,15 @@ def test_opentelemetry_meter_reports_the_seed_counters(connector, namespace):
     assert values["registry.lease_failures.total"] == 0
     assert "registry.watch_events.total" in values
     assert values["registry.instances.registered"] == 2
+
+
+def test_a_registry_dropped_without_close_stops_renewing(connector, etcd_server, namespace):
+    import gc
+
+    reg = gr.Registry(connector, gr.Config(namespace=namespace, default_ttl=2))
+    reg.register(instance("forgotten"))
+    assert etcd_keys(etcd_server, namespace)
+    del reg
+    gc.collect()
+    # Not revoked (nobody called close), but no longer kept alive: gone after the 2 s TTL.
+    wait_until(lambda: etcd_keys(etcd_server, namespace) == {}, 10, "the lease to expire")

@@ -481,6 +481,11 @@ impl Connector {
         Ok(self.shared.hub.get_or_init(|| WatchHub::start(access)))
     }
 
+    /// The watch hub if it was started; never starts it.
+    pub(crate) fn started_hub(&self) -> Option<&WatchHub> {
+        self.shared.hub.get()
+    }
+
     /// Ends the hub and every call in flight. Idempotent.
     pub fn close(&self) {
         self.shared.closed.cancel();

@@ -113,6 +113,20 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+impl Drop for Inner {
+    /// A registry dropped without `close()` stops renewing its leases (they expire after
+    /// their TTL) and lets go of the services it watched.
+    fn drop(&mut self) {
+        self.closed.cancel();
+        let services: Vec<Arc<ServiceCache>> = lock(&self.services).drain().map(|(_, c)| c).collect();
+        if let Some(hub) = self.connector.started_hub() {
+            for cache in services {
+                hub.release(cache.prefix());
+            }
+        }
+    }
+}
+
 /// Register, deregister, discover and watch services in one namespace. Cheap to clone.
 #[derive(Clone)]
 pub struct Registry {
@@ -378,7 +392,7 @@ impl Registry {
                 }
                 let services: Vec<Arc<ServiceCache>> =
                     lock(&self.inner.services).drain().map(|(_, cache)| cache).collect();
-                if let Ok(hub) = self.inner.connector.hub() {
+                if let Some(hub) = self.inner.connector.started_hub() {
                     for cache in &services {
                         hub.release(cache.prefix());
                     }

@@ -211,6 +211,7 @@ impl HubTask {
         let closed = self.access.closed.clone();
         loop {
             tokio::select! {
+                biased;
                 _ = closed.cancelled() => break,
                 command = self.commands.recv() => match command {
                     Some(Command::Watch(cache)) => self.watch(cache).await,
@@ -485,21 +486,12 @@ impl HubTask {
             }
             Ok(Opened::Reset(header)) => {
                 self.detect_reset(header);
-                self.by_watch_id.clear();
-                for watched in self.watched.values_mut() {
-                    if matches!(watched.phase, Phase::Watching { .. }) {
-                        watched.phase = Phase::Pending;
-                    }
-                }
+                self.drop_stream();
                 self.reread_all().await;
             }
+            Err(Error::Closed(_)) => {}
             Err(e) => {
-                self.by_watch_id.clear();
-                for watched in self.watched.values_mut() {
-                    if matches!(watched.phase, Phase::Watching { .. }) {
-                        watched.phase = Phase::Pending;
-                    }
-                }
+                self.drop_stream();
                 let delay = self.stream_backoff.next_delay();
                 self.log(
                     Level::Warning,
@@ -545,33 +537,31 @@ impl HubTask {
         id
     }
 
-    /// Drops the stream and opens a new one for every watch it carried.
-    fn restart_stream(&mut self, refresh_token: bool) {
+    /// Forgets the stream; the watches it carried wait for the next one. Returns how many.
+    fn drop_stream(&mut self) -> usize {
         self.sender = None;
         self.responses = None;
         self.stream_opened_at = None;
         self.by_watch_id.clear();
+        let mut carried = 0;
         for watched in self.watched.values_mut() {
             if matches!(watched.phase, Phase::Watching { .. }) {
                 watched.phase = Phase::Pending;
+                carried += 1;
             }
         }
+        carried
+    }
+
+    /// Drops the stream and opens a new one for every watch it carried.
+    fn restart_stream(&mut self, refresh_token: bool) {
+        self.drop_stream();
         self.refresh_token |= refresh_token;
         self.ensure_stream();
     }
 
     fn stream_broken(&mut self, reason: String) {
-        self.sender = None;
-        self.responses = None;
-        self.stream_opened_at = None;
-        self.by_watch_id.clear();
-        let mut resumable = 0;
-        for watched in self.watched.values_mut() {
-            if matches!(watched.phase, Phase::Watching { .. }) {
-                watched.phase = Phase::Pending;
-                resumable += 1;
-            }
-        }
+        let resumable = self.drop_stream();
         self.access.watch_stats.restarts.inc();
         let delay = self.stream_backoff.next_delay();
         self.log(

@@ -227,3 +227,20 @@ def test_an_outage_longer_than_the_ttl_ends_with_every_instance_registered(pair,
     keys = etcd_keys(own_etcd, namespace)
     assert len({lease for _, lease in keys.values()}) == 1, "all three share the new lease"
     follower.stop()
+
+
+def test_lease_recovery_over_a_restart_does_not_flap_instances(pair, own_etcd, namespace):
+    writer, watcher = pair  # ttl 3 s
+    for i in "abc":
+        writer.register(instance(i))
+    follower = Follower(watcher.watch("svc"))
+    wait_until(lambda: sorted(follower.snapshot()) == ["a", "b", "c"], message="initial view")
+    initial = len(follower.events)
+    own_etcd.kill()
+    wait_until(lambda: writer.stats()["lease_failures"] >= 1, 10, "the client to declare the lease lost")
+    own_etcd.restart()  # etcd extends leases over a restart: the instances never expired
+    wait_until(lambda: writer.stats()["lease_recoveries"] >= 1, 15, "recovery")
+    wait_until(converged(follower, watcher, own_etcd, namespace, ["a", "b", "c"]), 15, "views converge")
+    changes = [(e.type.value, e.service.id) for e in follower.events[initial:]]
+    assert not [c for c in changes if c[0] == "DELETE"], changes
+    follower.stop()

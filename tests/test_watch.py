@@ -194,3 +194,40 @@ def test_watch_view_matches_etcd_after_churn(registry, second_registry, etcd_ser
         view: dict[str, gr.ServiceInstance] = {}
         drain(watch, view, lambda v: v == expected)
     assert {i.id: i for i in registry.get_service("svc")} == expected
+
+
+def test_looking_up_many_services_under_write_load_is_not_a_data_reset(registry, second_registry):
+    registry.get_service("svc")
+    stop = threading.Event()
+
+    def churn(k: int) -> None:
+        i = 0
+        while not stop.is_set():
+            second_registry.register(instance(f"w{k}-{i % 5}"))
+            second_registry.deregister(f"w{k}-{i % 5}")
+            i += 1
+
+    writers = [threading.Thread(target=churn, args=(k,)) for k in range(3)]
+    for w in writers:
+        w.start()
+    try:
+        for i in range(100):
+            assert registry.get_service(f"other-{i}") == ()
+    finally:
+        stop.set()
+        for w in writers:
+            w.join(10)
+    stats = registry.stats()
+    assert stats["data_resets"] == 0
+    assert stats["watch_events"] > 0
+
+
+def test_sync_watches_dropped_without_close_are_closed(registry):
+    import gc
+
+    registry.register(instance("a"))
+    for _ in range(50):
+        for _event in registry.watch("svc"):
+            break
+    gc.collect()
+    assert registry.stats()["open_watches"] == 0

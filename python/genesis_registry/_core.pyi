@@ -274,8 +274,8 @@ class WatchCore:
     def try_next(self) -> _Event | None:
         """The next event if one is queued, else None; never blocks."""
 
-    def next_async(self) -> Awaitable[_Event | None]:
-        """Awaitable of the next event; resolves to None once the watch is closed."""
+    def wait_async(self) -> Awaitable[None]:
+        """Awaitable done when an event may be ready or the watch closed; take it with ``try_next()``."""
 
     def close(self) -> None:
         """End the watch (a blocked ``next()`` returns None); idempotent."""

@@ -272,6 +272,10 @@ class Watch:
         """Stop the watch; a thread blocked on it wakes up. Idempotent."""
         self._core.close()
 
+    def __del__(self) -> None:
+        # A watch left behind (a loop exited with break) must stop receiving events.
+        self._core.close()
+
     def __enter__(self) -> Watch:
         return self
 
@@ -301,25 +305,32 @@ class AsyncWatch:
     def __aiter__(self) -> AsyncIterator[ServiceEvent]:
         return self
 
-    async def __anext__(self) -> ServiceEvent:
-        if self._closed:
-            raise StopAsyncIteration
+    async def _next(self) -> ServiceEvent | None:
         core = await self._subscribed()
-        event = await core.next_async()
+        while True:
+            # Taken synchronously: the awaited part only waits, so a timeout or a
+            # cancellation never loses an event.
+            event = core.try_next()
+            if event is not None:
+                return event_from_core(*event)
+            if core.closed or self._closed:
+                return None
+            await core.wait_async()
+
+    async def __anext__(self) -> ServiceEvent:
+        event = None if self._closed else await self._next()
         if event is None:
             raise StopAsyncIteration
-        return event_from_core(*event)
+        return event
 
     async def get(self, timeout: Seconds | None = None) -> ServiceEvent | None:
         """The next event, waiting up to ``timeout``; None once closed. Raises
         :class:`TimeoutError` when the time runs out."""
-        core = await self._subscribed()
         seconds = None if timeout is None else to_seconds("timeout", timeout)
         try:
-            event = await asyncio.wait_for(core.next_async(), seconds)
+            return await asyncio.wait_for(self._next(), seconds)
         except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
             raise TimeoutError(f"no event within {seconds:.3f}s") from None
-        return None if event is None else event_from_core(*event)
 
     @property
     def closed(self) -> bool:
@@ -334,6 +345,11 @@ class AsyncWatch:
         self._closed = True
         if self._core is not None:
             self._core.close()
+
+    def __del__(self) -> None:
+        # `async for ... break` leaves the watch unclosed; the awaitable that delivered it
+        # may outlive it inside asyncio, so close it here rather than on the core's drop.
+        self.close()
 
     async def aclose(self) -> None:
         self.close()

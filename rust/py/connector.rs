@@ -83,11 +83,14 @@ impl PyConnector {
 
     fn connect_async<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let core = self.check()?.clone();
-        runtime::into_awaitable(py, async move { core.connect().await.into_py_result() })
+        runtime::into_awaitable(py, async move { core.connect().await })
     }
 
+    /// Idempotent. In a forked child it does nothing: the parent owns the connection.
     fn close(&self) {
-        self.core.close();
+        if self.created_in == runtime::generation() {
+            self.core.close();
+        }
     }
 
     #[getter]

@@ -39,7 +39,12 @@ fn class_of(error: &Error) -> &'static str {
 
 /// The Python exception for a core error.
 pub fn to_py_err(error: Error) -> PyErr {
-    Python::attach(|py| exception(py, class_of(&error), error.to_string()))
+    Python::attach(|py| error_to_py(py, error))
+}
+
+/// The Python exception for a core error, with the GIL already held.
+pub fn error_to_py(py: Python<'_>, error: Error) -> PyErr {
+    exception(py, class_of(&error), error.to_string())
 }
 
 /// A `RegistryClosedError` with this message.

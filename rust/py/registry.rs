@@ -172,7 +172,7 @@ impl PyRegistry {
     ) -> PyResult<Bound<'py, PyAny>> {
         let core = self.check()?.clone();
         let (instance, ttl) = (instance.inner.as_ref().clone(), optional_ttl(ttl)?);
-        runtime::into_awaitable(py, async move { core.register(instance, ttl).await.into_py_result() })
+        runtime::into_awaitable(py, async move { core.register(instance, ttl).await })
     }
 
     fn deregister(&self, py: Python<'_>, id: String) -> PyResult<()> {
@@ -182,7 +182,7 @@ impl PyRegistry {
 
     fn deregister_async<'py>(&self, py: Python<'py>, id: String) -> PyResult<Bound<'py, PyAny>> {
         let core = self.check()?.clone();
-        runtime::into_awaitable(py, async move { core.deregister(&id).await.into_py_result() })
+        runtime::into_awaitable(py, async move { core.deregister(&id).await })
     }
 
     fn registered_ids(&self) -> Vec<String> {
@@ -219,10 +219,7 @@ impl PyRegistry {
     /// which `cached_service` answers.
     fn load_service_async<'py>(&self, py: Python<'py>, name: String) -> PyResult<Bound<'py, PyAny>> {
         let core = self.check()?.clone();
-        runtime::into_awaitable(py, async move {
-            core.service(&name).await.into_py_result()?;
-            Ok(())
-        })
+        runtime::into_awaitable(py, async move { core.service(&name).await.map(|_| ()) })
     }
 
     /// Events of service `name` (first a PUT per instance, sorted by id); blocks for the
@@ -245,8 +242,7 @@ impl PyRegistry {
         let core = self.check()?.clone();
         let created_in = self.created_in;
         runtime::into_awaitable(py, async move {
-            let subscriber = core.watch(&name, capacity).await.into_py_result()?;
-            Ok(PyWatch { subscriber, created_in })
+            core.watch(&name, capacity).await.map(|subscriber| PyWatch { subscriber, created_in })
         })
     }
 

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use pyo3::prelude::*;
+use pyo3::IntoPyObjectExt;
 use pyo3_async_runtimes::generic::{ContextExt, JoinError, Runtime as AsyncRuntime};
 use pyo3_async_runtimes::TaskLocals;
 use tokio::runtime::{Handle, Runtime};
@@ -121,13 +122,33 @@ where
     }
 }
 
-/// Turns a Rust future into an asyncio awaitable running on our runtime.
+/// Turns a core future into an asyncio awaitable running on our runtime. The result
+/// (value or exception) becomes a Python object only after the future, with the GIL,
+/// off the runtime's worker threads.
 pub fn into_awaitable<'py, F, T>(py: Python<'py>, fut: F) -> PyResult<Bound<'py, PyAny>>
 where
-    F: Future<Output = PyResult<T>> + Send + 'static,
+    F: Future<Output = genesis_registry_core::Result<T>> + Send + 'static,
     T: for<'a> IntoPyObject<'a> + Send + 'static,
 {
-    pyo3_async_runtimes::generic::future_into_py::<GenesisRuntime, _, T>(py, fut)
+    pyo3_async_runtimes::generic::future_into_py::<GenesisRuntime, _, Outcome<T>>(py, async move {
+        Ok(Outcome(fut.await))
+    })
+}
+
+/// A core result on its way to Python.
+pub struct Outcome<T>(genesis_registry_core::Result<T>);
+
+impl<'py, T: IntoPyObject<'py>> IntoPyObject<'py> for Outcome<T> {
+    type Target = PyAny;
+    type Output = Bound<'py, PyAny>;
+    type Error = PyErr;
+
+    fn into_pyobject(self, py: Python<'py>) -> PyResult<Self::Output> {
+        match self.0 {
+            Ok(value) => value.into_bound_py_any(py),
+            Err(error) => Err(crate::py::errors::error_to_py(py, error)),
+        }
+    }
 }
 
 /// pyo3-async-runtimes glue for our (fork-resettable) runtime.

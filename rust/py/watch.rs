@@ -24,6 +24,14 @@ pub struct PyWatch {
     pub(crate) created_in: u64,
 }
 
+impl Drop for PyWatch {
+    /// A watch dropped without `close()` (an `async for` left with `break`) stops
+    /// receiving events, instead of queueing them forever.
+    fn drop(&mut self) {
+        self.subscriber.close();
+    }
+}
+
 #[pymethods]
 impl PyWatch {
     /// The next event, waiting up to `timeout` seconds (forever when None); None once
@@ -31,27 +39,37 @@ impl PyWatch {
     #[pyo3(signature = (timeout=None))]
     fn next(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<Option<PyEvent>> {
         runtime::ensure_same_process(self.created_in, "watch")?;
-        if let Some(event) = self.subscriber.try_next() {
-            return Ok(Some(to_py_event(event)));
-        }
-        let timeout = timeout.map(|t| seconds("timeout", t)).transpose()?;
-        let subscriber = Arc::clone(&self.subscriber);
-        let waited = runtime::block_on(
-            py,
-            async move {
-                match timeout {
-                    Some(limit) => tokio::time::timeout(limit, subscriber.next()).await.ok(),
-                    None => Some(subscriber.next().await),
-                }
-            },
-            true,
-        )?;
-        match waited {
-            Some(event) => Ok(event.map(to_py_event)),
-            None => Err(PyTimeoutError::new_err(format!(
-                "no event within {:.3}s",
-                timeout.unwrap_or(Duration::ZERO).as_secs_f64()
-            ))),
+        let limit = timeout.map(|t| seconds("timeout", t)).transpose()?;
+        let deadline = limit.map(|l| tokio::time::Instant::now() + l);
+        loop {
+            // Events are taken here, never inside the waiting future, so an interrupted
+            // wait cannot lose one.
+            if let Some(event) = self.subscriber.try_next() {
+                return Ok(Some(to_py_event(event)));
+            }
+            if self.subscriber.is_closed() {
+                return Ok(None);
+            }
+            let subscriber = Arc::clone(&self.subscriber);
+            let woke = runtime::block_on(
+                py,
+                async move {
+                    match deadline {
+                        Some(deadline) => tokio::time::timeout_at(deadline, subscriber.ready()).await.is_ok(),
+                        None => {
+                            subscriber.ready().await;
+                            true
+                        }
+                    }
+                },
+                true,
+            )?;
+            if !woke {
+                return Err(PyTimeoutError::new_err(format!(
+                    "no event within {:.3}s",
+                    limit.unwrap_or(Duration::ZERO).as_secs_f64()
+                )));
+            }
         }
     }
 
@@ -60,11 +78,15 @@ impl PyWatch {
         self.subscriber.try_next().map(to_py_event)
     }
 
-    /// Awaitable of the next event; resolves to None once the watch is closed.
-    fn next_async<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+    /// Awaitable that completes when an event may be ready (or the watch closed); take
+    /// it with `try_next()`. Cancelling the wait loses nothing.
+    fn wait_async<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         runtime::ensure_same_process(self.created_in, "watch")?;
         let subscriber = Arc::clone(&self.subscriber);
-        runtime::into_awaitable(py, async move { Ok(subscriber.next().await.map(to_py_event)) })
+        runtime::into_awaitable(py, async move {
+            subscriber.ready().await;
+            Ok(())
+        })
     }
 
     fn close(&self) {

@@ -292,7 +292,7 @@ impl Subscriber {
                 state.queue.extend(events.iter().map(|e| (position, e.clone())));
             }
         }
-        self.notify.notify_one();
+        self.notify.notify_waiters();
     }
 
     /// The next event if one is ready; never blocks.
@@ -329,17 +329,35 @@ impl Subscriber {
         Some(event)
     }
 
-    /// Waits for the next event; `None` once the subscriber is closed.
-    pub async fn next(&self) -> Option<Event> {
+    /// Whether a read may find an event now (it may still find none: queued events
+    /// already covered by a resync are skipped).
+    fn may_have_next(&self) -> bool {
+        let state = lock(&self.state);
+        state.lagged || !state.resync.is_empty() || !state.queue.is_empty()
+    }
+
+    /// Waits until an event may be ready or the subscriber is closed, without taking
+    /// it: a waiter that gives up (a timeout, a cancelled task) loses nothing.
+    pub async fn ready(&self) {
         loop {
             let notified = self.notify.notified();
+            if self.is_closed() || self.may_have_next() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Waits for the next event; `None` once the subscriber is closed. Cancel-safe.
+    pub async fn next(&self) -> Option<Event> {
+        loop {
             if let Some(event) = self.try_next() {
                 return Some(event);
             }
             if self.is_closed() {
                 return None;
             }
-            notified.await;
+            self.ready().await;
         }
     }
 
@@ -355,7 +373,7 @@ impl Subscriber {
     /// Ends the subscription: pending and future reads return `None`.
     pub fn close(&self) {
         self.closed.store(true, Ordering::Release);
-        self.notify.notify_one();
+        self.notify.notify_waiters();
         let mut state = lock(&self.state);
         state.resync.clear();
         state.queue.clear();

@@ -221,7 +221,9 @@ impl EtcdAccess {
                 Err(_) => {
                     return Err(Error::Unavailable(match last {
                         Some(e) => format!("{e} (gave up after {budget:?})"),
-                        None => format!("{what}: etcd did not answer within {budget:?}"),
+                        None => {
+                            format!("{what}: no answer from etcd within {budget:?} (queued or in flight)")
+                        }
                     }))
                 }
             };
@@ -255,7 +257,7 @@ pub(crate) fn classify(err: etcd_client::Error, what: &str) -> Error {
                 _ if msg.contains("too many requests") => {
                     Error::Unavailable(format!("{what}: etcd is overloaded: {msg}"))
                 }
-                Code::Unknown if is_transport_message(msg) => {
+                Code::Unknown | Code::Internal if is_transport_message(msg) => {
                     Error::Unavailable(format!("{what}: etcd unavailable: {}", describe_status(&status)))
                 }
                 Code::Unauthenticated => {
@@ -295,9 +297,17 @@ pub(crate) fn classify(err: etcd_client::Error, what: &str) -> Error {
 }
 
 fn is_transport_message(msg: &str) -> bool {
-    ["transport", "connection", "broken pipe", "h2 protocol", "tcp connect"]
-        .iter()
-        .any(|needle| msg.to_ascii_lowercase().contains(needle))
+    [
+        "transport",
+        "connection",
+        "broken pipe",
+        "h2 protocol",
+        "tcp connect",
+        "goaway",
+        "stream no longer needed",
+    ]
+    .iter()
+    .any(|needle| msg.to_ascii_lowercase().contains(needle))
 }
 
 fn describe_status(status: &tonic::Status) -> String {
@@ -436,7 +446,10 @@ impl Connector {
                 return Err(unreachable_error(err, &endpoints_text, budget));
             }
             last_error = Some(err);
-            tokio::time::sleep(backoff.next_delay().min(deadline - Instant::now())).await;
+            tokio::select! {
+                _ = shared.closed.cancelled() => return Err(Error::Closed("etcd connector".into())),
+                _ = tokio::time::sleep(backoff.next_delay().min(deadline - Instant::now())) => {}
+            }
         };
 
         let access = EtcdAccess {

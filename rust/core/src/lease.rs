@@ -8,12 +8,15 @@
 //! Once per TTL it also checks that its keys still exist, and writes back any that
 //! someone else deleted. The key of an instance never changes.
 //!
-//! Locking: `lease` is a read-write lock. Writing one key (register) or deleting one
-//! (deregister) holds it for reading; replacing the lease and writing every key again,
-//! or restoring deleted keys, holds it for writing. So a deregistered key is never
-//! written back, and no key is written with a lease that is being replaced.
+//! Locking: `lease` is a read-write lock. Writing one key (register) holds it for
+//! reading, so registrations proceed concurrently. Deleting a key (deregister, or the
+//! clean-up of a failed registration), replacing the lease and writing every key again,
+//! and restoring deleted keys hold it for writing. So a deleted key is never written
+//! back, and no key is written with a lease that is being replaced. The registry
+//! serialises operations on one instance id, so a key is never written and deleted at
+//! the same time.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -73,6 +76,11 @@ struct LeaseGroup {
     grants: Mutex<u64>,
     /// Every key on this group's lease, with the value to write back.
     keys: Mutex<BTreeMap<String, Arc<[u8]>>>,
+    /// Keys that failed to register and may still exist in etcd: deleted as soon as
+    /// etcd allows, so no instance lives on that nobody tracks.
+    orphans: Mutex<BTreeSet<String>>,
+    /// Leases found lost whose keys have not moved yet; revoked once they have.
+    lost: Mutex<Vec<i64>>,
     /// Wakes the task when a lease appears or is reported lost.
     wake: Notify,
     stop: CancellationToken,
@@ -97,6 +105,9 @@ impl LeaseGroup {
         if let Some(lease) = *slot {
             return Ok((lease, false));
         }
+        if self.stop.is_cancelled() {
+            return Err(Error::Closed("registry".into()));
+        }
         let seconds = grant_seconds(self.ttl);
         let granted =
             ctx.access.call("grant lease", |mut c| async move { c.lease_grant(seconds, None).await }).await?;
@@ -114,6 +125,11 @@ impl LeaseGroup {
         };
         drop(slot);
         self.wake.notify_one();
+        // The keys have moved: the old leases may still exist (etcd extends leases over a
+        // restart), so revoke them now that nothing needed is on them.
+        for old in std::mem::take(&mut *lock(&self.lost)) {
+            revoke_in_background(&ctx.access, old);
+        }
         if grants > 1 {
             ctx.stats.lease_recoveries.inc();
             ctx.log(
@@ -137,6 +153,7 @@ impl LeaseGroup {
         }
         *slot = None;
         drop(slot);
+        lock(&self.lost).push(lease.id);
         ctx.stats.lease_failures.inc();
         ctx.log(
             Level::Warning,
@@ -173,6 +190,23 @@ impl LeaseGroup {
             }
         }
         Err(Error::LeaseExpired(format!("the lease for {key} kept disappearing while writing it")))
+    }
+
+    /// Deletes keys left by failed registrations.
+    async fn delete_orphans(&self, ctx: &LeaseContext) -> Result<()> {
+        let orphans: Vec<String> = lock(&self.orphans).iter().cloned().collect();
+        if orphans.is_empty() {
+            return Ok(());
+        }
+        let _slot = self.lease.write().await;
+        for key in orphans {
+            if !lock(&self.orphans).contains(&key) {
+                continue;
+            }
+            delete_key(&ctx.access, &key).await?;
+            lock(&self.orphans).remove(&key);
+        }
+        Ok(())
     }
 
     /// Checks that every key still exists and writes back those that do not.
@@ -270,11 +304,7 @@ async fn keep_alive_task(group: Arc<LeaseGroup>, ctx: Arc<LeaseContext>) {
             KeepAliveEnd::Stopped => return,
             KeepAliveEnd::Replaced => continue,
             KeepAliveEnd::Lost(reason) => {
-                if group.mark_lost(&ctx, lease, &reason).await {
-                    // The old lease may still exist (e.g. etcd extended it over a restart):
-                    // revoke it once the keys have moved, so nothing stays on it.
-                    revoke_in_background(&ctx.access, lease.id);
-                }
+                group.mark_lost(&ctx, lease, &reason).await;
             }
         }
     }
@@ -314,6 +344,10 @@ async fn keep_alive(group: &LeaseGroup, ctx: &LeaseContext, lease: Lease) -> Kee
                             return KeepAliveEnd::Lost("etcd reports it expired (TTL 0)".into())
                         }
                         _ => break,
+                    }
+                    if !lock(&group.orphans).is_empty() {
+                        // Best effort; failures are retried on the next renewal.
+                        let _ = group.delete_orphans(ctx).await;
                     }
                     if Instant::now() >= check_keys_at {
                         check_keys_at = Instant::now() + lease.granted;
@@ -357,6 +391,10 @@ async fn put_one(access: &EtcdAccess, key: &str, value: &Arc<[u8]>, lease: i64) 
         .map(|_| ())
 }
 
+async fn delete_key(access: &EtcdAccess, key: &str) -> Result<()> {
+    access.call("delete instance", |mut c| async move { c.delete(key, None).await }).await.map(|_| ())
+}
+
 /// Writes many keys with `lease`, a transaction per batch.
 async fn put_all(access: &EtcdAccess, keys: &[(String, Arc<[u8]>)], lease: i64) -> Result<()> {
     for batch in keys.chunks(TXN_BATCH) {
@@ -396,7 +434,8 @@ impl LeasePool {
         Self { ctx: Arc::new(ctx), groups: Mutex::new(HashMap::new()) }
     }
 
-    /// Writes `key` = `value` on the shared lease for `ttl`; returns the lease id.
+    /// Writes `key` = `value` on the shared lease for `ttl`; returns the lease id. On
+    /// failure the key is not left behind in etcd (deleted now, or as soon as etcd allows).
     pub(crate) async fn attach(&self, ttl: Duration, key: &str, value: Vec<u8>) -> Result<i64> {
         let group = {
             let mut groups = lock(&self.groups);
@@ -406,6 +445,8 @@ impl LeasePool {
                     lease: RwLock::new(None),
                     grants: Mutex::new(0),
                     keys: Mutex::new(BTreeMap::new()),
+                    orphans: Mutex::new(BTreeSet::new()),
+                    lost: Mutex::new(Vec::new()),
                     wake: Notify::new(),
                     stop: self.ctx.closed.child_token(),
                 });
@@ -416,37 +457,39 @@ impl LeasePool {
             // Inserted under the pool lock, so a concurrent detach never sees the group
             // empty and retires it under us.
             lock(&group.keys).insert(key.to_string(), value.into());
+            lock(&group.orphans).remove(key);
             Arc::clone(group)
         };
-        match group.write_key(&self.ctx, key).await {
-            Ok(id) => Ok(id),
-            Err(e) => {
-                let _guard = group.lease.read().await;
-                lock(&group.keys).remove(key);
-                drop(_guard);
-                self.retire_if_empty(&group).await;
-                Err(e)
+        let written = group.write_key(&self.ctx, key).await;
+        if written.is_err() {
+            // The write may have landed (a timeout is ambiguous), or a concurrent re-put
+            // of the whole group may have written the key: make sure it goes away.
+            let slot = group.lease.write().await;
+            lock(&group.keys).remove(key);
+            if delete_key(&self.ctx.access, key).await.is_err() {
+                lock(&group.orphans).insert(key.to_string());
             }
+            drop(slot);
+            self.retire_if_empty(&group).await;
         }
+        written
     }
 
-    /// Deletes `key` from etcd and from its group; the last key of a group revokes the
-    /// lease. On failure the key stays registered, so the caller may try again.
+    /// Deletes `key` from etcd, then from its group; the last key of a group revokes
+    /// the lease. On failure nothing changes, so the caller may try again.
     pub(crate) async fn detach(&self, ttl: Duration, key: &str) -> Result<()> {
-        let Some(group) = lock(&self.groups).get(&ttl_key(ttl)).cloned() else {
-            return Ok(());
+        let group = lock(&self.groups).get(&ttl_key(ttl)).cloned();
+        let Some(group) = group else {
+            // No lease group (it was retired): the key can only be a leftover.
+            return delete_key(&self.ctx.access, key).await;
         };
-        let slot = group.lease.read().await;
-        let Some(value) = lock(&group.keys).remove(key) else {
-            return Ok(());
-        };
-        let deleted =
-            self.ctx.access.call("delete instance", |mut c| async move { c.delete(key, None).await }).await;
-        if let Err(e) = deleted {
-            lock(&group.keys).insert(key.to_string(), value);
-            return Err(e);
+        {
+            // Exclusive: no re-put of the group can write the key back meanwhile, and the
+            // key stays in the group (keeping it alive) until etcd confirmed the delete.
+            let _slot = group.lease.write().await;
+            delete_key(&self.ctx.access, key).await?;
+            lock(&group.keys).remove(key);
         }
-        drop(slot);
         self.retire_if_empty(&group).await;
         Ok(())
     }
@@ -466,6 +509,7 @@ impl LeasePool {
         }
         self.ctx.stats.leases.sub(1);
         group.stop.cancel();
+        // Revoking also deletes any orphan still on the lease.
         if let Some(lease) = group.lease.write().await.take() {
             let _ = self
                 .ctx
@@ -475,28 +519,35 @@ impl LeasePool {
         }
     }
 
-    /// Stops every keep-alive and revokes every lease, within `budget`.
+    /// Stops every keep-alive and revokes every lease, all within `budget`.
     pub(crate) async fn close(&self, budget: Duration) {
+        let deadline = Instant::now() + budget;
         let groups: Vec<Arc<LeaseGroup>> = lock(&self.groups).drain().map(|(_, g)| g).collect();
         self.ctx.stats.leases.set(0);
+        for group in &groups {
+            group.stop.cancel();
+        }
         let mut revokes = tokio::task::JoinSet::new();
         for group in groups {
-            group.stop.cancel();
-            let lease = *group.lease.read().await;
-            if let Some(lease) = lease {
-                let access = Arc::clone(&self.ctx.access);
-                revokes.spawn(async move {
-                    access
-                        .call_within(
-                            "revoke lease",
-                            budget,
-                            |mut c| async move { c.lease_revoke(lease.id).await },
-                        )
-                        .await
-                });
-            }
+            let access = Arc::clone(&self.ctx.access);
+            revokes.spawn(async move {
+                // The keep-alive task may hold the lock while etcd is unreachable.
+                let Ok(mut slot) = tokio::time::timeout_at(deadline, group.lease.write()).await else {
+                    return;
+                };
+                if let Some(lease) = slot.take() {
+                    let budget = deadline.saturating_duration_since(Instant::now());
+                    let _ =
+                        access
+                            .call_within("revoke lease", budget, |mut c| async move {
+                                c.lease_revoke(lease.id).await
+                            })
+                            .await;
+                }
+            });
         }
-        let _ = tokio::time::timeout(budget, async { while revokes.join_next().await.is_some() {} }).await;
+        let _ =
+            tokio::time::timeout_at(deadline, async { while revokes.join_next().await.is_some() {} }).await;
     }
 }
 

@@ -5,7 +5,7 @@
 //! that do not fit are counted and dropped.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -51,6 +51,9 @@ pub struct LogSink {
     queue: Mutex<Queue>,
     ready: Condvar,
     dropped: AtomicU64,
+    /// Set by `close` even when the queue's lock cannot be taken (in a forked child a
+    /// thread that no longer exists may hold it); drainers check it on each wake-up.
+    closed: AtomicBool,
 }
 
 impl LogSink {
@@ -66,7 +69,7 @@ impl LogSink {
         fields: Vec<(&'static str, String)>,
     ) {
         let mut queue = self.lock();
-        if queue.closed || queue.records.len() >= CAPACITY {
+        if queue.closed || self.closed.load(Ordering::Relaxed) || queue.records.len() >= CAPACITY {
             self.dropped.fetch_add(1, Ordering::Relaxed);
             return;
         }
@@ -82,19 +85,23 @@ impl LogSink {
 
     /// Ends the sink: the drainer gets what is queued, then [`Drained::Closed`].
     pub fn close(&self) {
-        self.lock().closed = true;
+        self.closed.store(true, Ordering::Release);
+        if let Ok(mut queue) = self.queue.try_lock() {
+            queue.closed = true;
+        }
         self.ready.notify_all();
     }
 
     /// Blocks up to `timeout` for records; returns at most `max` of them at once.
     pub fn drain(&self, timeout: Duration, max: usize) -> Drained {
         let queue = self.lock();
+        let closed = |q: &Queue| q.closed || self.closed.load(Ordering::Acquire);
         let (mut queue, _) = self
             .ready
-            .wait_timeout_while(queue, timeout, |q| q.records.is_empty() && !q.closed)
+            .wait_timeout_while(queue, timeout, |q| q.records.is_empty() && !closed(q))
             .unwrap_or_else(|e| e.into_inner());
         if queue.records.is_empty() {
-            return if queue.closed { Drained::Closed } else { Drained::Idle };
+            return if closed(&queue) { Drained::Closed } else { Drained::Idle };
         }
         let n = queue.records.len().min(max.max(1));
         Drained::Records(queue.records.drain(..n).collect())

@@ -91,6 +91,11 @@ impl RegistryConfig {
 struct Registration {
     key: String,
     ttl: Duration,
+    /// Held by whichever register or deregister of this id is under way, so operations
+    /// on one id never overlap.
+    op: Arc<tokio::sync::Mutex<()>>,
+    /// True once the registration completed (and until it is deregistered).
+    registered: bool,
 }
 
 struct Inner {
@@ -111,6 +116,15 @@ struct Inner {
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The result of a spawned operation.
+async fn join<T>(task: tokio::task::JoinHandle<Result<T>>) -> Result<T> {
+    match task.await {
+        Ok(result) => result,
+        Err(e) if e.is_cancelled() => Err(Error::Closed("runtime".into())),
+        Err(e) => Err(Error::Etcd(format!("internal error: {e}"))),
+    }
 }
 
 impl Drop for Inner {
@@ -202,6 +216,8 @@ impl Registry {
     pub fn stats(&self) -> Vec<(&'static str, u64)> {
         let mut stats = self.inner.stats.snapshot();
         stats.extend(self.inner.connector.watch_stats().snapshot());
+        let open_watches = self.inner.connector.started_hub().map_or(0, |hub| hub.open_watches());
+        stats.push(("open_watches", open_watches as u64));
         stats.push(("log_records_dropped", self.inner.access.log.dropped()));
         stats
     }
@@ -249,6 +265,9 @@ impl Registry {
 
     /// Registers `instance` under `<namespace>/<name>/<id>` and keeps it alive until
     /// [`Registry::deregister`] or [`Registry::close`], re-registering it if its lease is lost.
+    ///
+    /// The work runs in its own task: a caller that stops waiting (a cancelled awaitable,
+    /// Ctrl-C) never leaves a registration half done.
     pub async fn register(&self, instance: ServiceInstance, ttl: Option<Duration>) -> Result<()> {
         self.check_open()?;
         instance.validate()?;
@@ -262,59 +281,87 @@ impl Registry {
                 key.len() + value.len()
             )));
         }
-        {
+        let guard = {
             let mut registrations = lock(&self.inner.registrations);
             if registrations.contains_key(&instance.id) {
                 return Err(Error::AlreadyRegistered(instance.id.clone()));
             }
-            registrations.insert(instance.id.clone(), Registration { key: key.clone(), ttl });
-        }
-        let attached = self.unless_closed(self.inner.leases.attach(ttl, &key, value)).await;
-        match attached {
-            Ok(lease_id) => {
-                self.inner.stats.registrations.inc();
-                self.inner.stats.registered.inc();
-                self.log(
-                    Level::Info,
-                    format!("registered {key}"),
-                    vec![
-                        ("service", instance.name.clone()),
-                        ("instance_id", instance.id.clone()),
-                        ("lease_id", lease_id.to_string()),
-                    ],
-                );
-                Ok(())
+            let op = Arc::new(tokio::sync::Mutex::new(()));
+            let guard = Arc::clone(&op).try_lock_owned().expect("a new mutex is free");
+            registrations
+                .insert(instance.id.clone(), Registration { key: key.clone(), ttl, op, registered: false });
+            guard
+        };
+        let this = self.clone();
+        let work = tokio::spawn(async move {
+            let attached = this.inner.leases.attach(ttl, &key, value).await;
+            {
+                let mut registrations = lock(&this.inner.registrations);
+                match (&attached, registrations.get_mut(&instance.id)) {
+                    (Ok(_), Some(registration)) => registration.registered = true,
+                    _ => {
+                        registrations.remove(&instance.id);
+                    }
+                }
             }
-            Err(e) => {
-                lock(&self.inner.registrations).remove(&instance.id);
-                Err(e)
-            }
-        }
+            drop(guard);
+            let lease_id = attached?;
+            this.inner.stats.registrations.inc();
+            this.inner.stats.registered.inc();
+            this.log(
+                Level::Info,
+                format!("registered {key}"),
+                vec![
+                    ("service", instance.name.clone()),
+                    ("instance_id", instance.id.clone()),
+                    ("lease_id", lease_id.to_string()),
+                ],
+            );
+            Ok(())
+        });
+        self.unless_closed(join(work)).await
     }
 
     /// Deletes the key of an instance this registry registered and stops renewing it.
-    /// Succeeds when the key is already gone (for instance, its lease expired).
+    /// Succeeds when the key is already gone (for instance, its lease expired). Waits for
+    /// a registration of the same id still under way. Like `register`, runs to the end
+    /// even if the caller stops waiting.
     pub async fn deregister(&self, id: &str) -> Result<()> {
         self.check_open()?;
-        let registration = lock(&self.inner.registrations)
+        let op = lock(&self.inner.registrations)
             .get(id)
-            .cloned()
+            .map(|r| Arc::clone(&r.op))
             .ok_or_else(|| Error::NotFound(id.to_string()))?;
-        self.unless_closed(self.inner.leases.detach(registration.ttl, &registration.key)).await?;
-        lock(&self.inner.registrations).remove(id);
-        self.inner.stats.deregistrations.inc();
-        self.inner.stats.registered.sub(1);
-        self.log(
-            Level::Info,
-            format!("deregistered {}", registration.key),
-            vec![("instance_id", id.to_string())],
-        );
-        Ok(())
+        let this = self.clone();
+        let id = id.to_string();
+        let work = tokio::spawn(async move {
+            let _guard = Arc::clone(&op).lock_owned().await;
+            // The registration may have failed, or been deregistered, while we waited.
+            let registration = match lock(&this.inner.registrations).get(&id) {
+                Some(r) if r.registered && Arc::ptr_eq(&r.op, &op) => r.clone(),
+                _ => return Err(Error::NotFound(id)),
+            };
+            this.inner.leases.detach(registration.ttl, &registration.key).await?;
+            lock(&this.inner.registrations).remove(&id);
+            this.inner.stats.deregistrations.inc();
+            this.inner.stats.registered.sub(1);
+            this.log(
+                Level::Info,
+                format!("deregistered {}", registration.key),
+                vec![("instance_id", id.clone())],
+            );
+            Ok(())
+        });
+        self.unless_closed(join(work)).await
     }
 
     /// The ids this registry has registered.
     pub fn registered_ids(&self) -> Vec<String> {
-        let mut ids: Vec<String> = lock(&self.inner.registrations).keys().cloned().collect();
+        let mut ids: Vec<String> = lock(&self.inner.registrations)
+            .iter()
+            .filter(|(_, r)| r.registered)
+            .map(|(id, _)| id.clone())
+            .collect();
         ids.sort();
         ids
     }
@@ -369,7 +416,7 @@ impl Registry {
         let cache = self.service(name).await?;
         let subscriber = cache.subscribe(capacity);
         let mut subscribers = lock(&self.inner.subscribers);
-        subscribers.retain(|s| s.strong_count() > 0);
+        subscribers.retain(|s| s.upgrade().is_some_and(|s| !s.is_closed()));
         subscribers.push(Arc::downgrade(&subscriber));
         if self.is_closed() {
             subscriber.close();

@@ -72,6 +72,11 @@ impl WatchHub {
         cache
     }
 
+    /// Watches (subscribers) open on every service of this hub.
+    pub(crate) fn open_watches(&self) -> usize {
+        self.services.load().values().map(|cache| cache.subscriber_count()).sum()
+    }
+
     /// Drops one holder of interest; the last one ends the watch and closes its subscribers.
     pub(crate) fn release(&self, prefix: &str) {
         let mut interest = self.interest.lock().unwrap_or_else(|e| e.into_inner());
@@ -91,6 +96,9 @@ impl WatchHub {
 /// What a completed range read found.
 struct ReadResult {
     prefix: String,
+    /// The highest header seen when the read started: a linearizable read can only
+    /// return less if etcd's history was reset meanwhile.
+    baseline: Header,
     /// Distinguishes this read from an older one for the same prefix.
     ticket: u64,
     header: Header,
@@ -130,7 +138,7 @@ impl Header {
 
 enum Phase {
     /// A range read is in flight; `ticket` identifies it.
-    Reading { ticket: u64 },
+    Reading { ticket: u64, task: tokio::task::AbortHandle },
     /// Read done; waiting for the stream to carry the watch.
     Pending,
     /// A create request went out with this watch id.
@@ -154,8 +162,9 @@ enum Opened {
         first_watch: (String, i64),
         header: Header,
     },
-    /// The probe before opening found etcd's data reset; nothing was opened.
-    Reset(Header),
+    /// The probe found etcd's history reset (header, and the baseline it was compared to);
+    /// the stream was dropped.
+    Reset(Header, Header),
 }
 
 struct HubTask {
@@ -269,6 +278,9 @@ impl HubTask {
     async fn unwatch(&mut self, prefix: &str) {
         let Some(watched) = self.watched.remove(prefix) else { return };
         self.access.watch_stats.watched_services.set(self.watched.len() as u64);
+        if let Phase::Reading { task, .. } = &watched.phase {
+            task.abort();
+        }
         if let Phase::Watching { watch_id } = watched.phase {
             self.by_watch_id.remove(&watch_id);
             if let Some(sender) = self.sender.as_mut() {
@@ -289,14 +301,18 @@ impl HubTask {
             }
         }
         let Some(watched) = self.watched.get_mut(prefix) else { return };
+        if let Phase::Reading { task, .. } = &watched.phase {
+            task.abort();
+        }
         self.next_ticket += 1;
         let ticket = self.next_ticket;
-        watched.phase = Phase::Reading { ticket };
+        let baseline = self.highest;
         let access = Arc::clone(&self.access);
         let slots = Arc::clone(&self.read_slots);
-        let prefix = prefix.to_string();
+        let prefix_owned = prefix.to_string();
         let cache = Arc::clone(&watched.cache);
-        self.reads.spawn(async move {
+        let task = self.reads.spawn(async move {
+            let prefix = prefix_owned;
             tokio::time::sleep(delay).await;
             let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
             let mut failures = 0u32;
@@ -308,7 +324,7 @@ impl HubTask {
                 match attempt {
                     Ok((header, instances, malformed)) => {
                         cache.set_last_error(None);
-                        return ReadResult { prefix, ticket, header, instances, malformed };
+                        return ReadResult { prefix, baseline, ticket, header, instances, malformed };
                     }
                     Err(e) => {
                         if failures == 0 {
@@ -326,17 +342,20 @@ impl HubTask {
                 }
             }
         });
+        if let Some(watched) = self.watched.get_mut(prefix) {
+            watched.phase = Phase::Reading { ticket, task };
+        }
     }
 
     async fn on_read(&mut self, result: ReadResult) {
-        let ReadResult { prefix, ticket, header, instances, malformed } = result;
+        let ReadResult { prefix, baseline, ticket, header, instances, malformed } = result;
         // A superseded read (one started before a reset or a newer resync) says nothing
         // about the current history.
         let current = self.watched.get(&prefix).map(|w| &w.phase);
-        if !matches!(current, Some(Phase::Reading { ticket: t }) if *t == ticket) {
+        if !matches!(current, Some(Phase::Reading { ticket: t, .. }) if *t == ticket) {
             return;
         }
-        if self.detect_reset(header) {
+        if self.detect_reset(header, baseline) {
             // Every other watch now points at revisions of a history that is gone.
             let others: Vec<String> = self.watched.keys().filter(|p| **p != prefix).cloned().collect();
             for other in others {
@@ -387,11 +406,15 @@ impl HubTask {
 
     /// Whether `header` shows etcd's history restarted (data wiped or restored); if so
     /// a new epoch begins.
-    fn detect_reset(&mut self, header: Header) -> bool {
+    ///
+    /// `baseline` is what was known when the request that produced `header` was sent:
+    /// replies of different requests (and members) are not ordered among themselves, so
+    /// only a linearizable reply older than what preceded its request proves a reset.
+    fn detect_reset(&mut self, header: Header, baseline: Header) -> bool {
         if header.revision == 0 {
             return false;
         }
-        let reset = header.is_new_history_since(&self.highest);
+        let reset = header.is_new_history_since(&baseline);
         if reset {
             self.epoch += 1;
             self.highest = header;
@@ -402,11 +425,19 @@ impl HubTask {
                 vec![("revision", header.revision.to_string())],
             );
         } else {
-            self.highest.cluster_id = header.cluster_id;
-            self.highest.revision = self.highest.revision.max(header.revision);
-            self.highest.raft_term = self.highest.raft_term.max(header.raft_term);
+            self.note_header(header);
         }
         reset
+    }
+
+    /// Raises what is known of etcd's history to include `header`.
+    fn note_header(&mut self, header: Header) {
+        if header.revision == 0 {
+            return;
+        }
+        self.highest.cluster_id = header.cluster_id;
+        self.highest.revision = self.highest.revision.max(header.revision);
+        self.highest.raft_term = self.highest.raft_term.max(header.raft_term);
     }
 
     /// Opens the stream in the background if watches are waiting for one.
@@ -434,8 +465,16 @@ impl HubTask {
             if refresh_token {
                 access.refresh_token().await?;
             }
-            // Probe first: after a wipe, resuming at old revisions would wait for a
-            // future that never comes.
+            let options = watch_options(revision, watch_id);
+            let stream = access
+                .call("open watch stream", |mut c| {
+                    let (prefix, options) = (prefix.clone(), options.clone());
+                    async move { c.watch(prefix, Some(options)).await }
+                })
+                .await?;
+            // Then probe: after a wipe, a watch resuming at an old revision would wait for
+            // a future that never comes. Probing after the watch exists also catches a
+            // wipe that happened while the stream was being opened.
             let probe = access
                 .call("probe etcd revision", |mut c| {
                     let prefix = prefix.clone();
@@ -444,15 +483,8 @@ impl HubTask {
                 .await?;
             let header = Header::of(probe.header());
             if header.is_new_history_since(&highest) {
-                return Ok(Opened::Reset(header));
+                return Ok(Opened::Reset(header, highest));
             }
-            let options = watch_options(revision, watch_id);
-            let stream = access
-                .call("open watch stream", |mut c| {
-                    let (prefix, options) = (prefix.clone(), options.clone());
-                    async move { c.watch(prefix, Some(options)).await }
-                })
-                .await?;
             let (sender, responses) = stream.split();
             Ok(Opened::Stream {
                 sender,
@@ -469,10 +501,7 @@ impl HubTask {
                 self.sender = Some(sender);
                 self.responses = Some(*responses);
                 self.stream_opened_at = Some(Instant::now());
-                if self.detect_reset(header) {
-                    self.reread_all().await;
-                    return;
-                }
+                self.note_header(header);
                 // The first watch may have been unwatched or superseded meanwhile.
                 let (prefix, watch_id) = first_watch;
                 let current = self.watched.get(&prefix).map(|w| &w.phase);
@@ -484,8 +513,8 @@ impl HubTask {
                 }
                 self.create_pending().await;
             }
-            Ok(Opened::Reset(header)) => {
-                self.detect_reset(header);
+            Ok(Opened::Reset(header, baseline)) => {
+                self.detect_reset(header, baseline);
                 self.drop_stream();
                 self.reread_all().await;
             }
@@ -574,11 +603,6 @@ impl HubTask {
 
     async fn on_response(&mut self, response: WatchResponse) {
         let header = Header::of(response.header());
-        if self.detect_reset(header) {
-            // This stream talks to a new history; every watch on it is meaningless.
-            self.reread_all().await;
-            return;
-        }
         let watch_id = response.watch_id();
         if response.created() && !response.canceled() {
             self.stream_backoff.reset();
@@ -670,6 +694,8 @@ impl HubTask {
             let Some(id) = instance_id(prefix, kv.key()) else { continue };
             match event.event_type() {
                 EventType::Put => match decode_instance(id, kv.value()) {
+                    // Re-written unchanged (a lease recovery, a restore): not a change.
+                    Ok(instance) if watched.instances.get(id).is_some_and(|old| **old == instance) => {}
                     Ok(instance) => {
                         let instance = Arc::new(instance);
                         watched.instances.insert(id.to_string(), Arc::clone(&instance));
@@ -690,8 +716,10 @@ impl HubTask {
             }
         }
         watched.revision = revision;
-        let position = Position { epoch, revision };
-        watched.cache.publish(position, watched.instances.values().cloned().collect(), &events);
+        if !events.is_empty() {
+            let position = Position { epoch, revision };
+            watched.cache.publish(position, watched.instances.values().cloned().collect(), &events);
+        }
         self.access.watch_stats.events.add(response.events().len() as u64);
         for (key, reason) in malformed {
             self.access.watch_stats.malformed_values.inc();

@@ -14,6 +14,7 @@ import logging as _logging
 
 from . import lifecycle as _lifecycle  # noqa: F401  (installs the exit and fork hooks)
 from ._core import __version__
+from .balancer import POLICIES, AsyncBalancedChannel, BalancedChannel, dial
 from .config import Config, EtcdConfig, Seconds, TLSConfig
 from .connector import EtcdConnector
 from .errors import (
@@ -34,9 +35,12 @@ from .registry import AsyncRegistry, AsyncWatch, Registry, Watch
 _logging.getLogger("genesis_registry").addHandler(_logging.NullHandler())
 
 __all__ = [
+    "POLICIES",
+    "AsyncBalancedChannel",
     "AsyncRegistry",
     "AsyncWatch",
     "AuthenticationError",
+    "BalancedChannel",
     "Config",
     "EtcdConfig",
     "EtcdConnector",
@@ -57,4 +61,5 @@ __all__ = [
     "TLSConfig",
     "Watch",
     "__version__",
+    "dial",
 ]

@@ -17,11 +17,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from types import TracebackType
 from typing import Any
 
+import grpc
+
 from . import _core, lifecycle
+from .balancer import AsyncBalancedChannel, BalancedChannel
 from .config import Config, Seconds, to_seconds
 from .connector import EtcdConnector
 from .errors import InvalidConfigError, InvalidServiceInstanceError, InvalidTTLError
@@ -170,6 +173,22 @@ class Registry(_RegistryBase):
         """
         return Watch(self._core.watch(name, self._buffer(buffer)), name)
 
+    def get_connection(
+        self,
+        name: str,
+        credentials: grpc.ChannelCredentials | None = None,
+        options: Sequence[tuple[str, Any]] = (),
+        policy: str = "round_robin",
+    ) -> BalancedChannel:
+        """A ``grpc.Channel`` balanced per call over the live instances of service ``name``
+        (insecure when ``credentials`` is None). Stubs built on it once stay balanced as
+        instances come and go. Close it when done.
+
+        >>> channel = reg.get_connection("user-service")  # doctest: +SKIP
+        >>> reply = pb.UserServiceStub(channel).GetUser(pb.GetUserRequest(id="123"))  # doctest: +SKIP
+        """
+        return BalancedChannel(self, name, credentials=credentials, options=options, policy=policy)
+
     def close(self) -> None:
         """Revoke every lease (instances disappear at once) and end every watch.
         Idempotent; later calls on the registry raise :class:`RegistryClosedError`."""
@@ -216,6 +235,24 @@ class AsyncRegistry(_RegistryBase):
         ...     print(event.type, event.service.id)
         """
         return AsyncWatch(self._core, name, self._buffer(buffer))
+
+    async def get_connection(
+        self,
+        name: str,
+        credentials: grpc.ChannelCredentials | None = None,
+        options: Sequence[tuple[str, Any]] = (),
+        policy: str = "round_robin",
+        interceptors: Sequence[Any] | None = None,
+    ) -> AsyncBalancedChannel:
+        """A ``grpc.aio.Channel`` balanced per call over the live instances of service
+        ``name``; ``interceptors`` are aio client interceptors (see :meth:`Registry.get_connection`).
+
+        >>> channel = await reg.get_connection("user-service")  # doctest: +SKIP
+        """
+        channel = AsyncBalancedChannel(
+            self, name, credentials=credentials, options=options, policy=policy, interceptors=interceptors
+        )
+        return await channel._start()
 
     async def close(self) -> None:
         """See :meth:`Registry.close`."""
@@ -331,6 +368,11 @@ class AsyncWatch:
             return await asyncio.wait_for(self._next(), seconds)
         except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
             raise TimeoutError(f"no event within {seconds:.3f}s") from None
+
+    def get_nowait(self) -> ServiceEvent | None:
+        """The next queued event, or None if there is none right now (or not subscribed yet)."""
+        event = None if self._core is None else self._core.try_next()
+        return None if event is None else event_from_core(*event)
 
     @property
     def closed(self) -> bool:

@@ -1,0 +1,1117 @@
+"""gRPC channels balanced over a service's live instances.
+
+grpcio has no plug-in point for name resolvers or load-balancing policies, so the
+balancing happens here: a :class:`BalancedChannel` (a ``grpc.Channel``) keeps one grpcio
+channel per instance endpoint and picks one **per call** from an immutable view, which the
+registry's snapshot of the service feeds. Stubs built once keep working, and stay
+balanced, as instances come and go. :class:`AsyncBalancedChannel` is the
+``grpc.aio.Channel`` twin. :func:`dial` accepts the Go component's ``etcd:///<service>``
+target form.
+
+    >>> channel = reg.get_connection("user-service")            # doctest: +SKIP
+    >>> stub = pb.UserServiceStub(channel)                        # doctest: +SKIP
+    >>> channel = gr.dial("etcd:///user-service", registry=reg)   # doctest: +SKIP
+
+Behaviour, shared by both twins (the logic lives in :class:`_Endpoints`):
+
+- ``round_robin`` (default) spreads calls over READY endpoints; when instances carry a
+  ``weight`` metadata value, a smooth weighted round robin follows the weights
+  (instances without a usable weight count as the mean of the declared ones).
+  ``pick_first`` sticks to one endpoint (the lowest instance id that is READY) while it
+  stays READY.
+- A new endpoint is connected before it takes traffic; endpoints in TRANSIENT_FAILURE
+  are skipped while others are READY. A removed endpoint takes no new calls; calls in
+  flight finish normally and its channel closes when the last one ends.
+- With no instance at all, calls fail at once with ``UNAVAILABLE`` naming the service,
+  unless they ask ``wait_for_ready=True``: then they wait for an instance (or the
+  deadline, ``DEADLINE_EXCEEDED``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import math
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Union
+
+import grpc
+import grpc.aio
+
+from .errors import InvalidConfigError
+from .model import ServiceInstance
+
+if TYPE_CHECKING:
+    from .registry import AsyncRegistry, Registry, Watch
+
+__all__ = [
+    "POLICIES",
+    "AsyncBalancedChannel",
+    "BalancedChannel",
+    "dial",
+    "endpoint_target",
+    "parse_target",
+]
+
+#: The balancing policies a channel accepts.
+POLICIES = ("round_robin", "pick_first")
+#: The longest weighted round robin schedule; larger weight sums are scaled down.
+_MAX_SCHEDULE = 1000
+
+_READY = grpc.ChannelConnectivity.READY
+_FAILING = grpc.ChannelConnectivity.TRANSIENT_FAILURE
+_SHUTDOWN = grpc.ChannelConnectivity.SHUTDOWN
+
+ChannelOptions = Sequence[tuple[str, Any]]
+
+# grpcio's classes are generic only in its type stubs.
+if TYPE_CHECKING:
+    _FutureBase = grpc.Future[Any]
+    _UnaryUnaryBase = grpc.UnaryUnaryMultiCallable[Any, Any]
+    _UnaryStreamBase = grpc.UnaryStreamMultiCallable[Any, Any]
+    _StreamUnaryBase = grpc.StreamUnaryMultiCallable[Any, Any]
+    _StreamStreamBase = grpc.StreamStreamMultiCallable[Any, Any]
+else:
+    _FutureBase = grpc.Future
+    _UnaryUnaryBase = grpc.UnaryUnaryMultiCallable
+    _UnaryStreamBase = grpc.UnaryStreamMultiCallable
+    _StreamUnaryBase = grpc.StreamUnaryMultiCallable
+    _StreamStreamBase = grpc.StreamStreamMultiCallable
+
+
+def endpoint_target(endpoint: str) -> str | None:
+    """The gRPC target of an instance endpoint, or None if it is not one.
+
+    ``grpc://host:port`` and ``host:port`` (IPv6 as ``[::1]:port``, hostnames resolved
+    by gRPC's DNS resolver) become ``host:port``.
+
+    >>> endpoint_target("grpc://127.0.0.1:9001"), endpoint_target("http://h:1")
+    ('127.0.0.1:9001', None)
+    """
+    rest = endpoint[len("grpc://") :] if endpoint.startswith("grpc://") else endpoint
+    host, sep, port = rest.rpartition(":")
+    if not sep or not host or "://" in rest or "/" in rest or not port.isdigit() or not 0 < int(port) < 65536:
+        return None
+    if host.startswith("[") != host.endswith("]") or (":" in host and not host.startswith("[")):
+        return None
+    if any(c.isspace() for c in rest):
+        return None
+    return rest
+
+
+def parse_target(target: str) -> str:
+    """The service name in an ``etcd:///<service>`` (or ``etcd://<authority>/<service>``)
+    target. Raises :class:`InvalidConfigError` (a ``ValueError``) naming the target.
+
+    >>> parse_target("etcd:///user-service")
+    'user-service'
+    """
+    if not isinstance(target, str) or not target.startswith("etcd://"):
+        raise InvalidConfigError(f"gRPC target {target!r} is not of the form etcd:///<service>")
+    rest = target[len("etcd://") :]
+    _authority, slash, service = rest.partition("/")
+    if not slash or not service or "/" in service or "?" in service or "#" in service:
+        raise InvalidConfigError(f"gRPC target {target!r} is not of the form etcd:///<service>")
+    return service
+
+
+def _weight(instance: ServiceInstance) -> int | None:
+    raw = instance.metadata.get("weight")
+    if raw is None:
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        return None
+    return value if value > 0 else None
+
+
+def _smooth_schedule(endpoints: Sequence[_Endpoint]) -> list[_Endpoint]:
+    """A weighted round robin order in which each endpoint appears as often as its
+    weight says, spread out rather than in runs (nginx's smooth weighted round robin)."""
+    weights = [ep.weight for ep in endpoints]
+    if len(set(weights)) <= 1:
+        return list(endpoints)
+    divisor = math.gcd(*weights)
+    weights = [w // divisor for w in weights]
+    total = sum(weights)
+    if total > _MAX_SCHEDULE:
+        weights = [max(1, round(w * _MAX_SCHEDULE / total)) for w in weights]
+        total = sum(weights)
+    current = [0] * len(weights)
+    schedule = []
+    for _ in range(total):
+        for i, w in enumerate(weights):
+            current[i] += w
+        best = max(range(len(weights)), key=current.__getitem__)
+        current[best] -= total
+        schedule.append(endpoints[best])
+    return schedule
+
+
+class _Endpoint:
+    """One instance endpoint and the grpcio channel to it."""
+
+    __slots__ = ("_callables", "_inflight", "_lock", "channel", "instance", "removed", "state", "target", "weight")
+
+    def __init__(self, target: str, instance: ServiceInstance, channel: Any) -> None:
+        self.target = target
+        self.instance = instance
+        self.channel = channel
+        self.weight = 1
+        self.state = grpc.ChannelConnectivity.IDLE
+        self.removed = False
+        self._callables: dict[object, Any] = {}
+        self._inflight = 0
+        self._lock = threading.Lock()
+
+    def callable(self, wrapper: _MultiCallable) -> Any:
+        """This endpoint's grpcio multicallable for ``wrapper``'s method, made once."""
+        found = self._callables.get(wrapper)
+        if found is None:
+            make = getattr(self.channel, wrapper.kind)
+            found = make(wrapper.method, wrapper.request_serializer, wrapper.response_deserializer)
+            self._callables[wrapper] = found
+        return found
+
+    def begin(self) -> None:
+        with self._lock:
+            self._inflight += 1
+
+    def end(self, _call: object = None) -> bool:
+        """Counts a finished call; True when a removed endpoint just became idle."""
+        with self._lock:
+            self._inflight -= 1
+            return self.removed and self._inflight == 0
+
+    def retire(self) -> bool:
+        """Takes the endpoint out of service; True if it is idle (close it now)."""
+        with self._lock:
+            self.removed = True
+            return self._inflight == 0
+
+
+class _View:
+    """An immutable picture of the endpoints calls may use."""
+
+    __slots__ = ("first", "schedule")
+
+    def __init__(self, schedule: list[_Endpoint], first: _Endpoint | None) -> None:
+        self.schedule = schedule
+        self.first = first
+
+
+_EMPTY = _View([], None)
+
+
+class _Endpoints:
+    """The endpoint set of one balanced channel: reconciles it with the service's
+    instances, tracks connectivity, and publishes views. Shared by both channel twins;
+    `open_channel` and `close_channel` are theirs."""
+
+    def __init__(
+        self,
+        service: str,
+        policy: str,
+        open_channel: Callable[[str], Any],
+        watch_state: Callable[[_Endpoint], None],
+        close_channel: Callable[[_Endpoint], None],
+        logger: logging.Logger,
+    ) -> None:
+        self.service = service
+        self.policy = policy
+        self._open_channel = open_channel
+        self._watch_state = watch_state
+        self._close_channel = close_channel
+        self._logger = logger
+        self._lock = threading.Lock()
+        self._by_target: dict[str, _Endpoint] = {}
+        self._skipped: set[str] = set()
+        self.view = _EMPTY
+        self.changed = threading.Condition(self._lock)
+        #: Set by the async twin to wake waiters on its event loop.
+        self.on_change: Callable[[], None] | None = None
+
+    def endpoints(self) -> list[_Endpoint]:
+        with self._lock:
+            return list(self._by_target.values())
+
+    def update(self, instances: Sequence[ServiceInstance]) -> None:
+        """Reconciles the endpoints with the service's current instances."""
+        wanted: dict[str, ServiceInstance] = {}
+        for instance in instances:
+            target = next((t for t in map(endpoint_target, instance.endpoints) if t is not None), None)
+            if target is None:
+                if instance.id not in self._skipped:
+                    self._skipped.add(instance.id)
+                    self._logger.warning(
+                        "instance %s of service %s has no usable gRPC endpoint %s; skipping it",
+                        instance.id,
+                        self.service,
+                        list(instance.endpoints),
+                        extra={"service": self.service, "instance_id": instance.id},
+                    )
+                continue
+            wanted.setdefault(target, instance)
+        self._skipped &= {i.id for i in instances}
+        added: list[_Endpoint] = []
+        idle_removed: list[_Endpoint] = []
+        with self._lock:
+            for target in [t for t in self._by_target if t not in wanted]:
+                gone = self._by_target.pop(target)
+                if gone.retire():
+                    idle_removed.append(gone)
+            for target, instance in wanted.items():
+                current = self._by_target.get(target)
+                if current is None:
+                    current = _Endpoint(target, instance, self._open_channel(target))
+                    self._by_target[target] = current
+                    added.append(current)
+                current.instance = instance
+            self._reweigh()
+            self._publish()
+        for endpoint in idle_removed:
+            self._close_channel(endpoint)
+        for endpoint in added:
+            self._watch_state(endpoint)
+
+    def set_state(self, endpoint: _Endpoint, state: grpc.ChannelConnectivity) -> None:
+        with self._lock:
+            if endpoint.removed or endpoint.state == state:
+                return
+            endpoint.state = state
+            self._publish()
+
+    def finished(self, endpoint: _Endpoint) -> None:
+        """A call on `endpoint` ended; a removed endpoint closes with its last call."""
+        if endpoint.end():
+            self._close_channel(endpoint)
+
+    def close_all(self) -> list[_Endpoint]:
+        with self._lock:
+            endpoints = list(self._by_target.values())
+            self._by_target.clear()
+            for endpoint in endpoints:
+                endpoint.removed = True
+            self.view = _EMPTY
+            self.changed.notify_all()
+        return endpoints
+
+    def _reweigh(self) -> None:
+        endpoints = list(self._by_target.values())
+        declared = [w for w in (_weight(ep.instance) for ep in endpoints) if w is not None]
+        default = round(sum(declared) / len(declared)) if declared else 1
+        for endpoint in endpoints:
+            endpoint.weight = _weight(endpoint.instance) or default
+
+    def _publish(self) -> None:
+        """Builds the view calls pick from (lock held)."""
+        endpoints = sorted(self._by_target.values(), key=lambda ep: (ep.instance.id, ep.target))
+        ready = [ep for ep in endpoints if ep.state == _READY]
+        usable = ready or [ep for ep in endpoints if ep.state not in (_FAILING, _SHUTDOWN)] or endpoints
+        if self.policy == "pick_first":
+            previous = self.view.first
+            first = previous if previous in ready else (usable[0] if usable else None)
+            self.view = _View([first] if first else [], first)
+        else:
+            self.view = _View(_smooth_schedule(usable), usable[0] if usable else None)
+        self.changed.notify_all()
+        if self.on_change is not None:
+            self.on_change()
+
+
+def _check_policy(policy: str) -> str:
+    if policy not in POLICIES:
+        raise InvalidConfigError(f"unknown load-balancing policy {policy!r}; use one of {', '.join(POLICIES)}")
+    return policy
+
+
+class _Unavailable(grpc.RpcError, grpc.Call, _FutureBase):
+    """The outcome of a call that found no instance: a failed ``grpc.Call`` and
+    ``grpc.Future`` whose code is UNAVAILABLE (or DEADLINE_EXCEEDED after waiting)."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self._code = code
+        self._message = message
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return self._message
+
+    def initial_metadata(self) -> tuple[()]:
+        return ()
+
+    def trailing_metadata(self) -> tuple[()]:
+        return ()
+
+    def is_active(self) -> bool:
+        return False
+
+    def time_remaining(self) -> float:
+        return 0.0
+
+    def cancel(self) -> bool:
+        return False
+
+    def add_callback(self, callback: Callable[[], None]) -> bool:
+        return False
+
+    def cancelled(self) -> bool:
+        return False
+
+    def running(self) -> bool:
+        return False
+
+    def done(self) -> bool:
+        return True
+
+    def result(self, timeout: float | None = None) -> Any:
+        raise self
+
+    def exception(self, timeout: float | None = None) -> _Unavailable:
+        return self
+
+    def traceback(self, timeout: float | None = None) -> Any:
+        return None
+
+    def add_done_callback(self, fn: Callable[[Any], None]) -> None:
+        fn(self)
+
+    def __iter__(self) -> _Unavailable:
+        return self
+
+    def __next__(self) -> Any:
+        raise self
+
+    def __str__(self) -> str:
+        return f"<_Unavailable of RPC that terminated with: status = {self._code}, details = {self._message!r}>"
+
+
+class _MultiCallable:
+    """A per-call balancing multicallable of a :class:`BalancedChannel`."""
+
+    kind = ""
+
+    def __init__(self, channel: BalancedChannel, method: str, request_serializer: Any, response_deserializer: Any):
+        self._channel = channel
+        self.method = method
+        self.request_serializer = request_serializer
+        self.response_deserializer = response_deserializer
+
+    def _pick(self, wait_for_ready: bool | None, timeout: float | None) -> tuple[_Endpoint, float | None]:
+        endpoints = self._channel._endpoints
+        view = endpoints.view
+        schedule = view.schedule
+        if schedule:
+            if endpoints.policy == "pick_first":
+                endpoint = view.first
+            else:
+                endpoint = schedule[next(self._channel._counter) % len(schedule)]
+            if endpoint is not None:
+                return endpoint, timeout
+        return self._channel._wait_for_instance(wait_for_ready, timeout)
+
+
+Metadata = Union[tuple[tuple[str, Union[str, bytes]], ...], None]
+
+
+class _UnaryUnary(_MultiCallable, _UnaryUnaryBase):
+    kind = "unary_unary"
+
+    def __call__(
+        self,
+        request: Any,
+        timeout: float | None = None,
+        metadata: Metadata = None,
+        credentials: grpc.CallCredentials | None = None,
+        wait_for_ready: bool | None = None,
+        compression: grpc.Compression | None = None,
+    ) -> Any:
+        endpoint, timeout = self._pick(wait_for_ready, timeout)
+        endpoint.begin()
+        try:
+            return endpoint.callable(self)(request, timeout, metadata, credentials, wait_for_ready, compression)
+        finally:
+            self._channel._endpoints.finished(endpoint)
+
+    def with_call(
+        self,
+        request: Any,
+        timeout: float | None = None,
+        metadata: Metadata = None,
+        credentials: grpc.CallCredentials | None = None,
+        wait_for_ready: bool | None = None,
+        compression: grpc.Compression | None = None,
+    ) -> tuple[Any, grpc.Call]:
+        endpoint, timeout = self._pick(wait_for_ready, timeout)
+        endpoint.begin()
+        try:
+            call = endpoint.callable(self)
+            return call.with_call(request, timeout, metadata, credentials, wait_for_ready, compression)  # type: ignore[no-any-return]
+        finally:
+            self._channel._endpoints.finished(endpoint)
+
+    def future(
+        self,
+        request: Any,
+        timeout: float | None = None,
+        metadata: Metadata = None,
+        credentials: grpc.CallCredentials | None = None,
+        wait_for_ready: bool | None = None,
+        compression: grpc.Compression | None = None,
+    ) -> Any:
+        try:
+            endpoint, timeout = self._pick(wait_for_ready, timeout)
+        except _Unavailable as failed:
+            return failed
+        call = endpoint.callable(self).future(request, timeout, metadata, credentials, wait_for_ready, compression)
+        return self._channel._track(endpoint, call)
+
+
+class _UnaryStream(_MultiCallable, _UnaryStreamBase):
+    kind = "unary_stream"
+
+    def __call__(
+        self,
+        request: Any,
+        timeout: float | None = None,
+        metadata: Metadata = None,
+        credentials: grpc.CallCredentials | None = None,
+        wait_for_ready: bool | None = None,
+        compression: grpc.Compression | None = None,
+    ) -> Any:
+        try:
+            endpoint, timeout = self._pick(wait_for_ready, timeout)
+        except _Unavailable as failed:
+            return failed
+        call = endpoint.callable(self)(request, timeout, metadata, credentials, wait_for_ready, compression)
+        return self._channel._track(endpoint, call)
+
+
+class _StreamUnary(_MultiCallable, _StreamUnaryBase):
+    kind = "stream_unary"
+
+    def __call__(
+        self,
+        request_iterator: Iterator[Any],
+        timeout: float | None = None,
+        metadata: Metadata = None,
+        credentials: grpc.CallCredentials | None = None,
+        wait_for_ready: bool | None = None,
+        compression: grpc.Compression | None = None,
+    ) -> Any:
+        endpoint, timeout = self._pick(wait_for_ready, timeout)
+        endpoint.begin()
+        try:
+            return endpoint.callable(self)(
+                request_iterator, timeout, metadata, credentials, wait_for_ready, compression
+            )
+        finally:
+            self._channel._endpoints.finished(endpoint)
+
+    def with_call(
+        self,
+        request_iterator: Iterator[Any],
+        timeout: float | None = None,
+        metadata: Metadata = None,
+        credentials: grpc.CallCredentials | None = None,
+        wait_for_ready: bool | None = None,
+        compression: grpc.Compression | None = None,
+    ) -> tuple[Any, grpc.Call]:
+        endpoint, timeout = self._pick(wait_for_ready, timeout)
+        endpoint.begin()
+        try:
+            call = endpoint.callable(self)
+            return call.with_call(request_iterator, timeout, metadata, credentials, wait_for_ready, compression)  # type: ignore[no-any-return]
+        finally:
+            self._channel._endpoints.finished(endpoint)
+
+    def future(
+        self,
+        request_iterator: Iterator[Any],
+        timeout: float | None = None,
+        metadata: Metadata = None,
+        credentials: grpc.CallCredentials | None = None,
+        wait_for_ready: bool | None = None,
+        compression: grpc.Compression | None = None,
+    ) -> Any:
+        try:
+            endpoint, timeout = self._pick(wait_for_ready, timeout)
+        except _Unavailable as failed:
+            return failed
+        call = endpoint.callable(self).future(
+            request_iterator, timeout, metadata, credentials, wait_for_ready, compression
+        )
+        return self._channel._track(endpoint, call)
+
+
+class _StreamStream(_MultiCallable, _StreamStreamBase):
+    kind = "stream_stream"
+
+    def __call__(
+        self,
+        request_iterator: Iterator[Any],
+        timeout: float | None = None,
+        metadata: Metadata = None,
+        credentials: grpc.CallCredentials | None = None,
+        wait_for_ready: bool | None = None,
+        compression: grpc.Compression | None = None,
+    ) -> Any:
+        try:
+            endpoint, timeout = self._pick(wait_for_ready, timeout)
+        except _Unavailable as failed:
+            return failed
+        call = endpoint.callable(self)(request_iterator, timeout, metadata, credentials, wait_for_ready, compression)
+        return self._channel._track(endpoint, call)
+
+
+def _open_sync_channel(target: str, credentials: grpc.ChannelCredentials | None, options: ChannelOptions) -> Any:
+    if credentials is None:
+        return grpc.insecure_channel(target, options=list(options))
+    return grpc.secure_channel(target, credentials, options=list(options))
+
+
+class BalancedChannel(grpc.Channel):
+    """A ``grpc.Channel`` over every live instance of one service, balanced per call.
+
+    Made by :meth:`Registry.get_connection` or :func:`dial`; close it when done (or use
+    ``with``). ``grpc.intercept_channel()`` works over it.
+
+    >>> with reg.get_connection("user-service") as channel:      # doctest: +SKIP
+    ...     reply = pb.UserServiceStub(channel).GetUser(request)
+    """
+
+    def __init__(
+        self,
+        registry: Registry,
+        service: str,
+        *,
+        credentials: grpc.ChannelCredentials | None = None,
+        options: ChannelOptions = (),
+        policy: str = "round_robin",
+    ) -> None:
+        self.service = service
+        self._counter = itertools.count()
+        self._closed = False
+        self._subscriptions: dict[_Endpoint, Callable[[grpc.ChannelConnectivity], None]] = {}
+        options = tuple(options)
+        self._endpoints = _Endpoints(
+            service,
+            _check_policy(policy),
+            lambda target: _open_sync_channel(target, credentials, options),
+            self._watch_state,
+            self._close_endpoint,
+            registry._logger,
+        )
+        self._registry = registry
+        self._watch: Watch = registry.watch(service)
+        self._endpoints.update(registry.get_service(service))
+        self._feeder = threading.Thread(target=self._feed, name=f"genesis-balancer-{service}", daemon=True)
+        self._feeder.start()
+
+    def _feed(self) -> None:
+        """Follows the service: every batch of events, reconcile with its snapshot."""
+        while self._watch.get() is not None:
+            while self._watch.get_nowait() is not None:
+                pass
+            if self._closed:
+                return
+            try:
+                self._endpoints.update(self._registry.get_service(self.service))
+            except Exception:  # the registry closed: keep the last view
+                return
+
+    def _watch_state(self, endpoint: _Endpoint) -> None:
+        def on_state(state: grpc.ChannelConnectivity) -> None:
+            self._endpoints.set_state(endpoint, state)
+
+        self._subscriptions[endpoint] = on_state
+        endpoint.channel.subscribe(on_state, try_to_connect=True)
+
+    def _close_endpoint(self, endpoint: _Endpoint) -> None:
+        callback = self._subscriptions.pop(endpoint, None)
+        if callback is not None:
+            endpoint.channel.unsubscribe(callback)
+        endpoint.channel.close()
+
+    def _track(self, endpoint: _Endpoint, call: Any) -> Any:
+        endpoint.begin()
+        call.add_done_callback(lambda _call: self._endpoints.finished(endpoint))
+        return call
+
+    def _wait_for_instance(self, wait_for_ready: bool | None, timeout: float | None) -> tuple[_Endpoint, float | None]:
+        if self._closed:
+            raise ValueError("Cannot invoke RPC on closed channel!")
+        if not wait_for_ready:
+            raise _Unavailable(grpc.StatusCode.UNAVAILABLE, f"no instance of service {self.service!r} is available")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        endpoints = self._endpoints
+        with endpoints.changed:
+            while not endpoints.view.schedule and not self._closed:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise _Unavailable(
+                        grpc.StatusCode.DEADLINE_EXCEEDED,
+                        f"no instance of service {self.service!r} appeared before the deadline",
+                    )
+                endpoints.changed.wait(remaining)
+        view = endpoints.view
+        if not view.schedule:
+            raise ValueError("Cannot invoke RPC on closed channel!")
+        endpoint = view.first if endpoints.policy == "pick_first" else view.schedule[0]
+        assert endpoint is not None
+        return endpoint, None if deadline is None else max(0.0, deadline - time.monotonic())
+
+    @property
+    def targets(self) -> list[str]:
+        """The endpoints this channel currently balances over (``host:port``)."""
+        return sorted(ep.target for ep in self._endpoints.endpoints())
+
+    def ready_targets(self) -> list[str]:
+        """The endpoints whose channel is READY."""
+        return sorted(ep.target for ep in self._endpoints.endpoints() if ep.state == _READY)
+
+    def subscribe(self, callback: Callable[[grpc.ChannelConnectivity], None], try_to_connect: bool = False) -> None:
+        """Not supported: connectivity is per endpoint here (see ``ready_targets()``)."""
+        raise NotImplementedError("a balanced channel has no single connectivity state; see ready_targets()")
+
+    def unsubscribe(self, callback: Callable[[grpc.ChannelConnectivity], None]) -> None:
+        raise NotImplementedError("a balanced channel has no single connectivity state")
+
+    def unary_unary(
+        self,
+        method: str,
+        request_serializer: Any = None,
+        response_deserializer: Any = None,
+        _registered_method: Any = False,
+    ) -> _UnaryUnaryBase:
+        return _UnaryUnary(self, method, request_serializer, response_deserializer)
+
+    def unary_stream(
+        self,
+        method: str,
+        request_serializer: Any = None,
+        response_deserializer: Any = None,
+        _registered_method: Any = False,
+    ) -> _UnaryStreamBase:
+        return _UnaryStream(self, method, request_serializer, response_deserializer)
+
+    def stream_unary(
+        self,
+        method: str,
+        request_serializer: Any = None,
+        response_deserializer: Any = None,
+        _registered_method: Any = False,
+    ) -> _StreamUnaryBase:
+        return _StreamUnary(self, method, request_serializer, response_deserializer)
+
+    def stream_stream(
+        self,
+        method: str,
+        request_serializer: Any = None,
+        response_deserializer: Any = None,
+        _registered_method: Any = False,
+    ) -> _StreamStreamBase:
+        return _StreamStream(self, method, request_serializer, response_deserializer)
+
+    def close(self) -> None:
+        """Stops following the service and closes every endpoint channel (calls still in
+        flight are cancelled, as with ``grpc.Channel.close``). Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._watch.close()
+        for endpoint in self._endpoints.close_all():
+            self._close_endpoint(endpoint)
+        if self._feeder is not threading.current_thread():
+            self._feeder.join(5)
+
+    def __enter__(self) -> BalancedChannel:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"BalancedChannel(service={self.service!r}, policy={self._endpoints.policy!r}, targets={self.targets})"
+
+
+# --------------------------------------------------------------------------- asyncio
+
+
+def _open_aio_channel(
+    target: str,
+    credentials: grpc.ChannelCredentials | None,
+    options: ChannelOptions,
+    interceptors: Sequence[Any] | None,
+) -> grpc.aio.Channel:
+    if credentials is None:
+        return grpc.aio.insecure_channel(target, options=list(options), interceptors=interceptors)
+    return grpc.aio.secure_channel(target, credentials, options=list(options), interceptors=interceptors)
+
+
+def _aio_error(code: grpc.StatusCode, message: str) -> grpc.aio.AioRpcError:
+    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details=message)
+
+
+class _DeferredCall:
+    """An aio call that picks its endpoint only once an instance exists (used for
+    ``wait_for_ready=True`` while the service has none). Awaiting it, iterating it,
+    ``read()``, ``write()`` and ``done_writing()`` all start the real call first."""
+
+    def __init__(self, start: Callable[[], Any]) -> None:
+        self._start = start
+        self._call: Any = None
+        self._lock = asyncio.Lock()
+
+    async def _real(self) -> Any:
+        async with self._lock:
+            if self._call is None:
+                self._call = await self._start()
+        return self._call
+
+    def __await__(self) -> Any:
+        async def run() -> Any:
+            return await (await self._real())
+
+        return run().__await__()
+
+    async def __aiter__(self) -> AsyncIterator[Any]:
+        async for message in await self._real():
+            yield message
+
+    async def read(self) -> Any:
+        return await (await self._real()).read()
+
+    async def write(self, request: Any) -> None:
+        await (await self._real()).write(request)
+
+    async def done_writing(self) -> None:
+        await (await self._real()).done_writing()
+
+    def cancel(self) -> bool:
+        return self._call.cancel() if self._call is not None else False
+
+    def done(self) -> bool:
+        return self._call.done() if self._call is not None else False
+
+    async def code(self) -> grpc.StatusCode:
+        code: grpc.StatusCode = await (await self._real()).code()
+        return code
+
+    async def details(self) -> str:
+        details: str = await (await self._real()).details()
+        return details
+
+    async def initial_metadata(self) -> Any:
+        return await (await self._real()).initial_metadata()
+
+    async def trailing_metadata(self) -> Any:
+        return await (await self._real()).trailing_metadata()
+
+
+class _AioFailedCall:
+    """An aio call that failed before it started: every way of using it raises."""
+
+    def __init__(self, error: grpc.aio.AioRpcError) -> None:
+        self._error = error
+
+    def __await__(self) -> Any:
+        async def fail() -> Any:
+            raise self._error
+
+        return fail().__await__()
+
+    def __aiter__(self) -> _AioFailedCall:
+        return self
+
+    async def __anext__(self) -> Any:
+        raise self._error
+
+    async def read(self) -> Any:
+        raise self._error
+
+    async def write(self, request: Any) -> None:
+        raise self._error
+
+    async def done_writing(self) -> None:
+        raise self._error
+
+    def cancel(self) -> bool:
+        return False
+
+    def done(self) -> bool:
+        return True
+
+    async def code(self) -> grpc.StatusCode:
+        return self._error.code()
+
+    async def details(self) -> str:
+        return self._error.details() or ""
+
+
+class _AioMultiCallable:
+    """A per-call balancing multicallable of an :class:`AsyncBalancedChannel`; one class
+    serves the four call shapes (``kind`` says which)."""
+
+    def __init__(
+        self, channel: AsyncBalancedChannel, kind: str, method: str, request_serializer: Any, response_deserializer: Any
+    ) -> None:
+        self._channel = channel
+        self.kind = kind
+        self.method = method
+        self.request_serializer = request_serializer
+        self.response_deserializer = response_deserializer
+
+    def __call__(self, request: Any = None, *, timeout: float | None = None, **kwargs: Any) -> Any:
+        channel = self._channel
+        endpoints = channel._endpoints
+        view = endpoints.view
+        schedule = view.schedule
+        if schedule:
+            endpoint = (
+                view.first if endpoints.policy == "pick_first" else schedule[next(channel._counter) % len(schedule)]
+            )
+            if endpoint is not None:
+                return channel._track(endpoint, endpoint.callable(self)(request, timeout=timeout, **kwargs))  # type: ignore[arg-type]
+        if channel._closed:
+            raise grpc.aio.UsageError("Cannot invoke RPC on closed channel!")
+        if not kwargs.get("wait_for_ready"):
+            return _AioFailedCall(
+                _aio_error(grpc.StatusCode.UNAVAILABLE, f"no instance of service {channel.service!r} is available")
+            )
+
+        async def start() -> Any:
+            endpoint, remaining = await channel._wait_for_instance(timeout)
+            return channel._track(endpoint, endpoint.callable(self)(request, timeout=remaining, **kwargs))  # type: ignore[arg-type]
+
+        return _DeferredCall(start)
+
+
+class AsyncBalancedChannel(grpc.aio.Channel):
+    """A ``grpc.aio.Channel`` over every live instance of one service, balanced per call.
+
+    Made by ``await AsyncRegistry.get_connection()`` or ``await dial(..., registry=areg)``.
+    Client interceptors (``interceptors=``) apply to every endpoint channel.
+
+    >>> channel = await areg.get_connection("user-service")     # doctest: +SKIP
+    >>> reply = await pb.UserServiceStub(channel).GetUser(request)  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        registry: AsyncRegistry,
+        service: str,
+        *,
+        credentials: grpc.ChannelCredentials | None = None,
+        options: ChannelOptions = (),
+        policy: str = "round_robin",
+        interceptors: Sequence[Any] | None = None,
+    ) -> None:
+        self.service = service
+        self._registry = registry
+        self._counter = itertools.count()
+        self._closed = False
+        self._loop = asyncio.get_running_loop()
+        self._changed = asyncio.Event()
+        self._tasks: dict[_Endpoint, asyncio.Task[None]] = {}
+        self._closing: set[asyncio.Future[Any]] = set()
+        options = tuple(options)
+        self._endpoints = _Endpoints(
+            service,
+            _check_policy(policy),
+            lambda target: _open_aio_channel(target, credentials, options, interceptors),
+            self._watch_state,
+            self._close_endpoint,
+            registry._logger,
+        )
+        self._endpoints.on_change = self._on_change
+        self._feeder: asyncio.Task[None] | None = None
+
+    async def _start(self) -> AsyncBalancedChannel:
+        self._watch = self._registry.watch(self.service)
+        await self._watch.__aenter__()
+        self._endpoints.update(await self._registry.get_service(self.service))
+        self._feeder = asyncio.create_task(self._feed(), name=f"genesis-balancer-{self.service}")
+        return self
+
+    async def _feed(self) -> None:
+        async for _event in self._watch:
+            while self._watch.get_nowait() is not None:
+                pass
+            if self._closed:
+                return
+            try:
+                self._endpoints.update(await self._registry.get_service(self.service))
+            except Exception:  # the registry closed: keep the last view
+                return
+
+    def _on_change(self) -> None:
+        # Runs with the endpoint lock held; hand the wake-up to the loop.
+        try:
+            self._loop.call_soon_threadsafe(self._changed.set)
+        except RuntimeError:  # the loop is closed
+            pass
+
+    def _watch_state(self, endpoint: _Endpoint) -> None:
+        async def follow() -> None:
+            channel: grpc.aio.Channel = endpoint.channel
+            state = channel.get_state(try_to_connect=True)
+            while not endpoint.removed:
+                self._endpoints.set_state(endpoint, state)
+                await channel.wait_for_state_change(state)
+                state = channel.get_state(try_to_connect=True)
+
+        self._tasks[endpoint] = asyncio.create_task(follow())
+
+    def _close_endpoint(self, endpoint: _Endpoint) -> None:
+        task = self._tasks.pop(endpoint, None)
+        if task is not None:
+            task.cancel()
+        closing = asyncio.ensure_future(endpoint.channel.close(), loop=self._loop)
+        self._closing.add(closing)
+        closing.add_done_callback(self._closing.discard)
+
+    def _track(self, endpoint: _Endpoint, call: Any) -> Any:
+        endpoint.begin()
+        call.add_done_callback(lambda _call: self._endpoints.finished(endpoint))
+        return call
+
+    async def _wait_for_instance(self, timeout: float | None) -> tuple[_Endpoint, float | None]:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self._endpoints.view.schedule:
+            if self._closed:
+                raise _aio_error(grpc.StatusCode.CANCELLED, "the channel was closed")
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise _aio_error(
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                    f"no instance of service {self.service!r} appeared before the deadline",
+                )
+            self._changed.clear()
+            if self._endpoints.view.schedule:
+                break
+            try:
+                await asyncio.wait_for(self._changed.wait(), remaining)
+            except asyncio.TimeoutError:
+                continue
+        view = self._endpoints.view
+        endpoint = view.first if self._endpoints.policy == "pick_first" else view.schedule[0]
+        assert endpoint is not None
+        return endpoint, None if deadline is None else max(0.0, deadline - time.monotonic())
+
+    @property
+    def targets(self) -> list[str]:
+        return sorted(ep.target for ep in self._endpoints.endpoints())
+
+    def ready_targets(self) -> list[str]:
+        return sorted(ep.target for ep in self._endpoints.endpoints() if ep.state == _READY)
+
+    def unary_unary(
+        self,
+        method: str,
+        request_serializer: Any = None,
+        response_deserializer: Any = None,
+        _registered_method: Any = False,
+    ) -> Any:
+        return _AioMultiCallable(self, "unary_unary", method, request_serializer, response_deserializer)
+
+    def unary_stream(
+        self,
+        method: str,
+        request_serializer: Any = None,
+        response_deserializer: Any = None,
+        _registered_method: Any = False,
+    ) -> Any:
+        return _AioMultiCallable(self, "unary_stream", method, request_serializer, response_deserializer)
+
+    def stream_unary(
+        self,
+        method: str,
+        request_serializer: Any = None,
+        response_deserializer: Any = None,
+        _registered_method: Any = False,
+    ) -> Any:
+        return _AioMultiCallable(self, "stream_unary", method, request_serializer, response_deserializer)
+
+    def stream_stream(
+        self,
+        method: str,
+        request_serializer: Any = None,
+        response_deserializer: Any = None,
+        _registered_method: Any = False,
+    ) -> Any:
+        return _AioMultiCallable(self, "stream_stream", method, request_serializer, response_deserializer)
+
+    def get_state(self, try_to_connect: bool = False) -> grpc.ChannelConnectivity:
+        """READY if any endpoint is READY, else the best state among them."""
+        states = {ep.state for ep in self._endpoints.endpoints()}
+        for state in (_READY, grpc.ChannelConnectivity.CONNECTING, grpc.ChannelConnectivity.IDLE, _FAILING):
+            if state in states:
+                return state
+        return _SHUTDOWN if self._closed else grpc.ChannelConnectivity.IDLE
+
+    async def wait_for_state_change(self, last_observed_state: grpc.ChannelConnectivity) -> None:
+        while self.get_state() == last_observed_state and not self._closed:
+            self._changed.clear()
+            await self._changed.wait()
+
+    async def channel_ready(self) -> None:
+        """Waits until some endpoint is READY."""
+        while self.get_state() != _READY:
+            self._changed.clear()
+            if self.get_state() == _READY:
+                return
+            await self._changed.wait()
+
+    async def close(self, grace: float | None = None) -> None:
+        """Stops following the service and closes every endpoint channel (waiting up to
+        ``grace`` seconds for calls in flight). Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if getattr(self, "_watch", None) is not None:
+            self._watch.close()
+        if self._feeder is not None:
+            self._feeder.cancel()
+        for task in self._tasks.values():
+            task.cancel()
+        self._tasks.clear()
+        endpoints = self._endpoints.close_all()
+        self._changed.set()
+        await asyncio.gather(*(ep.channel.close(grace) for ep in endpoints), return_exceptions=True)
+        if self._closing:
+            await asyncio.gather(*list(self._closing), return_exceptions=True)
+
+    async def __aenter__(self) -> AsyncBalancedChannel:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"AsyncBalancedChannel(service={self.service!r}, policy={self._endpoints.policy!r}, targets={self.targets})"
+        )
+
+
+AnyRegistry = Union["Registry", "AsyncRegistry"]
+
+
+def dial(target: str, *, registry: Any, **kwargs: Any) -> Any:
+    """A balanced channel for an ``etcd:///<service>`` target, as the Go component's
+    resolver accepts it. With a :class:`Registry` it returns a :class:`BalancedChannel`;
+    with an :class:`AsyncRegistry`, an awaitable of an :class:`AsyncBalancedChannel`.
+    Keyword arguments are those of ``get_connection()``.
+
+    >>> channel = gr.dial("etcd:///user-service", registry=reg)     # doctest: +SKIP
+    >>> channel = await gr.dial("etcd:///user-service", registry=areg)  # doctest: +SKIP
+    """
+    service = parse_target(target)
+    return registry.get_connection(service, **kwargs)

@@ -30,7 +30,8 @@ from .errors import (
     ServiceNotFoundError,
 )
 from .model import EventType, ServiceEvent, ServiceInstance
-from .registry import AsyncRegistry, AsyncWatch, Registry, Watch
+from .registry import AsyncRegistry, AsyncServiceFollower, AsyncWatch, Registry, ServiceFollower, Watch
+from .stream import AsyncStreamManager, StreamManager, StreamManagerConfig
 
 _logging.getLogger("genesis_registry").addHandler(_logging.NullHandler())
 
@@ -38,6 +39,8 @@ __all__ = [
     "POLICIES",
     "AsyncBalancedChannel",
     "AsyncRegistry",
+    "AsyncServiceFollower",
+    "AsyncStreamManager",
     "AsyncWatch",
     "AuthenticationError",
     "BalancedChannel",
@@ -56,8 +59,11 @@ __all__ = [
     "Seconds",
     "ServiceAlreadyRegisteredError",
     "ServiceEvent",
+    "ServiceFollower",
     "ServiceInstance",
     "ServiceNotFoundError",
+    "StreamManager",
+    "StreamManagerConfig",
     "TLSConfig",
     "Watch",
     "__version__",

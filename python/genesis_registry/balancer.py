@@ -17,8 +17,8 @@ Behaviour, shared by both twins (the logic lives in :class:`_Endpoints`):
 - ``round_robin`` (default) spreads calls over READY endpoints; when instances carry a
   ``weight`` metadata value, a smooth weighted round robin follows the weights
   (instances without a usable weight count as the mean of the declared ones).
-  ``pick_first`` sticks to one endpoint (the lowest instance id that is READY) while it
-  stays READY.
+  ``pick_first`` sends every call to one endpoint, the first to be READY (the lowest
+  instance id among those READY then), and stays with it while it remains READY.
 - A new endpoint is connected before it takes traffic; endpoints in TRANSIENT_FAILURE
   are skipped while others are READY. A removed endpoint takes no new calls; calls in
   flight finish normally and its channel closes when the last one ends.
@@ -36,7 +36,7 @@ import math
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import grpc.aio
@@ -45,7 +45,7 @@ from .errors import InvalidConfigError
 from .model import ServiceInstance
 
 if TYPE_CHECKING:
-    from .registry import AsyncRegistry, Registry, Watch
+    from .registry import AsyncRegistry, Registry
 
 __all__ = [
     "POLICIES",
@@ -418,7 +418,7 @@ class _MultiCallable:
         return self._channel._wait_for_instance(wait_for_ready, timeout)
 
 
-Metadata = Union[tuple[tuple[str, Union[str, bytes]], ...], None]
+Metadata = tuple[tuple[str, str | bytes], ...] | None
 
 
 class _UnaryUnary(_MultiCallable, _UnaryUnaryBase):
@@ -609,23 +609,10 @@ class BalancedChannel(grpc.Channel):
             self._close_endpoint,
             registry._logger,
         )
-        self._registry = registry
-        self._watch: Watch = registry.watch(service)
-        self._endpoints.update(registry.get_service(service))
-        self._feeder = threading.Thread(target=self._feed, name=f"genesis-balancer-{service}", daemon=True)
-        self._feeder.start()
+        # Imported here: the registry module imports this one.
+        from .registry import ServiceFollower
 
-    def _feed(self) -> None:
-        """Follows the service: every batch of events, reconcile with its snapshot."""
-        while self._watch.get() is not None:
-            while self._watch.get_nowait() is not None:
-                pass
-            if self._closed:
-                return
-            try:
-                self._endpoints.update(self._registry.get_service(self.service))
-            except Exception:  # the registry closed: keep the last view
-                return
+        self._follower = ServiceFollower(registry, service, self._endpoints.update)
 
     def _watch_state(self, endpoint: _Endpoint) -> None:
         def on_state(state: grpc.ChannelConnectivity) -> None:
@@ -726,11 +713,9 @@ class BalancedChannel(grpc.Channel):
         if self._closed:
             return
         self._closed = True
-        self._watch.close()
+        self._follower.close()
         for endpoint in self._endpoints.close_all():
             self._close_endpoint(endpoint)
-        if self._feeder is not threading.current_thread():
-            self._feeder.join(5)
 
     def __enter__(self) -> BalancedChannel:
         return self
@@ -932,25 +917,13 @@ class AsyncBalancedChannel(grpc.aio.Channel):
             registry._logger,
         )
         self._endpoints.on_change = self._on_change
-        self._feeder: asyncio.Task[None] | None = None
+        from .registry import AsyncServiceFollower
+
+        self._follower = AsyncServiceFollower(registry, service, self._endpoints.update)
 
     async def _start(self) -> AsyncBalancedChannel:
-        self._watch = self._registry.watch(self.service)
-        await self._watch.__aenter__()
-        self._endpoints.update(await self._registry.get_service(self.service))
-        self._feeder = asyncio.create_task(self._feed(), name=f"genesis-balancer-{self.service}")
+        await self._follower.start()
         return self
-
-    async def _feed(self) -> None:
-        async for _event in self._watch:
-            while self._watch.get_nowait() is not None:
-                pass
-            if self._closed:
-                return
-            try:
-                self._endpoints.update(await self._registry.get_service(self.service))
-            except Exception:  # the registry closed: keep the last view
-                return
 
     def _on_change(self) -> None:
         # Runs with the endpoint lock held; hand the wake-up to the loop.
@@ -1076,10 +1049,7 @@ class AsyncBalancedChannel(grpc.aio.Channel):
         if self._closed:
             return
         self._closed = True
-        if getattr(self, "_watch", None) is not None:
-            self._watch.close()
-        if self._feeder is not None:
-            self._feeder.cancel()
+        await self._follower.close()
         for task in self._tasks.values():
             task.cancel()
         self._tasks.clear()
@@ -1099,9 +1069,6 @@ class AsyncBalancedChannel(grpc.aio.Channel):
         return (
             f"AsyncBalancedChannel(service={self.service!r}, policy={self._endpoints.policy!r}, targets={self.targets})"
         )
-
-
-AnyRegistry = Union["Registry", "AsyncRegistry"]
 
 
 def dial(target: str, *, registry: Any, **kwargs: Any) -> Any:

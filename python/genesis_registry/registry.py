@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Iterator, Sequence
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -27,7 +28,7 @@ from . import _core, lifecycle
 from .balancer import AsyncBalancedChannel, BalancedChannel
 from .config import Config, Seconds, to_seconds
 from .connector import EtcdConnector
-from .errors import InvalidConfigError, InvalidServiceInstanceError, InvalidTTLError
+from .errors import InvalidConfigError, InvalidServiceInstanceError, InvalidTTLError, RegistryClosedError
 from .model import ServiceEvent, ServiceInstance, event_from_core
 from .observability import RegistryMetrics
 
@@ -404,3 +405,76 @@ class AsyncWatch:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+class ServiceFollower:
+    """Calls ``on_change(instances)`` with a service's instances now and after every
+    change, from a daemon thread, until closed (or the registry closes). The balanced
+    channels and the StreamManager are built on it.
+
+    >>> follower = ServiceFollower(reg, "user-service", lambda instances: print(len(instances)))  # doctest: +SKIP
+    >>> follower.close()  # doctest: +SKIP
+    """
+
+    def __init__(self, registry: Registry, name: str, on_change: Callable[[tuple[ServiceInstance, ...]], None]) -> None:
+        self._registry = registry
+        self._name = name
+        self._on_change = on_change
+        self._watch = registry.watch(name)
+        self._closed = False
+        on_change(registry.get_service(name))
+        self._thread = threading.Thread(target=self._run, name=f"genesis-follow-{name}", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        # Events only say "something changed"; the snapshot says what is there now.
+        while self._watch.get() is not None:
+            while self._watch.get_nowait() is not None:
+                pass
+            if self._closed:
+                return
+            try:
+                instances = self._registry.get_service(self._name)
+            except RegistryClosedError:
+                return
+            self._on_change(instances)
+
+    def close(self) -> None:
+        """Stops following; returns once no callback runs any more. Idempotent."""
+        self._closed = True
+        self._watch.close()
+        if self._thread is not threading.current_thread():
+            self._thread.join()
+
+
+class AsyncServiceFollower:
+    """:class:`ServiceFollower` for asyncio: ``on_change`` runs in a task on the loop."""
+
+    def __init__(self, registry: AsyncRegistry, name: str, on_change: Callable[[tuple[ServiceInstance, ...]], None]):
+        self._registry = registry
+        self._name = name
+        self._on_change = on_change
+        self._task: asyncio.Task[None] | None = None
+        self._watch = registry.watch(name)
+
+    async def start(self) -> AsyncServiceFollower:
+        await self._watch.__aenter__()
+        self._on_change(await self._registry.get_service(self._name))
+        self._task = asyncio.create_task(self._run(), name=f"genesis-follow-{self._name}")
+        return self
+
+    async def _run(self) -> None:
+        async for _event in self._watch:
+            while self._watch.get_nowait() is not None:
+                pass
+            try:
+                instances = await self._registry.get_service(self._name)
+            except RegistryClosedError:
+                return
+            self._on_change(instances)
+
+    async def close(self) -> None:
+        self._watch.close()
+        if self._task is not None and self._task is not asyncio.current_task():
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)

@@ -1,0 +1,463 @@
+"""StreamManager: exactly one gRPC stream per live instance of a service.
+
+For each instance the manager opens a channel to its endpoint and a stream built by your
+factory. An instance that appears gets a channel and a stream (``on_add``); one that goes
+away has its stream cancelled and its channel closed (``on_remove``); one whose endpoint
+changes gets a new channel and stream. A stream that ends or fails is opened again with
+exponential backoff and jitter for as long as its instance is registered (``on_error``
+on each failure). ``streams()`` is a snapshot; ``stop()`` ends everything.
+
+    >>> manager = gr.StreamManager(reg, gr.StreamManagerConfig(
+    ...     service_name="stream-service",
+    ...     factory=lambda channel, instance: pb.TestServiceStub(channel).StreamCall(requests())))  # doctest: +SKIP
+    >>> manager.start()              # doctest: +SKIP
+    >>> manager.streams()            # doctest: +SKIP
+    {'stream-1': <_MultiThreadedRendezvous ...>}
+    >>> manager.stop()               # doctest: +SKIP
+
+The factory must return a gRPC call object (what a stub's streaming method returns):
+the manager learns that a stream ended through its ``add_done_callback``.
+:class:`AsyncStreamManager` is the asyncio twin (the factory gets a ``grpc.aio.Channel``).
+Callbacks run on the manager's own thread (or task); one that raises is logged and the
+manager goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import random
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import grpc
+import grpc.aio
+
+from .balancer import endpoint_target
+from .errors import InvalidConfigError
+from .model import ServiceInstance
+
+if TYPE_CHECKING:
+    from .registry import AsyncRegistry, AsyncServiceFollower, Registry, ServiceFollower
+
+__all__ = ["AsyncStreamManager", "StreamManager", "StreamManagerConfig"]
+
+
+@dataclass(frozen=True)
+class StreamManagerConfig:
+    """What a :class:`StreamManager` manages and how.
+
+    ``factory(channel, instance)`` opens the stream for one instance. ``on_add(instance)``,
+    ``on_remove(instance)`` and ``on_error(instance, error)`` are optional callbacks.
+    A stream is re-opened ``retry_initial`` seconds after it ends, doubling on each
+    failure in a row up to ``retry_max`` (with ±20 % jitter).
+    """
+
+    service_name: str
+    factory: Callable[[Any, ServiceInstance], Any]
+    credentials: grpc.ChannelCredentials | None = None
+    options: Sequence[tuple[str, Any]] = ()
+    on_add: Callable[[ServiceInstance], None] | None = None
+    on_remove: Callable[[ServiceInstance], None] | None = None
+    on_error: Callable[[ServiceInstance, BaseException], None] | None = None
+    retry_initial: float = 0.5
+    retry_max: float = 30.0
+    interceptors: Sequence[Any] = field(default=())
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.service_name, str) or not self.service_name:
+            raise InvalidConfigError(f"service_name must be a non-empty str (got {self.service_name!r})")
+        if not callable(self.factory):
+            raise InvalidConfigError(f"factory must be callable (got {self.factory!r})")
+        if not 0 < self.retry_initial <= self.retry_max:
+            raise InvalidConfigError(
+                f"need 0 < retry_initial <= retry_max (got {self.retry_initial!r}, {self.retry_max!r})"
+            )
+
+
+@dataclass
+class _Slot:
+    """One instance's channel and stream."""
+
+    instance: ServiceInstance
+    target: str
+    channel: Any = None
+    stream: Any = None
+    #: Identifies the current stream, so a late "done" of a replaced one is ignored.
+    generation: int = 0
+    failures: int = 0
+    opened_at: float = 0.0
+    reopen_at: float | None = None
+
+
+class _Table:
+    """The manager's state and decisions, shared by the sync and asyncio twins: which
+    instances need a stream, when a stream is due to (re)open, the backoff."""
+
+    def __init__(self, config: StreamManagerConfig, logger: logging.Logger) -> None:
+        self.config = config
+        self.logger = logger
+        self.slots: dict[str, _Slot] = {}
+        self.snapshot: dict[str, Any] = {}
+
+    def reconcile(
+        self, instances: Sequence[ServiceInstance]
+    ) -> tuple[list[_Slot], list[_Slot], list[tuple[_Slot, _Slot]]]:
+        """(new, removed, moved): slots to open, slots to close, and (slot, old) pairs
+        whose endpoint changed (close the old channel and stream, open the slot anew)."""
+        wanted: dict[str, tuple[ServiceInstance, str]] = {}
+        for instance in instances:
+            target = next((t for t in map(endpoint_target, instance.endpoints) if t is not None), None)
+            if target is None:
+                self.logger.warning(
+                    "instance %s of service %s has no usable gRPC endpoint; no stream for it",
+                    instance.id,
+                    self.config.service_name,
+                    extra={"service": self.config.service_name, "instance_id": instance.id},
+                )
+                continue
+            wanted[instance.id] = (instance, target)
+        removed = [self.slots.pop(i) for i in [i for i in self.slots if i not in wanted]]
+        new: list[_Slot] = []
+        moved: list[tuple[_Slot, _Slot]] = []
+        for instance_id, (instance, target) in wanted.items():
+            slot = self.slots.get(instance_id)
+            if slot is None:
+                slot = _Slot(instance, target)
+                self.slots[instance_id] = slot
+                new.append(slot)
+            elif slot.target != target:
+                old = _Slot(slot.instance, slot.target, slot.channel, slot.stream)
+                slot.instance, slot.target, slot.channel, slot.stream = instance, target, None, None
+                slot.generation += 1
+                slot.failures = 0
+                moved.append((slot, old))
+            else:
+                slot.instance = instance
+        return new, removed, moved
+
+    def apply_instances(
+        self,
+        instances: Sequence[ServiceInstance],
+        open_slot: Callable[[_Slot], None],
+        close_slot: Callable[[_Slot], None],
+    ) -> None:
+        """Brings the streams in line with the service's instances."""
+        new, removed, moved = self.reconcile(instances)
+        for slot in removed:
+            close_slot(slot)
+            self.call("on_remove", self.config.on_remove, slot.instance)
+        for slot, old in moved:
+            close_slot(old)
+            open_slot(slot)
+        self.publish()
+        for slot in new:
+            self.call("on_add", self.config.on_add, slot.instance)
+            open_slot(slot)
+
+    def apply_ended(self, instance_id: str, generation: int, error: BaseException | None) -> None:
+        """A stream ended (cleanly if `error` is None): schedule it to open again."""
+        slot = self.ended(instance_id, generation, failed=error is not None)
+        if slot is not None and error is not None:
+            self.call("on_error", self.config.on_error, slot.instance, error)
+
+    def open_stream(
+        self,
+        slot: _Slot,
+        make_channel: Callable[[str], Any],
+        on_done: Callable[[str, int, Any], None],
+    ) -> None:
+        """Opens the slot's channel if needed and a stream on it with the factory."""
+        slot.reopen_at = None
+        if slot.channel is None:
+            slot.channel = make_channel(slot.target)
+        try:
+            stream = self.config.factory(slot.channel, slot.instance)
+        except Exception as error:
+            self.open_failed(slot)
+            self.call("on_error", self.config.on_error, slot.instance, error)
+            return
+        generation = self.opened(slot, stream)
+        instance_id = slot.instance.id
+        stream.add_done_callback(lambda call: on_done(instance_id, generation, call))
+
+    @staticmethod
+    def detach(slot: _Slot) -> tuple[Any, Any]:
+        """Takes the slot's (stream, channel) out of it, cancelling the stream."""
+        stream, channel = slot.stream, slot.channel
+        slot.stream, slot.channel = None, None
+        if stream is not None:
+            stream.cancel()
+        return stream, channel
+
+    def opened(self, slot: _Slot, stream: Any) -> int:
+        slot.stream = stream
+        slot.generation += 1
+        slot.opened_at = time.monotonic()
+        slot.reopen_at = None
+        self.publish()
+        return slot.generation
+
+    def ended(self, instance_id: str, generation: int, failed: bool) -> _Slot | None:
+        """A stream ended: the slot to re-open later (its `reopen_at` set), or None."""
+        slot = self.slots.get(instance_id)
+        if slot is None or slot.generation != generation or slot.reopen_at is not None:
+            return None
+        if time.monotonic() - slot.opened_at >= self.config.retry_max:
+            slot.failures = 0  # it lived long enough: start the backoff over
+        delay = min(self.config.retry_max, self.config.retry_initial * 2**slot.failures)
+        slot.failures += 1 if failed else 0
+        slot.stream = None
+        slot.reopen_at = time.monotonic() + delay * random.uniform(0.8, 1.2)
+        self.publish()
+        return slot
+
+    def open_failed(self, slot: _Slot) -> None:
+        delay = min(self.config.retry_max, self.config.retry_initial * 2**slot.failures)
+        slot.failures += 1
+        slot.reopen_at = time.monotonic() + delay * random.uniform(0.8, 1.2)
+
+    def due(self) -> tuple[list[_Slot], float | None]:
+        """Slots whose re-open time has come, and seconds until the next one."""
+        now = time.monotonic()
+        due = [s for s in self.slots.values() if s.reopen_at is not None and s.reopen_at <= now]
+        later = [s.reopen_at for s in self.slots.values() if s.reopen_at is not None and s.reopen_at > now]
+        return due, (min(later) - now if later else None)
+
+    def publish(self) -> None:
+        self.snapshot = {i: s.stream for i, s in self.slots.items() if s.stream is not None}
+
+    def call(self, name: str, callback: Callable[..., None] | None, *args: Any) -> None:
+        if callback is None:
+            return
+        try:
+            callback(*args)
+        except Exception:
+            self.logger.exception("StreamManager %s callback raised; carrying on", name)
+
+
+def _failure(stream: Any) -> BaseException | None:
+    """Why a finished sync gRPC call failed, or None if it ended cleanly."""
+    try:
+        if stream.cancelled():
+            return None
+        error = stream.exception()
+    except Exception as e:  # not a grpc.Future: count it as failed
+        return e
+    if error is None or (isinstance(error, grpc.Call) and error.code() == grpc.StatusCode.OK):
+        return None
+    return error  # type: ignore[no-any-return]
+
+
+class StreamManager:
+    """One stream per live instance of a service (threads; see the module docs)."""
+
+    def __init__(self, registry: Registry, config: StreamManagerConfig) -> None:
+        self._registry = registry
+        self._table = _Table(config, registry._logger)
+        self._events: queue.Queue[tuple[str, Any]] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._follower: ServiceFollower | None = None
+        self._lock = threading.Lock()
+        self._stopped = False
+
+    @property
+    def config(self) -> StreamManagerConfig:
+        return self._table.config
+
+    def start(self) -> None:
+        """Starts following the service and opening streams. Idempotent."""
+        from .registry import ServiceFollower
+
+        with self._lock:
+            if self._thread is not None or self._stopped:
+                return
+            self._thread = threading.Thread(
+                target=self._run, name=f"genesis-streams-{self.config.service_name}", daemon=True
+            )
+            self._thread.start()
+            self._follower = ServiceFollower(
+                self._registry, self.config.service_name, lambda instances: self._events.put(("instances", instances))
+            )
+
+    def streams(self) -> dict[str, Any]:
+        """The current streams by instance id (a snapshot; streams being re-opened are absent)."""
+        return dict(self._table.snapshot)
+
+    def stop(self) -> None:
+        """Cancels every stream, closes every channel and ends the manager's threads.
+        Idempotent; returns when everything has stopped."""
+        with self._lock:
+            if self._stopped:
+                return
+            self._stopped = True
+            follower, thread = self._follower, self._thread
+        if follower is not None:
+            follower.close()
+        self._events.put(("stop", None))
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
+
+    def __enter__(self) -> StreamManager:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def _run(self) -> None:
+        table = self._table
+        try:
+            while True:
+                due, wait = table.due()
+                for slot in due:
+                    self._open(slot)
+                if due:
+                    continue
+                try:
+                    kind, payload = self._events.get(timeout=wait)
+                except queue.Empty:
+                    continue
+                if kind == "stop":
+                    return
+                if kind == "instances":
+                    table.apply_instances(payload, self._open, self._close)
+                else:
+                    instance_id, generation, stream = payload
+                    table.apply_ended(instance_id, generation, _failure(stream))
+        finally:
+            for slot in list(table.slots.values()):
+                self._close(slot)
+            table.slots.clear()
+            table.publish()
+
+    def _open(self, slot: _Slot) -> None:
+        config = self._table.config
+
+        def make_channel(target: str) -> grpc.Channel:
+            if config.credentials is None:
+                return grpc.insecure_channel(target, options=list(config.options))
+            return grpc.secure_channel(target, config.credentials, options=list(config.options))
+
+        self._table.open_stream(slot, make_channel, lambda *ended: self._events.put(("ended", ended)))
+
+    def _close(self, slot: _Slot) -> None:
+        _stream, channel = self._table.detach(slot)
+        if channel is not None:
+            channel.close()
+
+
+class AsyncStreamManager:
+    """:class:`StreamManager` for asyncio: one task, ``await start()``, ``await stop()``."""
+
+    def __init__(self, registry: AsyncRegistry, config: StreamManagerConfig) -> None:
+        self._registry = registry
+        self._table = _Table(config, registry._logger)
+        self._events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+        self._follower: AsyncServiceFollower | None = None
+        self._stopped = False
+        self._closing: list[Any] = []
+
+    @property
+    def config(self) -> StreamManagerConfig:
+        return self._table.config
+
+    async def start(self) -> None:
+        """Starts following the service and opening streams. Idempotent."""
+        from .registry import AsyncServiceFollower
+
+        if self._task is not None or self._stopped:
+            return
+        self._task = asyncio.create_task(self._run(), name=f"genesis-streams-{self.config.service_name}")
+        self._follower = AsyncServiceFollower(
+            self._registry,
+            self.config.service_name,
+            lambda instances: self._events.put_nowait(("instances", instances)),
+        )
+        await self._follower.start()
+
+    def streams(self) -> dict[str, Any]:
+        """The current streams by instance id (a snapshot)."""
+        return dict(self._table.snapshot)
+
+    async def stop(self) -> None:
+        """Cancels every stream, closes every channel and ends the task. Idempotent."""
+        if self._stopped:
+            return
+        self._stopped = True
+        if self._follower is not None:
+            await self._follower.close()
+        self._events.put_nowait(("stop", None))
+        if self._task is not None:
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
+
+    async def __aenter__(self) -> AsyncStreamManager:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    async def _run(self) -> None:
+        table = self._table
+        try:
+            while True:
+                due, wait = table.due()
+                for slot in due:
+                    self._open(slot)
+                if due:
+                    continue
+                try:
+                    kind, payload = await asyncio.wait_for(self._events.get(), wait)
+                except asyncio.TimeoutError:
+                    continue
+                if kind == "stop":
+                    return
+                if kind == "instances":
+                    table.apply_instances(payload, self._open, self._close)
+                else:
+                    instance_id, generation, stream = payload
+                    table.apply_ended(instance_id, generation, await _aio_failure(stream))
+        finally:
+            for slot in list(table.slots.values()):
+                self._close(slot)
+            table.slots.clear()
+            table.publish()
+
+    def _open(self, slot: _Slot) -> None:
+        config = self._table.config
+        interceptors = list(config.interceptors) or None
+
+        def make_channel(target: str) -> grpc.aio.Channel:
+            options = list(config.options)
+            if config.credentials is None:
+                return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)
+            return grpc.aio.secure_channel(target, config.credentials, options=options, interceptors=interceptors)
+
+        self._table.open_stream(slot, make_channel, lambda *ended: self._events.put_nowait(("ended", ended)))
+
+    def _close(self, slot: _Slot) -> None:
+        _stream, channel = self._table.detach(slot)
+        if channel is not None:
+            self._closing.append(asyncio.ensure_future(channel.close()))
+
+
+async def _aio_failure(stream: Any) -> BaseException | None:
+    """Why a finished aio gRPC call failed, or None if it ended cleanly."""
+    try:
+        if stream.cancelled():
+            return None
+        code = await stream.code()
+    except Exception as e:
+        return e
+    if code == grpc.StatusCode.OK:
+        return None
+    details = await stream.details()
+    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details=details)

@@ -1,0 +1,301 @@
+"""Balanced gRPC channels (sync) against a real etcd and real grpcio servers."""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from collections.abc import Iterator
+
+import genesis_registry as gr
+import grpc
+import pytest
+from conftest import wait_until
+from echo import EchoProcess, EchoServer, EchoStub, instance_for, server_of
+
+
+@pytest.fixture
+def servers() -> Iterator[list[EchoServer]]:
+    started = [EchoServer(f"s{i}").start() for i in range(3)]
+    yield started
+    for server in started:
+        server.stop()
+
+
+def spread(stub: EchoStub, calls: int) -> collections.Counter[str]:
+    return collections.Counter(server_of(stub.Unary(b"x", timeout=5)) for _ in range(calls))
+
+
+def all_ready(channel: gr.BalancedChannel, count: int) -> None:
+    wait_until(lambda: len(channel.ready_targets()) == count, 10, f"{count} READY endpoints")
+
+
+def test_round_robin_spreads_calls_evenly(registry, servers):
+    for server in servers:
+        registry.register(instance_for(server))
+    with registry.get_connection("echo") as channel:
+        all_ready(channel, 3)
+        counts = spread(EchoStub(channel), 300)
+    assert set(counts) == {"s0", "s1", "s2"}
+    assert all(90 <= n <= 110 for n in counts.values()), counts
+
+
+def test_pick_first_sticks_to_one_instance_until_it_goes(registry, servers):
+    for server in servers:
+        registry.register(instance_for(server))
+    with registry.get_connection("echo", policy="pick_first") as channel:
+        all_ready(channel, 3)
+        stub = EchoStub(channel)
+        counts = spread(stub, 50)
+        assert len(counts) == 1 and sum(counts.values()) == 50, counts
+        (chosen,) = counts
+        registry.deregister(chosen)
+        wait_until(lambda: chosen not in spread(stub, 1), 10, f"{chosen} to leave the view")
+        counts = spread(stub, 50)
+        assert len(counts) == 1 and chosen not in counts, counts
+
+
+def test_weights_skew_round_robin(registry, servers):
+    for server, weight in zip(servers, (1, 2, 3), strict=True):
+        registry.register(instance_for(server, weight=weight))
+    with registry.get_connection("echo") as channel:
+        all_ready(channel, 3)
+        counts = spread(EchoStub(channel), 600)
+    assert counts == {"s0": 100, "s1": 200, "s2": 300}, counts
+
+
+def test_instances_without_weight_count_as_the_mean_weight(registry, servers):
+    registry.register(instance_for(servers[0], weight=1))
+    registry.register(instance_for(servers[1], weight=3))
+    registry.register(instance_for(servers[2]))  # counts as 2
+    with registry.get_connection("echo") as channel:
+        all_ready(channel, 3)
+        counts = spread(EchoStub(channel), 600)
+    assert counts == {"s0": 100, "s1": 300, "s2": 200}, counts
+
+
+def test_every_call_shape_goes_through_the_balancer(registry, servers):
+    for server in servers:
+        registry.register(instance_for(server))
+    with registry.get_connection("echo") as channel:
+        all_ready(channel, 3)
+        stub = EchoStub(channel)
+        assert server_of(stub.Unary(b"a")) in {"s0", "s1", "s2"}
+        reply, call = stub.Unary.with_call(b"b")
+        assert call.code() is grpc.StatusCode.OK and reply.endswith(b"|b")
+        assert stub.Unary.future(b"c").result(timeout=5).endswith(b"|c")
+        assert [r.split(b"|")[1] for r in stub.ServerStream(b"3")] == [b"0", b"1", b"2"]
+        assert stub.ClientStream(iter([b"1", b"2", b"3"])).endswith(b"|3")
+        assert stub.ClientStream.future(iter([b"1"])).result(timeout=5).endswith(b"|1")
+        assert [r.split(b"|")[1] for r in stub.BidiStream(iter([b"p", b"q"]))] == [b"p", b"q"]
+    assert sum(s.served["Unary"] for s in servers) == 3
+
+
+def test_no_instance_fails_fast_with_unavailable_naming_the_service(registry):
+    with registry.get_connection("nobody") as channel:
+        stub = EchoStub(channel)
+        with pytest.raises(grpc.RpcError) as info:
+            stub.Unary(b"x", timeout=30)
+        assert info.value.code() is grpc.StatusCode.UNAVAILABLE
+        assert "'nobody'" in info.value.details()
+        assert stub.Unary.future(b"x").exception().code() is grpc.StatusCode.UNAVAILABLE
+        with pytest.raises(grpc.RpcError):
+            list(stub.ServerStream(b"1"))
+
+
+def test_wait_for_ready_waits_for_the_first_instance(registry, servers):
+    with registry.get_connection("echo") as channel:
+        stub = EchoStub(channel)  # built before any instance exists
+        result: list[bytes] = []
+        caller = threading.Thread(target=lambda: result.append(stub.Unary(b"x", timeout=20, wait_for_ready=True)))
+        caller.start()
+        wait_until(lambda: caller.is_alive(), 5, "the call to be waiting")
+        registry.register(instance_for(servers[1]))
+        caller.join(20)
+        assert [server_of(r) for r in result] == ["s1"]
+
+
+def test_wait_for_ready_gives_up_at_the_deadline(registry):
+    with registry.get_connection("nobody") as channel:
+        with pytest.raises(grpc.RpcError) as info:
+            EchoStub(channel).Unary(b"x", timeout=0.3, wait_for_ready=True)
+        assert info.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+def test_stubs_built_early_stay_balanced_as_instances_change(registry, servers):
+    with registry.get_connection("echo") as channel:
+        stub = EchoStub(channel)
+        registry.register(instance_for(servers[0]))
+        all_ready(channel, 1)
+        assert spread(stub, 10) == {"s0": 10}
+        registry.register(instance_for(servers[1]))
+        all_ready(channel, 2)
+        assert spread(stub, 20) == {"s0": 10, "s1": 10}
+        registry.deregister("s0")
+        wait_until(lambda: channel.targets == [servers[1].address], 10, "s0 gone from the channel")
+        assert spread(stub, 10) == {"s1": 10}
+
+
+def test_failing_endpoints_are_skipped_while_others_are_ready(registry, servers):
+    dead = gr.ServiceInstance(id="dead", name="echo", endpoints=["grpc://127.0.0.1:1"])
+    registry.register(dead)
+    registry.register(instance_for(servers[0]))
+    registry.register(instance_for(servers[1]))
+    with registry.get_connection("echo") as channel:
+        all_ready(channel, 2)
+        counts = spread(EchoStub(channel), 100)
+    assert counts == {"s0": 50, "s1": 50}
+
+
+def test_unusable_endpoints_are_skipped_and_logged(registry, servers, caplog, etcd_server, namespace):
+    # register() refuses such endpoints; another writer (here etcdctl) may not.
+    weird = gr.ServiceInstance(id="weird", name="echo", endpoints=["unix:/tmp/x.sock"])
+    etcd_server.etcdctl("put", f"{namespace}/echo/weird", input=weird.to_json())
+    registry.register(instance_for(servers[0]))
+    with caplog.at_level(logging.WARNING, logger="genesis_registry"):
+        with registry.get_connection("echo") as channel:
+            assert channel.targets == [servers[0].address]
+            assert server_of(EchoStub(channel).Unary(b"x", timeout=5)) == "s0"
+    assert any("weird" in r.getMessage() and "usable" in r.getMessage() for r in caplog.records)
+
+
+def test_hostname_endpoints_are_resolved_by_grpc(registry, servers):
+    port = servers[0].port
+    registry.register(gr.ServiceInstance(id="by-name", name="echo", endpoints=[f"grpc://localhost:{port}"]))
+    with registry.get_connection("echo") as channel:
+        assert channel.targets == [f"localhost:{port}"]
+        assert server_of(EchoStub(channel).Unary(b"x", timeout=5, wait_for_ready=True)) == "s0"
+
+
+def test_ipv6_endpoints(registry):
+    import socket
+    from concurrent import futures
+
+    try:
+        socket.create_server(("::1", 0), family=socket.AF_INET6).close()
+    except OSError:
+        pytest.skip("no IPv6 loopback on this machine")
+    holder = EchoServer("v6")  # only for its handler; it serves on IPv4
+    server = grpc.server(futures.ThreadPoolExecutor(4))
+    server.add_generic_rpc_handlers((holder._handler(),))
+    port = server.add_insecure_port("[::1]:0")
+    server.start()
+    try:
+        registry.register(gr.ServiceInstance(id="v6", name="echo", endpoints=[f"grpc://[::1]:{port}"]))
+        with registry.get_connection("echo") as channel:
+            assert channel.targets == [f"[::1]:{port}"]
+            assert server_of(EchoStub(channel).Unary(b"x", timeout=5, wait_for_ready=True)) == "v6"
+    finally:
+        server.stop(None)
+        holder.stop()
+
+
+def test_intercept_channel_works_over_a_balanced_channel(registry, servers):
+    seen: list[str] = []
+
+    class Recorder(grpc.UnaryUnaryClientInterceptor):
+        def intercept_unary_unary(self, continuation, details, request):
+            seen.append(details.method)
+            return continuation(details, request)
+
+    registry.register(instance_for(servers[0]))
+    with registry.get_connection("echo") as channel:
+        stub = EchoStub(grpc.intercept_channel(channel, Recorder()))
+        assert server_of(stub.Unary(b"x", timeout=5)) == "s0"
+    assert seen == ["/echo.Echo/Unary"]
+
+
+def test_dial_accepts_etcd_targets(registry, servers):
+    registry.register(instance_for(servers[2]))
+    for target in ("etcd:///echo", "etcd://anything/echo"):
+        with gr.dial(target, registry=registry) as channel:
+            assert server_of(EchoStub(channel).Unary(b"x", timeout=5)) == "s2"
+
+
+@pytest.mark.parametrize("target", ["echo", "dns:///echo", "etcd://", "etcd:///", "etcd:///a/b", "etcd:echo"])
+def test_malformed_targets_are_named(registry, target):
+    with pytest.raises(gr.InvalidConfigError) as info:
+        gr.dial(target, registry=registry)
+    assert isinstance(info.value, ValueError)
+    assert repr(target) in str(info.value)
+
+
+def test_unknown_policy_is_refused(registry):
+    with pytest.raises(gr.InvalidConfigError, match="'fastest'"):
+        registry.get_connection("echo", policy="fastest")
+
+
+def test_close_ends_everything(registry, servers):
+    registry.register(instance_for(servers[0]))
+    before = {t.name for t in threading.enumerate()}
+    channel = registry.get_connection("echo")
+    stub = EchoStub(channel)
+    assert server_of(stub.Unary(b"x", timeout=5)) == "s0"
+    channel.close()
+    channel.close()
+    with pytest.raises(ValueError):
+        stub.Unary(b"x", timeout=5)
+    assert not [t for t in threading.enumerate() if t.name.startswith("genesis-follow") and t.name not in before]
+
+
+def test_in_flight_streams_on_a_deregistered_server_complete(registry, servers):
+    for server in servers:
+        registry.register(instance_for(server))
+    with registry.get_connection("echo") as channel:
+        all_ready(channel, 3)
+        stub = EchoStub(channel)
+        streams = [stub.ServerStream(b"10:50", timeout=30) for _ in range(6)]  # two per server, ~0.5 s each
+        first = [next(s) for s in streams]
+        registry.deregister("s1")
+        wait_until(lambda: servers[1].address not in channel.targets, 10, "s1 out of the view")
+        rest = [list(s) for s in streams]
+    on_s1 = [i for i, reply in enumerate(first) if server_of(reply) == "s1"]
+    assert on_s1, "no stream landed on s1"
+    for i in on_s1:
+        assert len(rest[i]) == 9, f"stream {i} on the deregistered server was cut: {rest[i]}"
+
+
+def test_churn_under_load(registry, servers, etcd_endpoints, namespace):
+    """Calls flow while a server is added, one is deregistered and one is killed (its
+    lease expires): only calls to the killed server, in its TTL window, may fail."""
+    registry.register(instance_for(servers[0]))
+    registry.register(instance_for(servers[1]))
+    with EchoProcess("crash", etcd_endpoints, namespace, "echo", ttl=2) as crashing:
+        with registry.get_connection("echo") as channel:
+            all_ready(channel, 3)
+            stub = EchoStub(channel)
+            failures: list[tuple[float, str]] = []
+            served: collections.Counter[str] = collections.Counter()
+            stop = threading.Event()
+
+            def load() -> None:
+                while not stop.is_set():
+                    try:
+                        served[server_of(stub.Unary(b"x", timeout=5))] += 1
+                    except grpc.RpcError as e:
+                        failures.append((time.monotonic(), f"{e.code()}: {e.details()}"))
+
+            workers = [threading.Thread(target=load) for _ in range(4)]
+            for w in workers:
+                w.start()
+            try:
+                wait_until(lambda: served["crash"] > 20, 10, "traffic on every server")
+                registry.register(instance_for(servers[2]))
+                wait_until(lambda: servers[2].total_served > 0, 1.0, "the new server to get traffic within 1 s")
+                registry.deregister("s0")
+                wait_until(lambda: servers[0].address not in channel.targets, 10, "s0 out of the view")
+                killed_at = time.monotonic()
+                crashing.kill()
+                wait_until(lambda: crashing.address not in channel.targets, 10, "the crashed server's lease to expire")
+                expired_at = time.monotonic()
+                before = sum(served.values())
+                wait_until(lambda: sum(served.values()) > before + 100, 10, "calls after the churn")
+            finally:
+                stop.set()
+                for w in workers:
+                    w.join(10)
+    outside_window = [f for f in failures if not killed_at <= f[0] <= expired_at + 0.5]
+    assert outside_window == [], outside_window
+    assert all("UNAVAILABLE" in f[1] for f in failures), failures
+    assert served["s1"] > 0 and servers[2].total_served > 0

@@ -15,8 +15,10 @@ on each failure). ``streams()`` is a snapshot; ``stop()`` ends everything.
     {'stream-1': <_MultiThreadedRendezvous ...>}
     >>> manager.stop()               # doctest: +SKIP
 
-The factory must return a gRPC call object (what a stub's streaming method returns):
-the manager learns that a stream ended through its ``add_done_callback``.
+The factory must return a gRPC call object (what a stub's streaming method returns).
+The manager learns that a stream ended through its ``add_done_callback`` (gRPC reports
+the end of a stream once its responses have been read) and that its connection was lost
+from the channel's connectivity (then it cancels the stream and opens it again).
 :class:`AsyncStreamManager` is the asyncio twin (the factory gets a ``grpc.aio.Channel``).
 Callbacks run on the manager's own thread (or task); one that raises is logged and the
 manager goes on.
@@ -37,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 import grpc.aio
 
-from .balancer import endpoint_target
+from .balancer import _Unavailable, endpoint_target
 from .errors import InvalidConfigError
 from .model import ServiceInstance
 
@@ -92,6 +94,8 @@ class _Slot:
     failures: int = 0
     opened_at: float = 0.0
     reopen_at: float | None = None
+    #: Whether the channel has been READY since the current stream opened.
+    connected: bool = False
 
 
 class _Table:
@@ -165,6 +169,27 @@ class _Table:
         if slot is not None and error is not None:
             self.call("on_error", self.config.on_error, slot.instance, error)
 
+    def connectivity(self, instance_id: str, channel: Any, state: grpc.ChannelConnectivity) -> None:
+        """A channel's state changed. gRPC only notices that a stream nobody reads has
+        lost its connection when someone reads it, so a READY channel that drops counts
+        as the end of its stream: cancel it and open it again later."""
+        slot = self.slots.get(instance_id)
+        if slot is None or slot.channel is not channel:
+            return
+        if state == grpc.ChannelConnectivity.READY:
+            slot.connected = True
+            return
+        if not slot.connected or slot.stream is None:
+            return
+        slot.connected = False
+        stream, generation = slot.stream, slot.generation
+        stream.cancel()
+        self.apply_ended(
+            instance_id,
+            generation,
+            _Unavailable(grpc.StatusCode.UNAVAILABLE, f"lost the connection to {slot.target} ({state.name})"),
+        )
+
     def open_stream(
         self,
         slot: _Slot,
@@ -175,6 +200,7 @@ class _Table:
         slot.reopen_at = None
         if slot.channel is None:
             slot.channel = make_channel(slot.target)
+            slot.connected = False
         try:
             stream = self.config.factory(slot.channel, slot.instance)
         except Exception as error:
@@ -326,6 +352,8 @@ class StreamManager:
                     return
                 if kind == "instances":
                     table.apply_instances(payload, self._open, self._close)
+                elif kind == "state":
+                    table.connectivity(*payload)
                 else:
                     instance_id, generation, stream = payload
                     table.apply_ended(instance_id, generation, _failure(stream))
@@ -338,10 +366,15 @@ class StreamManager:
     def _open(self, slot: _Slot) -> None:
         config = self._table.config
 
+        instance_id = slot.instance.id
+
         def make_channel(target: str) -> grpc.Channel:
             if config.credentials is None:
-                return grpc.insecure_channel(target, options=list(config.options))
-            return grpc.secure_channel(target, config.credentials, options=list(config.options))
+                channel = grpc.insecure_channel(target, options=list(config.options))
+            else:
+                channel = grpc.secure_channel(target, config.credentials, options=list(config.options))
+            channel.subscribe(lambda state: self._events.put(("state", (instance_id, channel, state))), True)
+            return channel
 
         self._table.open_stream(slot, make_channel, lambda *ended: self._events.put(("ended", ended)))
 
@@ -362,6 +395,7 @@ class AsyncStreamManager:
         self._follower: AsyncServiceFollower | None = None
         self._stopped = False
         self._closing: list[Any] = []
+        self._watchers: dict[grpc.aio.Channel, asyncio.Task[None]] = {}
 
     @property
     def config(self) -> StreamManagerConfig:
@@ -422,6 +456,8 @@ class AsyncStreamManager:
                     return
                 if kind == "instances":
                     table.apply_instances(payload, self._open, self._close)
+                elif kind == "state":
+                    table.connectivity(*payload)
                 else:
                     instance_id, generation, stream = payload
                     table.apply_ended(instance_id, generation, await _aio_failure(stream))
@@ -435,17 +471,35 @@ class AsyncStreamManager:
         config = self._table.config
         interceptors = list(config.interceptors) or None
 
+        instance_id = slot.instance.id
+
         def make_channel(target: str) -> grpc.aio.Channel:
             options = list(config.options)
             if config.credentials is None:
-                return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)
-            return grpc.aio.secure_channel(target, config.credentials, options=options, interceptors=interceptors)
+                channel = grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)
+            else:
+                channel = grpc.aio.secure_channel(
+                    target, config.credentials, options=options, interceptors=interceptors
+                )
+            self._watchers[channel] = asyncio.create_task(self._follow_state(instance_id, channel))
+            return channel
 
         self._table.open_stream(slot, make_channel, lambda *ended: self._events.put_nowait(("ended", ended)))
+
+    async def _follow_state(self, instance_id: str, channel: grpc.aio.Channel) -> None:
+        state = channel.get_state(try_to_connect=True)
+        while True:
+            self._events.put_nowait(("state", (instance_id, channel, state)))
+            await channel.wait_for_state_change(state)
+            state = channel.get_state(try_to_connect=True)
 
     def _close(self, slot: _Slot) -> None:
         _stream, channel = self._table.detach(slot)
         if channel is not None:
+            watcher = self._watchers.pop(channel, None)
+            if watcher is not None:
+                watcher.cancel()
+                self._closing.append(watcher)
             self._closing.append(asyncio.ensure_future(channel.close()))
 
 

@@ -1,0 +1,255 @@
+"""StreamManager and AsyncStreamManager against a real etcd and real grpcio servers."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import genesis_registry as gr
+import grpc
+import pytest
+from conftest import wait_until
+from echo import AsyncEchoStub, EchoServer, EchoStub, instance_for
+
+LONG_STREAM = b"100000:50"  # a server stream that lasts far longer than any test
+
+
+@pytest.fixture
+def servers() -> Iterator[list[EchoServer]]:
+    started = [EchoServer(f"s{i}").start() for i in range(3)]
+    yield started
+    for server in started:
+        server.stop()
+
+
+class Recorder:
+    """Collects the manager's callbacks."""
+
+    def __init__(self) -> None:
+        self.added: list[str] = []
+        self.removed: list[str] = []
+        self.errors: list[tuple[str, BaseException]] = []
+
+    def on_add(self, instance: gr.ServiceInstance) -> None:
+        self.added.append(instance.id)
+
+    def on_remove(self, instance: gr.ServiceInstance) -> None:
+        self.removed.append(instance.id)
+
+    def on_error(self, instance: gr.ServiceInstance, error: BaseException) -> None:
+        self.errors.append((instance.id, error))
+
+
+def config(recorder: Recorder, factory: Any = None, **kw: Any) -> gr.StreamManagerConfig:
+    return gr.StreamManagerConfig(
+        service_name="echo",
+        factory=factory or (lambda channel, instance: EchoStub(channel).ServerStream(LONG_STREAM)),
+        on_add=recorder.on_add,
+        on_remove=recorder.on_remove,
+        on_error=recorder.on_error,
+        retry_initial=kw.pop("retry_initial", 0.05),
+        retry_max=kw.pop("retry_max", 1.0),
+        **kw,
+    )
+
+
+def manager_threads() -> set[str]:
+    return {t.name for t in threading.enumerate() if t.name.startswith(("genesis-streams", "genesis-follow"))}
+
+
+def test_streams_follow_the_instances(registry, servers):
+    recorder = Recorder()
+    registry.register(instance_for(servers[0]))
+    registry.register(instance_for(servers[1]))
+    with gr.StreamManager(registry, config(recorder)) as manager:
+        wait_until(lambda: set(manager.streams()) == {"s0", "s1"}, 10, "a stream per instance")
+        assert sorted(recorder.added) == ["s0", "s1"]
+        wait_until(lambda: servers[0].served["ServerStream"] == 1 == servers[1].served["ServerStream"], 10)
+        registry.register(instance_for(servers[2]))
+        wait_until(lambda: set(manager.streams()) == {"s0", "s1", "s2"}, 10, "the new instance's stream")
+        old = manager.streams()["s0"]
+        registry.deregister("s0")
+        wait_until(lambda: set(manager.streams()) == {"s1", "s2"}, 10, "the stream of s0 to go")
+        assert recorder.removed == ["s0"]
+        wait_until(lambda: old.done(), 10, "the removed stream to be cancelled")
+        assert old.cancelled()
+    assert recorder.errors == []
+
+
+def test_a_server_that_restarts_gets_its_stream_back(registry, servers):
+    recorder = Recorder()
+    registry.register(instance_for(servers[0]))
+    with gr.StreamManager(registry, config(recorder)) as manager:
+        wait_until(lambda: "s0" in manager.streams(), 10)
+        first = manager.streams()["s0"]
+        wait_until(lambda: servers[0].served["ServerStream"] == 1, 10)
+        servers[0].stop()
+        wait_until(lambda: recorder.errors, 10, "on_error for the broken stream")
+        assert recorder.errors[0][0] == "s0"
+        assert recorder.errors[0][1].code() is grpc.StatusCode.UNAVAILABLE
+        servers[0].restart()
+        wait_until(lambda: servers[0].served["ServerStream"] >= 2, 15, "the stream to be re-opened")
+        wait_until(lambda: manager.streams().get("s0") not in (None, first), 10)
+        assert manager.streams()["s0"].running()
+    assert recorder.added == ["s0"] and recorder.removed == []
+
+
+def test_a_stream_that_ends_cleanly_is_reopened_without_an_error(registry, servers):
+    recorder = Recorder()
+    registry.register(instance_for(servers[0]))
+
+    def short_and_read(channel: grpc.Channel, instance: gr.ServiceInstance) -> Any:
+        call = EchoStub(channel).ServerStream(b"2")
+        # The application reads its stream; gRPC reports the end once it is read.
+        threading.Thread(target=lambda: list(call), daemon=True).start()
+        return call
+
+    short = config(recorder, factory=short_and_read)
+    with gr.StreamManager(registry, short):
+        wait_until(lambda: servers[0].served["ServerStream"] >= 3, 10, "repeated re-opens")
+    assert recorder.errors == []
+
+
+def test_an_endpoint_change_gets_a_new_channel_and_stream(registry, servers, etcd_server, namespace):
+    recorder = Recorder()
+    key = f"{namespace}/echo/moving"
+    etcd_server.etcdctl("put", key, input=instance_for(servers[0], id="moving").to_json())
+    with gr.StreamManager(registry, config(recorder)) as manager:
+        wait_until(lambda: servers[0].served["ServerStream"] == 1, 10, "a stream to s0")
+        on_s0 = manager.streams()["moving"]
+        etcd_server.etcdctl("put", key, input=instance_for(servers[1], id="moving").to_json())
+        wait_until(lambda: servers[1].served["ServerStream"] == 1, 10, "a stream to s1")
+        wait_until(lambda: on_s0.done(), 10, "the old stream to be cancelled")
+        assert manager.streams()["moving"] is not on_s0
+    assert recorder.added == ["moving"] and recorder.removed == []
+
+
+def test_factory_failures_are_retried_with_backoff(registry, servers):
+    recorder = Recorder()
+    attempts: list[str] = []
+
+    def flaky(channel: grpc.Channel, instance: gr.ServiceInstance) -> Any:
+        attempts.append(instance.id)
+        if len(attempts) <= 2:
+            raise RuntimeError(f"factory failure {len(attempts)}")
+        return EchoStub(channel).ServerStream(LONG_STREAM)
+
+    registry.register(instance_for(servers[0]))
+    with gr.StreamManager(registry, config(recorder, factory=flaky)) as manager:
+        wait_until(lambda: "s0" in manager.streams(), 10, "the third attempt to succeed")
+    assert [str(e) for _, e in recorder.errors] == ["factory failure 1", "factory failure 2"]
+    assert attempts == ["s0"] * 3
+
+
+def test_callbacks_that_raise_are_logged_and_the_manager_goes_on(registry, servers, caplog):
+    def explode(instance: gr.ServiceInstance) -> None:
+        raise ValueError(f"callback broke on {instance.id}")
+
+    registry.register(instance_for(servers[0]))
+    registry.register(instance_for(servers[1]))
+    cfg = gr.StreamManagerConfig(
+        service_name="echo",
+        factory=lambda channel, instance: EchoStub(channel).ServerStream(LONG_STREAM),
+        on_add=explode,
+    )
+    with caplog.at_level(logging.ERROR, logger="genesis_registry"):
+        with gr.StreamManager(registry, cfg) as manager:
+            wait_until(lambda: set(manager.streams()) == {"s0", "s1"}, 10)
+    assert len([r for r in caplog.records if "on_add" in r.getMessage()]) == 2
+
+
+def test_stop_leaves_no_thread_stream_or_channel(registry, servers):
+    before = manager_threads()
+    registry.register(instance_for(servers[0]))
+    manager = gr.StreamManager(registry, config(Recorder()))
+    manager.start()
+    manager.start()  # idempotent
+    wait_until(lambda: "s0" in manager.streams(), 10)
+    stream = manager.streams()["s0"]
+    assert manager_threads() - before
+    manager.stop()
+    manager.stop()
+    assert manager_threads() == before
+    assert stream.cancelled()
+    assert manager.streams() == {}
+
+
+def test_config_is_checked():
+    with pytest.raises(gr.InvalidConfigError, match="service_name"):
+        gr.StreamManagerConfig(service_name="", factory=lambda c, i: None)
+    with pytest.raises(gr.InvalidConfigError, match="factory"):
+        gr.StreamManagerConfig(service_name="echo", factory=None)  # type: ignore[arg-type]
+    with pytest.raises(gr.InvalidConfigError, match="retry"):
+        gr.StreamManagerConfig(service_name="echo", factory=lambda c, i: None, retry_initial=5, retry_max=1)
+
+
+# ------------------------------------------------------------------------ asyncio
+
+
+@pytest.fixture
+async def areg(etcd_endpoints, namespace):
+    conn = gr.EtcdConnector(gr.EtcdConfig(endpoints=etcd_endpoints))
+    await conn.aconnect()
+    reg = gr.AsyncRegistry(conn, gr.Config(namespace=namespace, default_ttl=5))
+    yield reg
+    await reg.close()
+    conn.close()
+
+
+def aio_config(recorder: Recorder, factory: Any = None) -> gr.StreamManagerConfig:
+    return config(recorder, factory or (lambda channel, instance: AsyncEchoStub(channel).ServerStream(LONG_STREAM)))
+
+
+async def poll(condition: Any, timeout: float = 10.0, what: str = "condition") -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+async def test_async_streams_follow_the_instances(areg, servers):
+    recorder = Recorder()
+    await areg.register(instance_for(servers[0]))
+    async with gr.AsyncStreamManager(areg, aio_config(recorder)) as manager:
+        await poll(lambda: set(manager.streams()) == {"s0"}, what="a stream for s0")
+        await areg.register(instance_for(servers[1]))
+        await poll(lambda: set(manager.streams()) == {"s0", "s1"}, what="a stream for s1")
+        await poll(lambda: servers[1].served["ServerStream"] == 1, what="s1 to serve it")
+        old = manager.streams()["s0"]
+        await areg.deregister("s0")
+        await poll(lambda: set(manager.streams()) == {"s1"}, what="s0's stream to go")
+        await poll(old.done, what="the removed stream to end")
+        assert old.cancelled()
+    assert (recorder.added, recorder.removed, recorder.errors) == (["s0", "s1"], ["s0"], [])
+
+
+async def test_async_server_restart_gets_its_stream_back(areg, servers):
+    recorder = Recorder()
+    await areg.register(instance_for(servers[0]))
+    async with gr.AsyncStreamManager(areg, aio_config(recorder)) as manager:
+        await poll(lambda: servers[0].served["ServerStream"] == 1, what="the first stream")
+        await asyncio.to_thread(servers[0].stop)
+        await poll(lambda: recorder.errors, what="on_error")
+        assert recorder.errors[0][1].code() is grpc.StatusCode.UNAVAILABLE
+        await asyncio.to_thread(servers[0].restart)
+        await poll(lambda: servers[0].served["ServerStream"] >= 2, 15, "the stream to be re-opened")
+        assert "s0" in manager.streams()
+
+
+async def test_async_stop_leaves_no_task_or_stream(areg, servers):
+    await areg.register(instance_for(servers[0]))
+    before = asyncio.all_tasks()
+    manager = gr.AsyncStreamManager(areg, aio_config(Recorder()))
+    await manager.start()
+    await poll(lambda: "s0" in manager.streams(), what="the stream")
+    stream = manager.streams()["s0"]
+    await manager.stop()
+    await manager.stop()
+    assert stream.cancelled()
+    assert manager.streams() == {}
+    leftover = [t for t in asyncio.all_tasks() - before if not t.done()]
+    assert leftover == [], leftover

@@ -11,10 +11,17 @@ import pytest
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+#: Illustrative fragments (they use generated stubs the reader has): compiled, not run.
+FRAGMENTS = re.findall(r"```python fragment\n(.*?)```", README.read_text(), flags=re.S)
 
 
 def test_the_readme_has_python_examples():
-    assert len(BLOCKS) >= 2
+    assert len(BLOCKS) >= 3 and FRAGMENTS
+
+
+@pytest.mark.parametrize("index", range(len(FRAGMENTS)))
+def test_readme_fragments_compile(index):
+    compile(FRAGMENTS[index], f"README fragment {index}", "exec")
 
 
 @pytest.mark.parametrize("index", range(len(BLOCKS)))

@@ -671,40 +671,20 @@ class BalancedChannel(grpc.Channel):
     def unsubscribe(self, callback: Callable[[grpc.ChannelConnectivity], None]) -> None:
         raise NotImplementedError("a balanced channel has no single connectivity state")
 
-    def unary_unary(
-        self,
-        method: str,
-        request_serializer: Any = None,
-        response_deserializer: Any = None,
-        _registered_method: Any = False,
-    ) -> _UnaryUnaryBase:
+    def unary_unary(self, method: str, request_serializer: Any = None, response_deserializer: Any = None,
+                    _registered_method: Any = False) -> _UnaryUnaryBase:  # fmt: skip
         return _UnaryUnary(self, method, request_serializer, response_deserializer)
 
-    def unary_stream(
-        self,
-        method: str,
-        request_serializer: Any = None,
-        response_deserializer: Any = None,
-        _registered_method: Any = False,
-    ) -> _UnaryStreamBase:
+    def unary_stream(self, method: str, request_serializer: Any = None, response_deserializer: Any = None,
+                     _registered_method: Any = False) -> _UnaryStreamBase:  # fmt: skip
         return _UnaryStream(self, method, request_serializer, response_deserializer)
 
-    def stream_unary(
-        self,
-        method: str,
-        request_serializer: Any = None,
-        response_deserializer: Any = None,
-        _registered_method: Any = False,
-    ) -> _StreamUnaryBase:
+    def stream_unary(self, method: str, request_serializer: Any = None, response_deserializer: Any = None,
+                     _registered_method: Any = False) -> _StreamUnaryBase:  # fmt: skip
         return _StreamUnary(self, method, request_serializer, response_deserializer)
 
-    def stream_stream(
-        self,
-        method: str,
-        request_serializer: Any = None,
-        response_deserializer: Any = None,
-        _registered_method: Any = False,
-    ) -> _StreamStreamBase:
+    def stream_stream(self, method: str, request_serializer: Any = None, response_deserializer: Any = None,
+                      _registered_method: Any = False) -> _StreamStreamBase:  # fmt: skip
         return _StreamStream(self, method, request_serializer, response_deserializer)
 
     def close(self) -> None:
@@ -986,41 +966,24 @@ class AsyncBalancedChannel(grpc.aio.Channel):
     def ready_targets(self) -> list[str]:
         return sorted(ep.target for ep in self._endpoints.endpoints() if ep.state == _READY)
 
-    def unary_unary(
-        self,
-        method: str,
-        request_serializer: Any = None,
-        response_deserializer: Any = None,
-        _registered_method: Any = False,
-    ) -> Any:
-        return _AioMultiCallable(self, "unary_unary", method, request_serializer, response_deserializer)
+    def _multicallable(self, kind: str, method: str, request_serializer: Any, response_deserializer: Any) -> Any:
+        return _AioMultiCallable(self, kind, method, request_serializer, response_deserializer)
 
-    def unary_stream(
-        self,
-        method: str,
-        request_serializer: Any = None,
-        response_deserializer: Any = None,
-        _registered_method: Any = False,
-    ) -> Any:
-        return _AioMultiCallable(self, "unary_stream", method, request_serializer, response_deserializer)
+    def unary_unary(self, method: str, request_serializer: Any = None, response_deserializer: Any = None,
+                    _registered_method: Any = False) -> Any:  # fmt: skip
+        return self._multicallable("unary_unary", method, request_serializer, response_deserializer)
 
-    def stream_unary(
-        self,
-        method: str,
-        request_serializer: Any = None,
-        response_deserializer: Any = None,
-        _registered_method: Any = False,
-    ) -> Any:
-        return _AioMultiCallable(self, "stream_unary", method, request_serializer, response_deserializer)
+    def unary_stream(self, method: str, request_serializer: Any = None, response_deserializer: Any = None,
+                     _registered_method: Any = False) -> Any:  # fmt: skip
+        return self._multicallable("unary_stream", method, request_serializer, response_deserializer)
 
-    def stream_stream(
-        self,
-        method: str,
-        request_serializer: Any = None,
-        response_deserializer: Any = None,
-        _registered_method: Any = False,
-    ) -> Any:
-        return _AioMultiCallable(self, "stream_stream", method, request_serializer, response_deserializer)
+    def stream_unary(self, method: str, request_serializer: Any = None, response_deserializer: Any = None,
+                     _registered_method: Any = False) -> Any:  # fmt: skip
+        return self._multicallable("stream_unary", method, request_serializer, response_deserializer)
+
+    def stream_stream(self, method: str, request_serializer: Any = None, response_deserializer: Any = None,
+                      _registered_method: Any = False) -> Any:  # fmt: skip
+        return self._multicallable("stream_stream", method, request_serializer, response_deserializer)
 
     def get_state(self, try_to_connect: bool = False) -> grpc.ChannelConnectivity:
         """READY if any endpoint is READY, else the best state among them."""

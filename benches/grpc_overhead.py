@@ -1,0 +1,139 @@
+"""What balancing costs per gRPC call: the pick alone, and real unary calls through a
+balanced channel against a plain channel to one endpoint (sync, aio sequential, aio 32
+concurrent). Starts its own etcd and echo servers on loopback.
+
+    .venv/bin/python benches/grpc_overhead.py [--calls 5000] [--repeat 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import time
+import timeit
+from pathlib import Path
+
+import grpc
+
+import genesis_registry as gr
+from genesis_registry.testing import EtcdServer
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from echo import AsyncEchoServer, EchoServer, EchoStub  # noqa: E402
+
+UNARY = "/echo.Echo/Unary"
+
+
+def per_call(fn, calls: int) -> float:
+    started = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    return (time.perf_counter() - started) / calls * 1e6
+
+
+def sync_bench(etcd: EtcdServer, calls: int, repeat: int) -> dict[str, float]:
+    server = EchoServer("one").start()
+    with gr.EtcdConnector(gr.EtcdConfig(endpoints=etcd.endpoints)) as conn, gr.Registry(conn) as reg:
+        reg.register(gr.ServiceInstance(id="one", name="echo", endpoints=[server.endpoint]))
+        balanced = reg.get_connection("echo")
+        plain = grpc.insecure_channel(server.address)
+        b_call, p_call = balanced.unary_unary(UNARY), plain.unary_unary(UNARY)
+        b_call(b"warm", timeout=5, wait_for_ready=True)
+        p_call(b"warm", timeout=5)
+        # The pick alone: what the balanced multicallable adds before handing over.
+        endpoint, _ = b_call._pick(None, None)
+        pick = min(timeit.repeat(lambda: b_call._pick(None, None), number=100_000, repeat=5)) / 100_000 * 1e6
+        track = (
+            min(
+                timeit.repeat(
+                    lambda: (endpoint.begin(), endpoint.callable(b_call), balanced._endpoints.finished(endpoint)),
+                    number=100_000,
+                    repeat=5,
+                )
+            )
+            / 100_000
+            * 1e6
+        )
+        plain_us, balanced_us = [], []
+        for _ in range(repeat):
+            plain_us.append(per_call(lambda: p_call(b"x", timeout=5), calls))
+            balanced_us.append(per_call(lambda: b_call(b"x", timeout=5), calls))
+        balanced.close()
+        plain.close()
+    server.stop()
+    return {
+        "pick_us": pick,
+        "bookkeeping_us": track,
+        "sync_plain_us": statistics.median(plain_us),
+        "sync_balanced_us": statistics.median(balanced_us),
+    }
+
+
+async def aio_bench(etcd: EtcdServer, calls: int, repeat: int) -> dict[str, float]:
+    server = AsyncEchoServer("one")
+    await server.start()
+    async with gr.EtcdConnector(gr.EtcdConfig(endpoints=etcd.endpoints)) as conn:
+        async with gr.AsyncRegistry(conn) as reg:
+            await reg.register(gr.ServiceInstance(id="one", name="echo", endpoints=[server.endpoint]))
+            balanced = await reg.get_connection("echo")
+            plain = grpc.aio.insecure_channel(server.address)
+            b_call, p_call = balanced.unary_unary(UNARY), plain.unary_unary(UNARY)
+            await b_call(b"warm", timeout=5, wait_for_ready=True)
+            await p_call(b"warm", timeout=5)
+
+            async def sequential(call) -> float:
+                started = time.perf_counter()
+                for _ in range(calls):
+                    await call(b"x", timeout=5)
+                return (time.perf_counter() - started) / calls * 1e6
+
+            async def concurrent(call) -> float:
+                async def worker(n: int) -> None:
+                    for _ in range(n):
+                        await call(b"x", timeout=5)
+
+                started = time.perf_counter()
+                await asyncio.gather(*(worker(calls // 32) for _ in range(32)))
+                return (time.perf_counter() - started) / (calls // 32 * 32) * 1e6
+
+            results: dict[str, list[float]] = {k: [] for k in ("seq_plain", "seq_bal", "conc_plain", "conc_bal")}
+            for _ in range(repeat):
+                results["seq_plain"].append(await sequential(p_call))
+                results["seq_bal"].append(await sequential(b_call))
+                results["conc_plain"].append(await concurrent(p_call))
+                results["conc_bal"].append(await concurrent(b_call))
+            await balanced.close()
+            await plain.close()
+    await server.stop(None)
+    return {
+        "aio_seq_plain_us": statistics.median(results["seq_plain"]),
+        "aio_seq_balanced_us": statistics.median(results["seq_bal"]),
+        "aio_32_plain_us": statistics.median(results["conc_plain"]),
+        "aio_32_balanced_us": statistics.median(results["conc_bal"]),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--calls", type=int, default=5000)
+    parser.add_argument("--repeat", type=int, default=5)
+    args = parser.parse_args()
+    with EtcdServer() as etcd:
+        results = sync_bench(etcd, args.calls, args.repeat)
+        results.update(asyncio.run(aio_bench(etcd, args.calls, args.repeat)))
+    print(f"medians of {args.repeat} runs of {args.calls} calls; one echo server on loopback")
+    print(f"pick (round robin, per call):        {results['pick_us']:.3f} µs")
+    print(f"in-flight bookkeeping (per call):    {results['bookkeeping_us']:.3f} µs")
+    for label, plain, balanced in (
+        ("sync unary, sequential", "sync_plain_us", "sync_balanced_us"),
+        ("aio unary, sequential", "aio_seq_plain_us", "aio_seq_balanced_us"),
+        ("aio unary, 32 concurrent", "aio_32_plain_us", "aio_32_balanced_us"),
+    ):
+        p, b = results[plain], results[balanced]
+        print(f"{label:<26} plain {p:7.1f} µs   balanced {b:7.1f} µs   ({(b - p) / p * 100:+.1f} %)")
+
+
+if __name__ == "__main__":
+    main()

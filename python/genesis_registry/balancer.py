@@ -35,7 +35,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -421,8 +421,8 @@ class _MultiCallable:
 Metadata = tuple[tuple[str, str | bytes], ...] | None
 
 
-class _UnaryUnary(_MultiCallable, _UnaryUnaryBase):
-    kind = "unary_unary"
+class _UnaryResponse(_MultiCallable):
+    """Calls that answer once (unary-unary, stream-unary): blocking, ``with_call``, ``future``."""
 
     def __call__(
         self,
@@ -474,8 +474,8 @@ class _UnaryUnary(_MultiCallable, _UnaryUnaryBase):
         return self._channel._track(endpoint, call)
 
 
-class _UnaryStream(_MultiCallable, _UnaryStreamBase):
-    kind = "unary_stream"
+class _StreamResponse(_MultiCallable):
+    """Calls that answer with a stream (unary-stream, stream-stream): the call iterates."""
 
     def __call__(
         self,
@@ -494,81 +494,22 @@ class _UnaryStream(_MultiCallable, _UnaryStreamBase):
         return self._channel._track(endpoint, call)
 
 
-class _StreamUnary(_MultiCallable, _StreamUnaryBase):
+# The request is named `request_iterator` in grpcio's stream-request signatures; these are
+# positional there, so the shared implementations fit.
+class _UnaryUnary(_UnaryResponse, _UnaryUnaryBase):
+    kind = "unary_unary"
+
+
+class _StreamUnary(_UnaryResponse, _StreamUnaryBase):
     kind = "stream_unary"
 
-    def __call__(
-        self,
-        request_iterator: Iterator[Any],
-        timeout: float | None = None,
-        metadata: Metadata = None,
-        credentials: grpc.CallCredentials | None = None,
-        wait_for_ready: bool | None = None,
-        compression: grpc.Compression | None = None,
-    ) -> Any:
-        endpoint, timeout = self._pick(wait_for_ready, timeout)
-        endpoint.begin()
-        try:
-            return endpoint.callable(self)(
-                request_iterator, timeout, metadata, credentials, wait_for_ready, compression
-            )
-        finally:
-            self._channel._endpoints.finished(endpoint)
 
-    def with_call(
-        self,
-        request_iterator: Iterator[Any],
-        timeout: float | None = None,
-        metadata: Metadata = None,
-        credentials: grpc.CallCredentials | None = None,
-        wait_for_ready: bool | None = None,
-        compression: grpc.Compression | None = None,
-    ) -> tuple[Any, grpc.Call]:
-        endpoint, timeout = self._pick(wait_for_ready, timeout)
-        endpoint.begin()
-        try:
-            call = endpoint.callable(self)
-            return call.with_call(request_iterator, timeout, metadata, credentials, wait_for_ready, compression)  # type: ignore[no-any-return]
-        finally:
-            self._channel._endpoints.finished(endpoint)
-
-    def future(
-        self,
-        request_iterator: Iterator[Any],
-        timeout: float | None = None,
-        metadata: Metadata = None,
-        credentials: grpc.CallCredentials | None = None,
-        wait_for_ready: bool | None = None,
-        compression: grpc.Compression | None = None,
-    ) -> Any:
-        try:
-            endpoint, timeout = self._pick(wait_for_ready, timeout)
-        except _Unavailable as failed:
-            return failed
-        call = endpoint.callable(self).future(
-            request_iterator, timeout, metadata, credentials, wait_for_ready, compression
-        )
-        return self._channel._track(endpoint, call)
+class _UnaryStream(_StreamResponse, _UnaryStreamBase):
+    kind = "unary_stream"
 
 
-class _StreamStream(_MultiCallable, _StreamStreamBase):
+class _StreamStream(_StreamResponse, _StreamStreamBase):
     kind = "stream_stream"
-
-    def __call__(
-        self,
-        request_iterator: Iterator[Any],
-        timeout: float | None = None,
-        metadata: Metadata = None,
-        credentials: grpc.CallCredentials | None = None,
-        wait_for_ready: bool | None = None,
-        compression: grpc.Compression | None = None,
-    ) -> Any:
-        try:
-            endpoint, timeout = self._pick(wait_for_ready, timeout)
-        except _Unavailable as failed:
-            return failed
-        call = endpoint.callable(self)(request_iterator, timeout, metadata, credentials, wait_for_ready, compression)
-        return self._channel._track(endpoint, call)
 
 
 def _open_sync_channel(target: str, credentials: grpc.ChannelCredentials | None, options: ChannelOptions) -> Any:

@@ -3,14 +3,17 @@ registries on it, each test in its own namespace."""
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import json
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, TypeVar
 
 import genesis_registry as gr
 import pytest
+from echo import EchoServer
 from genesis_registry.testing import EtcdServer
 
 T = TypeVar("T")
@@ -84,6 +87,40 @@ def second_registry(etcd_endpoints: list[str], namespace: str) -> Iterator[gr.Re
     yield reg
     reg.close()
     conn.close()
+
+
+@pytest.fixture
+async def areg(etcd_endpoints: list[str], namespace: str) -> AsyncIterator[gr.AsyncRegistry]:
+    """An AsyncRegistry on its own connector, in this test's namespace."""
+    conn = gr.EtcdConnector(gr.EtcdConfig(endpoints=etcd_endpoints))
+    await conn.aconnect()
+    reg = gr.AsyncRegistry(conn, gr.Config(namespace=namespace, default_ttl=5, retry_interval=0.1))
+    yield reg
+    await reg.close()
+    conn.close()
+
+
+async def await_until(predicate: Callable[[], Any], timeout: float = 10.0, message: str = "condition") -> Any:
+    """``wait_until`` for asyncio: polls ``predicate`` (sync, or returning an awaitable)."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if inspect.isawaitable(last):
+            last = await last
+        if last:
+            return last
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"timed out after {timeout}s waiting for {message} (last value: {last!r})")
+
+
+@pytest.fixture
+def servers() -> Iterator[list[EchoServer]]:
+    """Three running echo servers, s0 to s2."""
+    started = [EchoServer(f"s{i}").start() for i in range(3)]
+    yield started
+    for server in started:
+        server.stop()
 
 
 @pytest.fixture

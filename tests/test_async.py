@@ -10,16 +10,6 @@ from conftest import etcd_keys, instance, make_connector, wait_until
 from test_watch import apply, etcd_view
 
 
-@pytest.fixture
-async def areg(etcd_endpoints, namespace):
-    conn = gr.EtcdConnector(gr.EtcdConfig(endpoints=etcd_endpoints))
-    await conn.aconnect()
-    reg = gr.AsyncRegistry(conn, gr.Config(namespace=namespace, default_ttl=5, retry_interval=0.1))
-    yield reg
-    await reg.close()
-    conn.close()
-
-
 async def test_register_get_deregister(areg, etcd_server, namespace):
     await areg.register(instance("b"))
     await areg.register(instance("a"), ttl=3)

@@ -6,21 +6,12 @@ import collections
 import logging
 import threading
 import time
-from collections.abc import Iterator
 
 import genesis_registry as gr
 import grpc
 import pytest
 from conftest import wait_until
 from echo import EchoProcess, EchoServer, EchoStub, instance_for, server_of
-
-
-@pytest.fixture
-def servers() -> Iterator[list[EchoServer]]:
-    started = [EchoServer(f"s{i}").start() for i in range(3)]
-    yield started
-    for server in started:
-        server.stop()
 
 
 def spread(stub: EchoStub, calls: int) -> collections.Counter[str]:
@@ -299,3 +290,21 @@ def test_churn_under_load(registry, servers, etcd_endpoints, namespace):
     assert outside_window == [], outside_window
     assert all("UNAVAILABLE" in f[1] for f in failures), failures
     assert served["s1"] > 0 and servers[2].total_served > 0
+
+
+def test_close_cancels_calls_still_draining_on_a_removed_endpoint(registry, servers):
+    for server in servers:
+        registry.register(instance_for(server))
+    channel = registry.get_connection("echo")
+    all_ready(channel, 3)
+    stub = EchoStub(channel)
+    streams = [stub.ServerStream(b"1000:20", timeout=60) for _ in range(3)]
+    on_s1 = [s for s in streams if server_of(next(s)) == "s1"]
+    assert on_s1, "no stream landed on s1"
+    registry.deregister("s1")
+    wait_until(lambda: servers[1].address not in channel.targets, 10, "s1 out of the view")
+    assert all(s.running() for s in on_s1), "draining streams keep running until close"
+    channel.close()
+    for stream in on_s1:
+        wait_until(stream.done, 10, "the draining stream to be cancelled by close()")
+        assert stream.code() is grpc.StatusCode.CANCELLED

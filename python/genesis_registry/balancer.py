@@ -35,7 +35,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -229,6 +229,8 @@ class _Endpoints:
         self._logger = logger
         self._lock = threading.Lock()
         self._by_target: dict[str, _Endpoint] = {}
+        #: Removed endpoints with calls still in flight; closed with their last call.
+        self._draining: set[_Endpoint] = set()
         self._skipped: set[str] = set()
         self.view = _EMPTY
         self.changed = threading.Condition(self._lock)
@@ -264,6 +266,8 @@ class _Endpoints:
                 gone = self._by_target.pop(target)
                 if gone.retire():
                     idle_removed.append(gone)
+                else:
+                    self._draining.add(gone)
             for target, instance in wanted.items():
                 current = self._by_target.get(target)
                 if current is None:
@@ -288,12 +292,28 @@ class _Endpoints:
     def finished(self, endpoint: _Endpoint) -> None:
         """A call on `endpoint` ended; a removed endpoint closes with its last call."""
         if endpoint.end():
+            with self._lock:
+                if endpoint not in self._draining:
+                    return  # close_all() took it
+                self._draining.discard(endpoint)
             self._close_channel(endpoint)
 
+    def pick(self, counter: Iterator[int]) -> _Endpoint | None:
+        """The endpoint for the next call, per the policy; None without instances."""
+        view = self.view
+        schedule = view.schedule
+        if not schedule:
+            return None
+        if self.policy == "pick_first":
+            return view.first
+        return schedule[next(counter) % len(schedule)]
+
     def close_all(self) -> list[_Endpoint]:
+        """Every endpoint, draining ones included, taken out for closing."""
         with self._lock:
-            endpoints = list(self._by_target.values())
+            endpoints = list(self._by_target.values()) + list(self._draining)
             self._by_target.clear()
+            self._draining.clear()
             for endpoint in endpoints:
                 endpoint.removed = True
             self.view = _EMPTY
@@ -405,16 +425,9 @@ class _MultiCallable:
         self.response_deserializer = response_deserializer
 
     def _pick(self, wait_for_ready: bool | None, timeout: float | None) -> tuple[_Endpoint, float | None]:
-        endpoints = self._channel._endpoints
-        view = endpoints.view
-        schedule = view.schedule
-        if schedule:
-            if endpoints.policy == "pick_first":
-                endpoint = view.first
-            else:
-                endpoint = schedule[next(self._channel._counter) % len(schedule)]
-            if endpoint is not None:
-                return endpoint, timeout
+        endpoint = self._channel._endpoints.pick(self._channel._counter)
+        if endpoint is not None:
+            return endpoint, timeout
         return self._channel._wait_for_instance(wait_for_ready, timeout)
 
 
@@ -589,11 +602,9 @@ class BalancedChannel(grpc.Channel):
                         f"no instance of service {self.service!r} appeared before the deadline",
                     )
                 endpoints.changed.wait(remaining)
-        view = endpoints.view
-        if not view.schedule:
+        endpoint = endpoints.pick(self._counter)
+        if endpoint is None:
             raise ValueError("Cannot invoke RPC on closed channel!")
-        endpoint = view.first if endpoints.policy == "pick_first" else view.schedule[0]
-        assert endpoint is not None
         return endpoint, None if deadline is None else max(0.0, deadline - time.monotonic())
 
     @property
@@ -666,20 +677,49 @@ def _aio_error(code: grpc.StatusCode, message: str) -> grpc.aio.AioRpcError:
     return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details=message)
 
 
-class _DeferredCall:
-    """An aio call that picks its endpoint only once an instance exists (used for
-    ``wait_for_ready=True`` while the service has none). Awaiting it, iterating it,
-    ``read()``, ``write()`` and ``done_writing()`` all start the real call first."""
+class _PendingCall:
+    """A grpc.aio call that has no endpoint yet: one waiting for an instance
+    (``wait_for_ready=True`` while the service has none), or one that failed before
+    reaching any. It behaves as the call it stands for: await it (unary response),
+    iterate it or ``read()`` (stream response), ``write()`` and ``done_writing()`` (stream
+    request); ``code()``, ``details()``, metadata, ``cancel()``, ``done()``,
+    ``cancelled()`` and ``add_done_callback()`` work before and after it starts."""
 
-    def __init__(self, start: Callable[[], Any]) -> None:
-        self._start = start
+    def __init__(
+        self,
+        start: Callable[[], Awaitable[Any]] | None = None,
+        error: grpc.aio.AioRpcError | None = None,
+    ) -> None:
+        self._error = error
         self._call: Any = None
-        self._lock = asyncio.Lock()
+        self._callbacks: list[Callable[[Any], None]] = []
+        self._task: asyncio.Task[None] | None = None
+        if start is not None:
+            self._task = asyncio.ensure_future(self._begin(start))
+
+    async def _begin(self, start: Callable[[], Awaitable[Any]]) -> None:
+        try:
+            self._call = await start()
+        except grpc.aio.AioRpcError as error:
+            self._error = error
+            self._run_callbacks()
+            return
+        for callback in self._callbacks:
+            self._call.add_done_callback(lambda _call, callback=callback: callback(self))
+        self._callbacks.clear()
+
+    def _run_callbacks(self) -> None:
+        callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            callback(self)
 
     async def _real(self) -> Any:
-        async with self._lock:
-            if self._call is None:
-                self._call = await self._start()
+        if self._task is not None and not self._task.done():
+            await asyncio.shield(self._task)
+        if self._task is not None and self._task.cancelled():
+            raise asyncio.CancelledError
+        if self._error is not None:
+            raise self._error
         return self._call
 
     def __await__(self) -> Any:
@@ -702,64 +742,67 @@ class _DeferredCall:
         await (await self._real()).done_writing()
 
     def cancel(self) -> bool:
-        return self._call.cancel() if self._call is not None else False
+        if self._call is not None:
+            return bool(self._call.cancel())
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            self._task.add_done_callback(lambda _task: self._run_callbacks())
+            return True
+        return False
+
+    def cancelled(self) -> bool:
+        if self._call is not None:
+            return bool(self._call.cancelled())
+        return self._task is not None and self._task.cancelled()
 
     def done(self) -> bool:
-        return self._call.done() if self._call is not None else False
+        if self._call is not None:
+            return bool(self._call.done())
+        return self._error is not None or self.cancelled()
+
+    def time_remaining(self) -> float | None:
+        return self._call.time_remaining() if self._call is not None else None
+
+    def add_done_callback(self, callback: Callable[[Any], None]) -> None:
+        if self._call is not None:
+            self._call.add_done_callback(lambda _call: callback(self))
+        elif self.done():
+            callback(self)
+        else:
+            self._callbacks.append(callback)
 
     async def code(self) -> grpc.StatusCode:
+        if self._error is not None:
+            return self._error.code()
+        if self.cancelled() and self._call is None:
+            return grpc.StatusCode.CANCELLED
         code: grpc.StatusCode = await (await self._real()).code()
         return code
 
     async def details(self) -> str:
+        if self._error is not None:
+            return self._error.details() or ""
+        if self.cancelled() and self._call is None:
+            return "cancelled while waiting for an instance"
         details: str = await (await self._real()).details()
         return details
 
     async def initial_metadata(self) -> Any:
+        if self._error is not None:
+            return self._error.initial_metadata()
         return await (await self._real()).initial_metadata()
 
     async def trailing_metadata(self) -> Any:
+        if self._error is not None:
+            return self._error.trailing_metadata()
         return await (await self._real()).trailing_metadata()
 
+    async def wait_for_connection(self) -> None:
+        await (await self._real()).wait_for_connection()
 
-class _AioFailedCall:
-    """An aio call that failed before it started: every way of using it raises."""
 
-    def __init__(self, error: grpc.aio.AioRpcError) -> None:
-        self._error = error
-
-    def __await__(self) -> Any:
-        async def fail() -> Any:
-            raise self._error
-
-        return fail().__await__()
-
-    def __aiter__(self) -> _AioFailedCall:
-        return self
-
-    async def __anext__(self) -> Any:
-        raise self._error
-
-    async def read(self) -> Any:
-        raise self._error
-
-    async def write(self, request: Any) -> None:
-        raise self._error
-
-    async def done_writing(self) -> None:
-        raise self._error
-
-    def cancel(self) -> bool:
-        return False
-
-    def done(self) -> bool:
-        return True
-
-    async def code(self) -> grpc.StatusCode:
-        return self._error.code()
-
-    async def details(self) -> str:
-        return self._error.details() or ""
+#: Parameter names of grpc.aio's multicallables, after the request.
+_CALL_OPTIONS = ("timeout", "metadata", "credentials", "wait_for_ready", "compression")
 
 
 class _AioMultiCallable:
@@ -775,29 +818,34 @@ class _AioMultiCallable:
         self.request_serializer = request_serializer
         self.response_deserializer = response_deserializer
 
-    def __call__(self, request: Any = None, *, timeout: float | None = None, **kwargs: Any) -> Any:
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        # grpc.aio names the request `request` or `request_iterator` and accepts the
+        # options positionally too: bring every form to keywords.
+        request_name = "request" if self.kind.startswith("unary") else "request_iterator"
+        names = (request_name, *_CALL_OPTIONS)
+        if len(args) > len(names):
+            raise TypeError(f"{self.kind} call takes at most {len(names)} positional arguments")
+        for name, value in zip(names, args, strict=False):
+            if name in kwargs:
+                raise TypeError(f"{self.kind} call got multiple values for argument {name!r}")
+            kwargs[name] = value
+        request = kwargs.pop(request_name, None)
         channel = self._channel
-        endpoints = channel._endpoints
-        view = endpoints.view
-        schedule = view.schedule
-        if schedule:
-            endpoint = (
-                view.first if endpoints.policy == "pick_first" else schedule[next(channel._counter) % len(schedule)]
-            )
-            if endpoint is not None:
-                return channel._track(endpoint, endpoint.callable(self)(request, timeout=timeout, **kwargs))  # type: ignore[arg-type]
+        endpoint = channel._endpoints.pick(channel._counter)
+        if endpoint is not None:
+            return channel._track(endpoint, endpoint.callable(self)(request, **kwargs))  # type: ignore[arg-type]
         if channel._closed:
             raise grpc.aio.UsageError("Cannot invoke RPC on closed channel!")
         if not kwargs.get("wait_for_ready"):
-            return _AioFailedCall(
-                _aio_error(grpc.StatusCode.UNAVAILABLE, f"no instance of service {channel.service!r} is available")
-            )
+            message = f"no instance of service {channel.service!r} is available"
+            return _PendingCall(error=_aio_error(grpc.StatusCode.UNAVAILABLE, message))
+        timeout = kwargs.pop("timeout", None)
 
         async def start() -> Any:
             endpoint, remaining = await channel._wait_for_instance(timeout)
             return channel._track(endpoint, endpoint.callable(self)(request, timeout=remaining, **kwargs))  # type: ignore[arg-type]
 
-        return _DeferredCall(start)
+        return _PendingCall(start)
 
 
 class AsyncBalancedChannel(grpc.aio.Channel):
@@ -868,6 +916,8 @@ class AsyncBalancedChannel(grpc.aio.Channel):
         task = self._tasks.pop(endpoint, None)
         if task is not None:
             task.cancel()
+        if self._loop.is_closed():
+            return
         closing = asyncio.ensure_future(endpoint.channel.close(), loop=self._loop)
         self._closing.add(closing)
         closing.add_done_callback(self._closing.discard)
@@ -895,9 +945,9 @@ class AsyncBalancedChannel(grpc.aio.Channel):
                 await asyncio.wait_for(self._changed.wait(), remaining)
             except asyncio.TimeoutError:
                 continue
-        view = self._endpoints.view
-        endpoint = view.first if self._endpoints.policy == "pick_first" else view.schedule[0]
-        assert endpoint is not None
+        endpoint = self._endpoints.pick(self._counter)
+        if endpoint is None:
+            raise _aio_error(grpc.StatusCode.CANCELLED, "the channel was closed")
         return endpoint, None if deadline is None else max(0.0, deadline - time.monotonic())
 
     @property

@@ -494,13 +494,24 @@ class AsyncStreamManager:
             state = channel.get_state(try_to_connect=True)
 
     def _close(self, slot: _Slot) -> None:
-        _stream, channel = self._table.detach(slot)
+        stream, channel = self._table.detach(slot)
+        if stream is not None:
+            # The cancelled call settles in a task of grpc's; stop() waits for it.
+            self._closing.append(asyncio.ensure_future(_settled(stream)))
         if channel is not None:
             watcher = self._watchers.pop(channel, None)
             if watcher is not None:
                 watcher.cancel()
                 self._closing.append(watcher)
             self._closing.append(asyncio.ensure_future(channel.close()))
+
+
+async def _settled(stream: Any) -> None:
+    """Waits until a (cancelled) aio call has its final status."""
+    try:
+        await stream.code()
+    except BaseException:
+        pass
 
 
 async def _aio_failure(stream: Any) -> BaseException | None:

@@ -1,6 +1,7 @@
 """What balancing costs per gRPC call: the pick alone, and real unary calls through a
 balanced channel against a plain channel to one endpoint (sync, aio sequential, aio 32
-concurrent). Starts its own etcd and echo servers on loopback.
+concurrent). Starts its own etcd, and the echo server in a process of its own (in-process,
+the server's threads would compete with the client for the GIL).
 
     .venv/bin/python benches/grpc_overhead.py [--calls 5000] [--repeat 5]
 """
@@ -15,13 +16,12 @@ import time
 import timeit
 from pathlib import Path
 
-import grpc
-
 import genesis_registry as gr
+import grpc
 from genesis_registry.testing import EtcdServer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from echo import AsyncEchoServer, EchoServer, EchoStub  # noqa: E402
+from echo import EchoProcess
 
 UNARY = "/echo.Echo/Unary"
 
@@ -33,10 +33,8 @@ def per_call(fn, calls: int) -> float:
     return (time.perf_counter() - started) / calls * 1e6
 
 
-def sync_bench(etcd: EtcdServer, calls: int, repeat: int) -> dict[str, float]:
-    server = EchoServer("one").start()
+def sync_bench(etcd: EtcdServer, server: EchoProcess, calls: int, repeat: int) -> dict[str, float]:
     with gr.EtcdConnector(gr.EtcdConfig(endpoints=etcd.endpoints)) as conn, gr.Registry(conn) as reg:
-        reg.register(gr.ServiceInstance(id="one", name="echo", endpoints=[server.endpoint]))
         balanced = reg.get_connection("echo")
         plain = grpc.insecure_channel(server.address)
         b_call, p_call = balanced.unary_unary(UNARY), plain.unary_unary(UNARY)
@@ -62,7 +60,6 @@ def sync_bench(etcd: EtcdServer, calls: int, repeat: int) -> dict[str, float]:
             balanced_us.append(per_call(lambda: b_call(b"x", timeout=5), calls))
         balanced.close()
         plain.close()
-    server.stop()
     return {
         "pick_us": pick,
         "bookkeeping_us": track,
@@ -71,12 +68,9 @@ def sync_bench(etcd: EtcdServer, calls: int, repeat: int) -> dict[str, float]:
     }
 
 
-async def aio_bench(etcd: EtcdServer, calls: int, repeat: int) -> dict[str, float]:
-    server = AsyncEchoServer("one")
-    await server.start()
+async def aio_bench(etcd: EtcdServer, server: EchoProcess, calls: int, repeat: int) -> dict[str, float]:
     async with gr.EtcdConnector(gr.EtcdConfig(endpoints=etcd.endpoints)) as conn:
         async with gr.AsyncRegistry(conn) as reg:
-            await reg.register(gr.ServiceInstance(id="one", name="echo", endpoints=[server.endpoint]))
             balanced = await reg.get_connection("echo")
             plain = grpc.aio.insecure_channel(server.address)
             b_call, p_call = balanced.unary_unary(UNARY), plain.unary_unary(UNARY)
@@ -106,7 +100,6 @@ async def aio_bench(etcd: EtcdServer, calls: int, repeat: int) -> dict[str, floa
                 results["conc_bal"].append(await concurrent(b_call))
             await balanced.close()
             await plain.close()
-    await server.stop(None)
     return {
         "aio_seq_plain_us": statistics.median(results["seq_plain"]),
         "aio_seq_balanced_us": statistics.median(results["seq_bal"]),
@@ -120,9 +113,9 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=5000)
     parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()
-    with EtcdServer() as etcd:
-        results = sync_bench(etcd, args.calls, args.repeat)
-        results.update(asyncio.run(aio_bench(etcd, args.calls, args.repeat)))
+    with EtcdServer() as etcd, EchoProcess("one", etcd.endpoints, "/genesis/services", "echo") as server:
+        results = sync_bench(etcd, server, args.calls, args.repeat)
+        results.update(asyncio.run(aio_bench(etcd, server, args.calls, args.repeat)))
     print(f"medians of {args.repeat} runs of {args.calls} calls; one echo server on loopback")
     print(f"pick (round robin, per call):        {results['pick_us']:.3f} µs")
     print(f"in-flight bookkeeping (per call):    {results['bookkeeping_us']:.3f} µs")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import sys
 import threading
 import time
 
@@ -308,3 +309,96 @@ def test_close_cancels_calls_still_draining_on_a_removed_endpoint(registry, serv
     for stream in on_s1:
         wait_until(stream.done, 10, "the draining stream to be cancelled by close()")
         assert stream.code() is grpc.StatusCode.CANCELLED
+
+
+def test_an_endpoint_that_went_idle_comes_back_into_rotation(registry, servers):
+    registry.register(instance_for(servers[0]))
+    registry.register(instance_for(servers[1]))
+    with registry.get_connection("echo") as channel:
+        all_ready(channel, 2)
+        stub = EchoStub(channel)
+        assert spread(stub, 20) == {"s0": 10, "s1": 10}
+        servers[1].restart()  # its connection drops: the endpoint goes IDLE, then must reconnect
+        wait_until(lambda: len(channel.ready_targets()) == 2 and spread(stub, 2) == {"s0": 1, "s1": 1}, 15)
+        assert spread(stub, 20) == {"s0": 10, "s1": 10}
+
+
+def test_calls_never_fail_while_other_instances_churn(registry, servers):
+    """Picking an endpoint and counting the call on it are one step: an endpoint removed
+    meanwhile is never used (its channel may be closing)."""
+    registry.register(instance_for(servers[0]))  # always there
+    errors: list[BaseException] = []
+    calls = collections.Counter[str]()
+    stop = threading.Event()
+    with registry.get_connection("echo") as channel:
+        stub = EchoStub(channel)
+        all_ready(channel, 1)
+
+        def load() -> None:
+            while not stop.is_set():
+                try:
+                    calls[server_of(stub.Unary(b"x", timeout=5))] += 1
+                    calls[server_of(stub.Unary.future(b"x", timeout=5).result())] += 1
+                except BaseException as e:
+                    errors.append(e)
+
+        workers = [threading.Thread(target=load) for _ in range(4)]
+        switch = sys.getswitchinterval()
+        sys.setswitchinterval(1e-5)  # switch threads often, so the race shows if it is there
+        for w in workers:
+            w.start()
+        try:
+            for _ in range(15):
+                registry.register(instance_for(servers[1]))
+                registry.register(instance_for(servers[2]))
+                wait_until(lambda: len(channel.targets) == 3, 10)
+                registry.deregister("s1")
+                registry.deregister("s2")
+                wait_until(lambda: len(channel.targets) == 1, 10)
+        finally:
+            stop.set()
+            for w in workers:
+                w.join(10)
+            sys.setswitchinterval(switch)
+    assert errors == [], errors[:3]
+    assert calls["s0"] > 0
+
+
+def test_stubs_made_per_request_share_one_grpc_multicallable(registry, servers):
+    registry.register(instance_for(servers[0]))
+    with registry.get_connection("echo") as channel:
+        for _ in range(200):
+            assert server_of(EchoStub(channel).Unary(b"x", timeout=5)) == "s0"
+        (endpoint,) = channel._endpoints.endpoints()
+        assert len(endpoint._callables) == 1  # one per method called, however many stubs
+
+
+def test_wait_for_ready_waits_for_a_ready_endpoint_not_a_dead_one(registry, servers, etcd_server, namespace):
+    dead = gr.ServiceInstance(id="dead", name="echo", endpoints=["grpc://127.0.0.1:1"])
+    registry.register(dead)
+    with registry.get_connection("echo") as channel:
+        stub = EchoStub(channel)
+        result: list[bytes] = []
+        caller = threading.Thread(target=lambda: result.append(stub.Unary(b"x", timeout=20, wait_for_ready=True)))
+        caller.start()
+        registry.register(instance_for(servers[0]))
+        caller.join(20)
+    assert [server_of(r) for r in result] == ["s0"]
+
+
+def test_a_follower_survives_a_failing_callback(registry, servers):
+    seen: list[int] = []
+
+    def on_change(instances: tuple[gr.ServiceInstance, ...]) -> None:
+        seen.append(len(instances))
+        if len(seen) == 2:
+            raise RuntimeError("one bad update")
+
+    follower = gr.ServiceFollower(registry, "echo", on_change)
+    try:
+        registry.register(instance_for(servers[0]))
+        wait_until(lambda: len(seen) >= 2, 10)
+        registry.register(instance_for(servers[1]))
+        wait_until(lambda: seen[-1] == 2, 10, "the next change to be delivered")
+    finally:
+        follower.close()

@@ -582,3 +582,26 @@ async def test_churn_under_load(areg, servers, etcd_endpoints, namespace):
     assert all(code is grpc.StatusCode.UNAVAILABLE for _, code, _ in failures), failures
     assert served["s0"] <= s0_at_removal + len(workers), "s0 kept getting calls after it left"
     assert served["s1"] > 0 and servers[2].total_served > 0
+
+
+async def test_a_waiting_call_given_up_by_its_caller_never_reaches_a_server(areg, servers):
+    channel = await areg.get_connection("echo")
+    try:
+        stub = AsyncEchoStub(channel)
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(stub.Unary(b"ghost", wait_for_ready=True), 0.3)
+        await areg.register(instance_for(servers[0]))
+        await all_ready(channel, 1)
+        assert server_of(await stub.Unary(b"real", timeout=5)) == "s0"
+        assert servers[0].served["Unary"] == 1, "the abandoned call was sent after all"
+    finally:
+        await channel.close()
+
+
+async def test_channel_ready_ends_when_the_channel_closes(areg):
+    channel = await areg.get_connection("nobody")
+    waiter = asyncio.ensure_future(channel.channel_ready())
+    await asyncio.sleep(0)
+    await channel.close()
+    with pytest.raises(grpc.aio.UsageError):
+        await asyncio.wait_for(waiter, 5)

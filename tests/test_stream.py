@@ -235,3 +235,33 @@ async def test_async_stop_leaves_no_task_or_stream(areg, servers):
     assert ours == [], ours
     # grpc's own per-call bookkeeping settles within a loop turn or two.
     await poll(lambda: not [t for t in asyncio.all_tasks() - before if not t.done()], 5, "grpc's call tasks to end")
+
+
+def test_a_failed_start_can_be_retried(own_etcd, namespace, servers):
+    from conftest import make_connector
+
+    conn = make_connector(own_etcd.endpoints, request_timeout=1)
+    reg = gr.Registry(conn, gr.Config(namespace=namespace))
+    try:
+        reg.register(instance_for(servers[0]))
+        manager = gr.StreamManager(reg, config(Recorder()))
+        before = manager_threads()
+        own_etcd.kill()
+        with pytest.raises(gr.EtcdUnavailableError):
+            manager.start()  # the service was never read: it cannot start
+        assert manager_threads() == before
+        own_etcd.restart()
+        wait_until(lambda: _started(manager), 15, "start() to succeed once etcd is back")
+        wait_until(lambda: "s0" in manager.streams(), 10)
+        manager.stop()
+    finally:
+        reg.close()
+        conn.close()
+
+
+def _started(manager: gr.StreamManager) -> bool:
+    try:
+        manager.start()
+        return True
+    except gr.EtcdUnavailableError:
+        return False

@@ -164,22 +164,28 @@ class _Endpoint:
         self.weight = 1
         self.state = grpc.ChannelConnectivity.IDLE
         self.removed = False
-        self._callables: dict[object, Any] = {}
+        self._callables: dict[tuple[Any, ...], Any] = {}
         self._inflight = 0
         self._lock = threading.Lock()
 
-    def callable(self, wrapper: _MultiCallable) -> Any:
-        """This endpoint's grpcio multicallable for ``wrapper``'s method, made once."""
-        found = self._callables.get(wrapper)
+    def callable(self, wrapper: _MultiCallable | _AioMultiCallable) -> Any:
+        """This endpoint's grpcio multicallable for ``wrapper``'s method, made once per
+        method (stubs made per request share it)."""
+        key = wrapper.key
+        found = self._callables.get(key)
         if found is None:
             make = getattr(self.channel, wrapper.kind)
             found = make(wrapper.method, wrapper.request_serializer, wrapper.response_deserializer)
-            self._callables[wrapper] = found
+            self._callables[key] = found
         return found
 
-    def begin(self) -> None:
+    def begin(self) -> bool:
+        """Counts a call starting here; False if the endpoint was just taken out of service."""
         with self._lock:
+            if self.removed:
+                return False
             self._inflight += 1
+            return True
 
     def end(self, _call: object = None) -> bool:
         """Counts a finished call; True when a removed endpoint just became idle."""
@@ -197,14 +203,16 @@ class _Endpoint:
 class _View:
     """An immutable picture of the endpoints calls may use."""
 
-    __slots__ = ("first", "schedule")
+    __slots__ = ("first", "ready", "schedule")
 
-    def __init__(self, schedule: list[_Endpoint], first: _Endpoint | None) -> None:
+    def __init__(self, schedule: list[_Endpoint], first: _Endpoint | None, ready: bool) -> None:
         self.schedule = schedule
         self.first = first
+        #: Whether the schedule holds READY endpoints (not only connecting ones).
+        self.ready = ready
 
 
-_EMPTY = _View([], None)
+_EMPTY = _View([], None, False)
 
 
 class _Endpoints:
@@ -271,7 +279,17 @@ class _Endpoints:
             for target, instance in wanted.items():
                 current = self._by_target.get(target)
                 if current is None:
-                    current = _Endpoint(target, instance, self._open_channel(target))
+                    try:
+                        channel = self._open_channel(target)
+                    except Exception:
+                        self._logger.exception(
+                            "cannot open a gRPC channel to %s (instance %s of %s); skipping it",
+                            target,
+                            instance.id,
+                            self.service,
+                        )
+                        continue
+                    current = _Endpoint(target, instance, channel)
                     self._by_target[target] = current
                     added.append(current)
                 current.instance = instance
@@ -298,15 +316,21 @@ class _Endpoints:
                 self._draining.discard(endpoint)
             self._close_channel(endpoint)
 
-    def pick(self, counter: Iterator[int]) -> _Endpoint | None:
-        """The endpoint for the next call, per the policy; None without instances."""
-        view = self.view
-        schedule = view.schedule
-        if not schedule:
-            return None
-        if self.policy == "pick_first":
-            return view.first
-        return schedule[next(counter) % len(schedule)]
+    def acquire(self, counter: Iterator[int], need_ready: bool | None = False) -> _Endpoint | None:
+        """The endpoint for the next call, per the policy, with the call counted on it;
+        None without instances (or without a READY one when `need_ready`)."""
+        for _ in range(3):
+            view = self.view
+            schedule = view.schedule
+            if not schedule or (need_ready and not view.ready):
+                return None
+            endpoint = view.first if self.policy == "pick_first" else schedule[next(counter) % len(schedule)]
+            if endpoint is not None and endpoint.begin():
+                return endpoint
+            # Taken out of service since the view was read: wait for the update to end.
+            with self._lock:
+                pass
+        return None
 
     def close_all(self) -> list[_Endpoint]:
         """Every endpoint, draining ones included, taken out for closing."""
@@ -335,9 +359,9 @@ class _Endpoints:
         if self.policy == "pick_first":
             previous = self.view.first
             first = previous if previous in ready else (usable[0] if usable else None)
-            self.view = _View([first] if first else [], first)
+            self.view = _View([first] if first else [], first, bool(ready))
         else:
-            self.view = _View(_smooth_schedule(usable), usable[0] if usable else None)
+            self.view = _View(_smooth_schedule(usable), usable[0] if usable else None, bool(ready))
         self.changed.notify_all()
         if self.on_change is not None:
             self.on_change()
@@ -423,9 +447,11 @@ class _MultiCallable:
         self.method = method
         self.request_serializer = request_serializer
         self.response_deserializer = response_deserializer
+        self.key = (self.kind, method, request_serializer, response_deserializer)
 
-    def _pick(self, wait_for_ready: bool | None, timeout: float | None) -> tuple[_Endpoint, float | None]:
-        endpoint = self._channel._endpoints.pick(self._channel._counter)
+    def _acquire(self, wait_for_ready: bool | None, timeout: float | None) -> tuple[_Endpoint, float | None]:
+        """An endpoint with this call counted on it (release with `finished`)."""
+        endpoint = self._channel._endpoints.acquire(self._channel._counter, wait_for_ready)
         if endpoint is not None:
             return endpoint, timeout
         return self._channel._wait_for_instance(wait_for_ready, timeout)
@@ -446,8 +472,7 @@ class _UnaryResponse(_MultiCallable):
         wait_for_ready: bool | None = None,
         compression: grpc.Compression | None = None,
     ) -> Any:
-        endpoint, timeout = self._pick(wait_for_ready, timeout)
-        endpoint.begin()
+        endpoint, timeout = self._acquire(wait_for_ready, timeout)
         try:
             return endpoint.callable(self)(request, timeout, metadata, credentials, wait_for_ready, compression)
         finally:
@@ -462,8 +487,7 @@ class _UnaryResponse(_MultiCallable):
         wait_for_ready: bool | None = None,
         compression: grpc.Compression | None = None,
     ) -> tuple[Any, grpc.Call]:
-        endpoint, timeout = self._pick(wait_for_ready, timeout)
-        endpoint.begin()
+        endpoint, timeout = self._acquire(wait_for_ready, timeout)
         try:
             call = endpoint.callable(self)
             return call.with_call(request, timeout, metadata, credentials, wait_for_ready, compression)  # type: ignore[no-any-return]
@@ -480,11 +504,13 @@ class _UnaryResponse(_MultiCallable):
         compression: grpc.Compression | None = None,
     ) -> Any:
         try:
-            endpoint, timeout = self._pick(wait_for_ready, timeout)
+            endpoint, timeout = self._acquire(wait_for_ready, timeout)
         except _Unavailable as failed:
             return failed
-        call = endpoint.callable(self).future(request, timeout, metadata, credentials, wait_for_ready, compression)
-        return self._channel._track(endpoint, call)
+        future = endpoint.callable(self).future
+        return self._channel._track(
+            endpoint, future, request, timeout, metadata, credentials, wait_for_ready, compression
+        )
 
 
 class _StreamResponse(_MultiCallable):
@@ -500,11 +526,13 @@ class _StreamResponse(_MultiCallable):
         compression: grpc.Compression | None = None,
     ) -> Any:
         try:
-            endpoint, timeout = self._pick(wait_for_ready, timeout)
+            endpoint, timeout = self._acquire(wait_for_ready, timeout)
         except _Unavailable as failed:
             return failed
-        call = endpoint.callable(self)(request, timeout, metadata, credentials, wait_for_ready, compression)
-        return self._channel._track(endpoint, call)
+        start = endpoint.callable(self)
+        return self._channel._track(
+            endpoint, start, request, timeout, metadata, credentials, wait_for_ready, compression
+        )
 
 
 # The request is named `request_iterator` in grpcio's stream-request signatures; these are
@@ -523,6 +551,15 @@ class _UnaryStream(_StreamResponse, _UnaryStreamBase):
 
 class _StreamStream(_StreamResponse, _StreamStreamBase):
     kind = "stream_stream"
+
+
+def _connect(channel: grpc.Channel) -> None:
+    """Asks an IDLE grpcio channel to connect."""
+    inner = getattr(channel, "_channel", None)
+    if inner is not None and hasattr(inner, "check_connectivity_state"):
+        inner.check_connectivity_state(True)
+    else:  # another grpcio: the public, heavier way
+        grpc.channel_ready_future(channel)
 
 
 def _open_sync_channel(target: str, credentials: grpc.ChannelCredentials | None, options: ChannelOptions) -> Any:
@@ -553,6 +590,7 @@ class BalancedChannel(grpc.Channel):
         self.service = service
         self._counter = itertools.count()
         self._closed = False
+        self._close_lock = threading.Lock()
         self._subscriptions: dict[_Endpoint, Callable[[grpc.ChannelConnectivity], None]] = {}
         options = tuple(options)
         self._endpoints = _Endpoints(
@@ -571,6 +609,10 @@ class BalancedChannel(grpc.Channel):
     def _watch_state(self, endpoint: _Endpoint) -> None:
         def on_state(state: grpc.ChannelConnectivity) -> None:
             self._endpoints.set_state(endpoint, state)
+            if state == grpc.ChannelConnectivity.IDLE and not endpoint.removed:
+                # grpcio asks to connect only once per subscription; an endpoint that
+                # went IDLE (server restart, GOAWAY) would otherwise never come back.
+                _connect(endpoint.channel)
 
         self._subscriptions[endpoint] = on_state
         endpoint.channel.subscribe(on_state, try_to_connect=True)
@@ -581,8 +623,13 @@ class BalancedChannel(grpc.Channel):
             endpoint.channel.unsubscribe(callback)
         endpoint.channel.close()
 
-    def _track(self, endpoint: _Endpoint, call: Any) -> Any:
-        endpoint.begin()
+    def _track(self, endpoint: _Endpoint, start: Callable[..., Any], *args: Any) -> Any:
+        """Starts a call (already counted on `endpoint`) and uncounts it when it ends."""
+        try:
+            call = start(*args)
+        except BaseException:
+            self._endpoints.finished(endpoint)
+            raise
         call.add_done_callback(lambda _call: self._endpoints.finished(endpoint))
         return call
 
@@ -593,19 +640,21 @@ class BalancedChannel(grpc.Channel):
             raise _Unavailable(grpc.StatusCode.UNAVAILABLE, f"no instance of service {self.service!r} is available")
         deadline = None if timeout is None else time.monotonic() + timeout
         endpoints = self._endpoints
-        with endpoints.changed:
-            while not endpoints.view.schedule and not self._closed:
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    raise _Unavailable(
-                        grpc.StatusCode.DEADLINE_EXCEEDED,
-                        f"no instance of service {self.service!r} appeared before the deadline",
-                    )
-                endpoints.changed.wait(remaining)
-        endpoint = endpoints.pick(self._counter)
-        if endpoint is None:
-            raise ValueError("Cannot invoke RPC on closed channel!")
-        return endpoint, None if deadline is None else max(0.0, deadline - time.monotonic())
+        while True:
+            with endpoints.changed:
+                while not endpoints.view.ready and not self._closed:
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        raise _Unavailable(
+                            grpc.StatusCode.DEADLINE_EXCEEDED,
+                            f"no instance of service {self.service!r} was ready before the deadline",
+                        )
+                    endpoints.changed.wait(remaining)
+            if self._closed:
+                raise ValueError("Cannot invoke RPC on closed channel!")
+            endpoint = endpoints.acquire(self._counter, need_ready=True)
+            if endpoint is not None:
+                return endpoint, None if deadline is None else max(0.0, deadline - time.monotonic())
 
     @property
     def targets(self) -> list[str]:
@@ -641,13 +690,17 @@ class BalancedChannel(grpc.Channel):
 
     def close(self) -> None:
         """Stops following the service and closes every endpoint channel (calls still in
-        flight are cancelled, as with ``grpc.Channel.close``). Idempotent."""
-        if self._closed:
-            return
-        self._closed = True
-        self._follower.close()
-        for endpoint in self._endpoints.close_all():
-            self._close_endpoint(endpoint)
+        flight are cancelled, as with ``grpc.Channel.close``). Idempotent; concurrent
+        callers all return once it is done."""
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._follower.close()
+            for endpoint in self._endpoints.close_all():
+                self._close_endpoint(endpoint)
+            with self._endpoints.changed:
+                self._endpoints.changed.notify_all()
 
     def __enter__(self) -> BalancedChannel:
         return self
@@ -688,7 +741,7 @@ class _PendingCall:
     def __init__(
         self,
         start: Callable[[], Awaitable[Any]] | None = None,
-        error: grpc.aio.AioRpcError | None = None,
+        error: Exception | None = None,
     ) -> None:
         self._error = error
         self._call: Any = None
@@ -700,7 +753,9 @@ class _PendingCall:
     async def _begin(self, start: Callable[[], Awaitable[Any]]) -> None:
         try:
             self._call = await start()
-        except grpc.aio.AioRpcError as error:
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:  # the waiting failed: the call fails with it
             self._error = error
             self._run_callbacks()
             return
@@ -715,7 +770,13 @@ class _PendingCall:
 
     async def _real(self) -> Any:
         if self._task is not None and not self._task.done():
-            await asyncio.shield(self._task)
+            try:
+                await asyncio.shield(self._task)
+            except asyncio.CancelledError:
+                # Whoever waited on the call gave up (a timeout, a cancelled task): so
+                # does the call, as grpc.aio's own calls do.
+                self.cancel()
+                raise
         if self._task is not None and self._task.cancelled():
             raise asyncio.CancelledError
         if self._error is not None:
@@ -772,28 +833,32 @@ class _PendingCall:
             self._callbacks.append(callback)
 
     async def code(self) -> grpc.StatusCode:
-        if self._error is not None:
+        if isinstance(self._error, grpc.aio.AioRpcError):
             return self._error.code()
+        if self._error is not None:
+            return grpc.StatusCode.UNKNOWN
         if self.cancelled() and self._call is None:
             return grpc.StatusCode.CANCELLED
         code: grpc.StatusCode = await (await self._real()).code()
         return code
 
     async def details(self) -> str:
-        if self._error is not None:
+        if isinstance(self._error, grpc.aio.AioRpcError):
             return self._error.details() or ""
+        if self._error is not None:
+            return str(self._error)
         if self.cancelled() and self._call is None:
             return "cancelled while waiting for an instance"
         details: str = await (await self._real()).details()
         return details
 
     async def initial_metadata(self) -> Any:
-        if self._error is not None:
+        if isinstance(self._error, grpc.aio.AioRpcError):
             return self._error.initial_metadata()
         return await (await self._real()).initial_metadata()
 
     async def trailing_metadata(self) -> Any:
-        if self._error is not None:
+        if isinstance(self._error, grpc.aio.AioRpcError):
             return self._error.trailing_metadata()
         return await (await self._real()).trailing_metadata()
 
@@ -817,6 +882,7 @@ class _AioMultiCallable:
         self.method = method
         self.request_serializer = request_serializer
         self.response_deserializer = response_deserializer
+        self.key = (kind, method, request_serializer, response_deserializer)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         # grpc.aio names the request `request` or `request_iterator` and accepts the
@@ -831,19 +897,20 @@ class _AioMultiCallable:
             kwargs[name] = value
         request = kwargs.pop(request_name, None)
         channel = self._channel
-        endpoint = channel._endpoints.pick(channel._counter)
+        wait_for_ready = kwargs.get("wait_for_ready")
+        endpoint = channel._endpoints.acquire(channel._counter, wait_for_ready)
         if endpoint is not None:
-            return channel._track(endpoint, endpoint.callable(self)(request, **kwargs))  # type: ignore[arg-type]
+            return channel._track(endpoint, endpoint.callable(self), request, **kwargs)
         if channel._closed:
             raise grpc.aio.UsageError("Cannot invoke RPC on closed channel!")
-        if not kwargs.get("wait_for_ready"):
+        if not wait_for_ready:
             message = f"no instance of service {channel.service!r} is available"
             return _PendingCall(error=_aio_error(grpc.StatusCode.UNAVAILABLE, message))
         timeout = kwargs.pop("timeout", None)
 
         async def start() -> Any:
             endpoint, remaining = await channel._wait_for_instance(timeout)
-            return channel._track(endpoint, endpoint.callable(self)(request, timeout=remaining, **kwargs))  # type: ignore[arg-type]
+            return channel._track(endpoint, endpoint.callable(self), request, timeout=remaining, **kwargs)
 
         return _PendingCall(start)
 
@@ -876,6 +943,7 @@ class AsyncBalancedChannel(grpc.aio.Channel):
         self._changed = asyncio.Event()
         self._tasks: dict[_Endpoint, asyncio.Task[None]] = {}
         self._closing: set[asyncio.Future[Any]] = set()
+        self._close_lock = asyncio.Lock()
         options = tuple(options)
         self._endpoints = _Endpoints(
             service,
@@ -922,33 +990,38 @@ class AsyncBalancedChannel(grpc.aio.Channel):
         self._closing.add(closing)
         closing.add_done_callback(self._closing.discard)
 
-    def _track(self, endpoint: _Endpoint, call: Any) -> Any:
-        endpoint.begin()
+    def _track(self, endpoint: _Endpoint, start: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Starts a call (already counted on `endpoint`) and uncounts it when it ends."""
+        try:
+            call = start(*args, **kwargs)
+        except BaseException:
+            self._endpoints.finished(endpoint)
+            raise
         call.add_done_callback(lambda _call: self._endpoints.finished(endpoint))
         return call
 
     async def _wait_for_instance(self, timeout: float | None) -> tuple[_Endpoint, float | None]:
+        """Waits until an endpoint is READY (a wait_for_ready call), then acquires it."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        while not self._endpoints.view.schedule:
+        while True:
             if self._closed:
                 raise _aio_error(grpc.StatusCode.CANCELLED, "the channel was closed")
+            endpoint = self._endpoints.acquire(self._counter, need_ready=True)
+            if endpoint is not None:
+                return endpoint, None if deadline is None else max(0.0, deadline - time.monotonic())
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 raise _aio_error(
                     grpc.StatusCode.DEADLINE_EXCEEDED,
-                    f"no instance of service {self.service!r} appeared before the deadline",
+                    f"no instance of service {self.service!r} was ready before the deadline",
                 )
             self._changed.clear()
-            if self._endpoints.view.schedule:
-                break
+            if self._endpoints.view.ready:
+                continue
             try:
                 await asyncio.wait_for(self._changed.wait(), remaining)
             except asyncio.TimeoutError:
                 continue
-        endpoint = self._endpoints.pick(self._counter)
-        if endpoint is None:
-            raise _aio_error(grpc.StatusCode.CANCELLED, "the channel was closed")
-        return endpoint, None if deadline is None else max(0.0, deadline - time.monotonic())
 
     @property
     def targets(self) -> list[str]:
@@ -990,8 +1063,10 @@ class AsyncBalancedChannel(grpc.aio.Channel):
             await self._changed.wait()
 
     async def channel_ready(self) -> None:
-        """Waits until some endpoint is READY."""
+        """Waits until some endpoint is READY; raises ``grpc.aio.UsageError`` once closed."""
         while self.get_state() != _READY:
+            if self._closed:
+                raise grpc.aio.UsageError("the channel was closed")
             self._changed.clear()
             if self.get_state() == _READY:
                 return
@@ -999,19 +1074,21 @@ class AsyncBalancedChannel(grpc.aio.Channel):
 
     async def close(self, grace: float | None = None) -> None:
         """Stops following the service and closes every endpoint channel (waiting up to
-        ``grace`` seconds for calls in flight). Idempotent."""
-        if self._closed:
-            return
-        self._closed = True
-        await self._follower.close()
-        for task in self._tasks.values():
-            task.cancel()
-        self._tasks.clear()
-        endpoints = self._endpoints.close_all()
-        self._changed.set()
-        await asyncio.gather(*(ep.channel.close(grace) for ep in endpoints), return_exceptions=True)
-        if self._closing:
-            await asyncio.gather(*list(self._closing), return_exceptions=True)
+        ``grace`` seconds for calls in flight). Idempotent; concurrent callers all return
+        once it is done."""
+        async with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+            await self._follower.close()
+            for task in self._tasks.values():
+                task.cancel()
+            self._tasks.clear()
+            endpoints = self._endpoints.close_all()
+            self._changed.set()
+            await asyncio.gather(*(ep.channel.close(grace) for ep in endpoints), return_exceptions=True)
+            if self._closing:
+                await asyncio.gather(*list(self._closing), return_exceptions=True)
 
     async def __aenter__(self) -> AsyncBalancedChannel:
         return self

@@ -422,9 +422,15 @@ class ServiceFollower:
         self._on_change = on_change
         self._watch = registry.watch(name)
         self._closed = False
-        on_change(registry.get_service(name))
+        self._deliver(registry.get_service(name))
         self._thread = threading.Thread(target=self._run, name=f"genesis-follow-{name}", daemon=True)
         self._thread.start()
+
+    def _deliver(self, instances: tuple[ServiceInstance, ...]) -> None:
+        try:
+            self._on_change(instances)
+        except Exception:  # one bad update must not end the following
+            self._registry._logger.exception("handling a change of service %s failed", self._name)
 
     def _run(self) -> None:
         # Events only say "something changed"; the snapshot says what is there now.
@@ -437,7 +443,7 @@ class ServiceFollower:
                 instances = self._registry.get_service(self._name)
             except RegistryClosedError:
                 return
-            self._on_change(instances)
+            self._deliver(instances)
 
     def close(self) -> None:
         """Stops following; returns once no callback runs any more. Idempotent."""
@@ -459,9 +465,15 @@ class AsyncServiceFollower:
 
     async def start(self) -> AsyncServiceFollower:
         await self._watch.__aenter__()
-        self._on_change(await self._registry.get_service(self._name))
+        self._deliver(await self._registry.get_service(self._name))
         self._task = asyncio.create_task(self._run(), name=f"genesis-follow-{self._name}")
         return self
+
+    def _deliver(self, instances: tuple[ServiceInstance, ...]) -> None:
+        try:
+            self._on_change(instances)
+        except Exception:  # one bad update must not end the following
+            self._registry._logger.exception("handling a change of service %s failed", self._name)
 
     async def _run(self) -> None:
         async for _event in self._watch:
@@ -471,7 +483,7 @@ class AsyncServiceFollower:
                 instances = await self._registry.get_service(self._name)
             except RegistryClosedError:
                 return
-            self._on_change(instances)
+            self._deliver(instances)
 
     async def close(self) -> None:
         self._watch.close()

@@ -107,6 +107,7 @@ class _Table:
         self.logger = logger
         self.slots: dict[str, _Slot] = {}
         self.snapshot: dict[str, Any] = {}
+        self._unusable: set[str] = set()
 
     def reconcile(
         self, instances: Sequence[ServiceInstance]
@@ -117,14 +118,17 @@ class _Table:
         for instance in instances:
             target = next((t for t in map(endpoint_target, instance.endpoints) if t is not None), None)
             if target is None:
-                self.logger.warning(
-                    "instance %s of service %s has no usable gRPC endpoint; no stream for it",
-                    instance.id,
-                    self.config.service_name,
-                    extra={"service": self.config.service_name, "instance_id": instance.id},
-                )
+                if instance.id not in self._unusable:
+                    self._unusable.add(instance.id)
+                    self.logger.warning(
+                        "instance %s of service %s has no usable gRPC endpoint; no stream for it",
+                        instance.id,
+                        self.config.service_name,
+                        extra={"service": self.config.service_name, "instance_id": instance.id},
+                    )
                 continue
             wanted[instance.id] = (instance, target)
+        self._unusable &= {i.id for i in instances}
         removed = [self.slots.pop(i) for i in [i for i in self.slots if i not in wanted]]
         new: list[_Slot] = []
         moved: list[tuple[_Slot, _Slot]] = []
@@ -302,13 +306,15 @@ class StreamManager:
         with self._lock:
             if self._thread is not None or self._stopped:
                 return
+            # The follower first: if it cannot start (etcd down), nothing was started
+            # and start() may simply be called again.
+            self._follower = ServiceFollower(
+                self._registry, self.config.service_name, lambda instances: self._events.put(("instances", instances))
+            )
             self._thread = threading.Thread(
                 target=self._run, name=f"genesis-streams-{self.config.service_name}", daemon=True
             )
             self._thread.start()
-            self._follower = ServiceFollower(
-                self._registry, self.config.service_name, lambda instances: self._events.put(("instances", instances))
-            )
 
     def streams(self) -> dict[str, Any]:
         """The current streams by instance id (a snapshot; streams being re-opened are absent)."""
@@ -394,7 +400,7 @@ class AsyncStreamManager:
         self._task: asyncio.Task[None] | None = None
         self._follower: AsyncServiceFollower | None = None
         self._stopped = False
-        self._closing: list[Any] = []
+        self._closing: set[asyncio.Future[Any]] = set()
         self._watchers: dict[grpc.aio.Channel, asyncio.Task[None]] = {}
 
     @property
@@ -407,13 +413,14 @@ class AsyncStreamManager:
 
         if self._task is not None or self._stopped:
             return
-        self._task = asyncio.create_task(self._run(), name=f"genesis-streams-{self.config.service_name}")
-        self._follower = AsyncServiceFollower(
+        follower = AsyncServiceFollower(
             self._registry,
             self.config.service_name,
             lambda instances: self._events.put_nowait(("instances", instances)),
         )
-        await self._follower.start()
+        await follower.start()  # if etcd is down this raises and nothing was started
+        self._follower = follower
+        self._task = asyncio.create_task(self._run(), name=f"genesis-streams-{self.config.service_name}")
 
     def streams(self) -> dict[str, Any]:
         """The current streams by instance id (a snapshot)."""
@@ -430,7 +437,7 @@ class AsyncStreamManager:
         if self._task is not None:
             await asyncio.gather(self._task, return_exceptions=True)
         if self._closing:
-            await asyncio.gather(*self._closing, return_exceptions=True)
+            await asyncio.gather(*list(self._closing), return_exceptions=True)
 
     async def __aenter__(self) -> AsyncStreamManager:
         await self.start()
@@ -495,15 +502,19 @@ class AsyncStreamManager:
 
     def _close(self, slot: _Slot) -> None:
         stream, channel = self._table.detach(slot)
+        pending: list[asyncio.Future[Any]] = []
         if stream is not None:
             # The cancelled call settles in a task of grpc's; stop() waits for it.
-            self._closing.append(asyncio.ensure_future(_settled(stream)))
+            pending.append(asyncio.ensure_future(_settled(stream)))
         if channel is not None:
             watcher = self._watchers.pop(channel, None)
             if watcher is not None:
                 watcher.cancel()
-                self._closing.append(watcher)
-            self._closing.append(asyncio.ensure_future(channel.close()))
+                pending.append(watcher)
+            pending.append(asyncio.ensure_future(channel.close()))
+        for future in pending:
+            self._closing.add(future)
+            future.add_done_callback(self._closing.discard)
 
 
 async def _settled(stream: Any) -> None:

@@ -883,19 +883,25 @@ class _AioMultiCallable:
         self.request_serializer = request_serializer
         self.response_deserializer = response_deserializer
         self.key = (kind, method, request_serializer, response_deserializer)
+        self._request_name = "request" if kind.startswith("unary") else "request_iterator"
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        # grpc.aio names the request `request` or `request_iterator` and accepts the
-        # options positionally too: bring every form to keywords.
-        request_name = "request" if self.kind.startswith("unary") else "request_iterator"
-        names = (request_name, *_CALL_OPTIONS)
+    def _normalize(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """grpc.aio names the request `request` or `request_iterator` and accepts the call
+        options positionally too: turn every form into (request, keyword options)."""
+        names = (self._request_name, *_CALL_OPTIONS)
         if len(args) > len(names):
             raise TypeError(f"{self.kind} call takes at most {len(names)} positional arguments")
         for name, value in zip(names, args, strict=False):
             if name in kwargs:
                 raise TypeError(f"{self.kind} call got multiple values for argument {name!r}")
             kwargs[name] = value
-        request = kwargs.pop(request_name, None)
+        return kwargs.pop(self._request_name, None)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if len(args) == 1 and self._request_name not in kwargs:
+            request = args[0]  # the common form: stub.Method(request, timeout=..., ...)
+        else:
+            request = self._normalize(args, kwargs)
         channel = self._channel
         wait_for_ready = kwargs.get("wait_for_ready")
         endpoint = channel._endpoints.acquire(channel._counter, wait_for_ready)

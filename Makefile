@@ -10,12 +10,12 @@ export CARGO_TARGET_DIR ?= $(HOME)/.cache/genesis-registry/target
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install rust-test py-test lint clean
+.PHONY: demo test install rust-test py-test bench bench-smoke lint clean
 
 demo: install
 	$(PY) -m genesis_registry.demo
 
-test: install rust-test py-test
+test: install rust-test py-test bench-smoke
 
 install: $(STAMP)
 
@@ -29,7 +29,7 @@ $(STAMP): pyproject.toml Cargo.toml Cargo.lock $(shell find rust python -name '*
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "maturin>=1.9.4,<2"
-	$(VENV)/bin/maturin develop --release --extras test -q
+	$(VENV)/bin/maturin develop --release --extras bench -q
 	touch $(STAMP)
 
 rust-test:
@@ -37,6 +37,16 @@ rust-test:
 
 py-test: install
 	$(PY) -m pytest -q
+
+# The comparison with other clients (about 15 minutes); the table lands in benches/results/.
+bench: install
+	$(PY) benches/run.py
+	$(PY) -m pytest benches/test_micro.py -q --benchmark-only
+
+# Tiny sizes, to prove the benchmarks still run (part of `make test`).
+bench-smoke: install
+	$(PY) benches/run.py --quick
+	$(PY) -m pytest benches/test_micro.py -q --benchmark-disable
 
 clean:
 	rm -rf $(VENV)

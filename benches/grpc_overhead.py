@@ -21,6 +21,7 @@ import grpc
 from genesis_registry.testing import EtcdServer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 from echo import EchoProcess
 
 UNARY = "/echo.Echo/Unary"
@@ -107,10 +108,16 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--calls", type=int, default=5000)
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--json", action="store_true", help="print one RESULT line for benches/run.py")
     args = parser.parse_args()
     with EtcdServer() as etcd, EchoProcess("one", etcd.endpoints, "/genesis/services", "echo") as server:
         results = sync_bench(etcd, server, args.calls, args.repeat)
         results.update(asyncio.run(aio_bench(etcd, server, args.calls, args.repeat)))
+    if args.json:
+        from common import emit
+
+        emit(results)
+        return
     print(f"medians of {args.repeat} runs of {args.calls} calls; one echo server on loopback")
     print(f"balancing per call (pick, count, look up, uncount): {results['pick_us']:.3f} µs")
     for label, plain, balanced in (

@@ -1,0 +1,1 @@
+"""Registry adapters with one interface, one per client under comparison."""

@@ -1,0 +1,96 @@
+"""Measurement helpers shared by every benchmark process. Standard library only: the
+python-etcd3 scenarios run in a virtualenv of their own."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+#: Smallest span a timed batch of calls must cover, so timer resolution does not matter.
+MIN_BATCH_SECONDS = 0.05
+
+
+def per_call_us(call: Callable[[], Any], batches: int = 5, min_batch: float = MIN_BATCH_SECONDS) -> float:
+    """Median microseconds per call over `batches` batches, each at least `min_batch` long."""
+    call()  # warm up
+    n = 1
+    while True:
+        started = time.perf_counter()
+        for _ in range(n):
+            call()
+        if time.perf_counter() - started >= min_batch:
+            break
+        n *= 2
+    samples = []
+    for _ in range(batches):
+        started = time.perf_counter()
+        for _ in range(n):
+            call()
+        samples.append((time.perf_counter() - started) / n * 1e6)
+    return statistics.median(samples)
+
+
+async def per_call_us_async(call: Callable[[], Awaitable[Any]], batches: int = 5) -> float:
+    """`per_call_us` for coroutines."""
+    await call()
+    n = 1
+    while True:
+        started = time.perf_counter()
+        for _ in range(n):
+            await call()
+        if time.perf_counter() - started >= MIN_BATCH_SECONDS:
+            break
+        n *= 2
+    samples = []
+    for _ in range(batches):
+        started = time.perf_counter()
+        for _ in range(n):
+            await call()
+        samples.append((time.perf_counter() - started) / n * 1e6)
+    return statistics.median(samples)
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    """The `fraction` quantile of `values` (nearest rank)."""
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def cpu_seconds() -> float:
+    """CPU time (user + system) this process used so far, all threads."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def rss_bytes() -> int:
+    """Resident memory of this process now."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def thread_count() -> int:
+    return len(os.listdir("/proc/self/task"))
+
+
+def emit(result: dict[str, Any]) -> None:
+    """The scenario's result, as the one JSON line the orchestrator reads."""
+    sys.stdout.write("RESULT " + json.dumps(result) + "\n")
+    sys.stdout.flush()
+
+
+def instance(service: str, i: int, **metadata: str) -> dict[str, Any]:
+    """A plain instance dict, the shape every client adapter takes."""
+    return {
+        "id": f"{service}-{i:05}",
+        "name": service,
+        "version": "1.0.0",
+        "metadata": {"zone": f"zone-{i % 3}", "weight": "100", **metadata},
+        "endpoints": [f"grpc://10.{i // 65536 % 256}.{i // 256 % 256}.{i % 256}:9000"],
+    }

@@ -1,0 +1,287 @@
+"""The comparison: every scenario, for genesis-registry and the clients users would
+otherwise pick, on this machine, in one run, against one local etcd.
+
+    .venv/bin/python benches/run.py                 # the full run (about 10 minutes)
+    .venv/bin/python benches/run.py --quick         # tiny sizes: proves everything still runs
+    .venv/bin/python benches/run.py --only lookup,watch --repeat 3
+
+Each (scenario, client) runs in a fresh process, --repeat times; the tables show medians.
+python-etcd3 needs protobuf<4, so it runs from a virtualenv of its own, made on first use
+in ~/.cache/genesis-registry/venv-etcd3. Results go to benches/results/latest.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import genesis_registry as gr
+from genesis_registry.testing import EtcdServer, find_etcd_binary, find_etcdctl_binary
+
+HERE = Path(__file__).resolve().parent
+ETCD3_VENV = Path.home() / ".cache" / "genesis-registry" / "venv-etcd3"
+ETCD3_REQUIREMENTS = ["etcd3==0.12.0", "protobuf==3.20.3", "psutil>=5.9"]
+SIZES = {"full": [10, 1000, 10000], "quick": [10, 100]}
+
+
+def etcd3_python() -> str | None:
+    """The interpreter of python-etcd3's virtualenv, made if missing; None if it cannot be."""
+    python = ETCD3_VENV / "bin" / "python"
+    if not python.exists():
+        try:
+            subprocess.run([sys.executable, "-m", "venv", str(ETCD3_VENV)], check=True)
+            subprocess.run([str(python), "-m", "pip", "install", "-q", *ETCD3_REQUIREMENTS], check=True)
+        except (subprocess.CalledProcessError, OSError) as e:
+            print(f"python-etcd3 is left out: cannot set up its virtualenv ({e})", file=sys.stderr)
+            return None
+    return str(python)
+
+
+def run_one(python: str, args: list[str], timeout: float = 900) -> dict[str, Any]:
+    """Runs one scenario process and returns its RESULT."""
+    done = subprocess.run(
+        [python, *args], capture_output=True, text=True, timeout=timeout, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+    )
+    for line in done.stdout.splitlines():
+        if line.startswith("RESULT "):
+            result: dict[str, Any] = json.loads(line[len("RESULT ") :])
+            return result
+    raise RuntimeError(f"{' '.join(args[:3])} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
+
+
+def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    def combine(key: str) -> Any:
+        first = runs[0][key]
+        return statistics.median(r[key] for r in runs) if isinstance(first, (int, float)) else first
+
+    return {key: combine(key) for key in runs[0]}
+
+
+class Bench:
+    def __init__(self, options: argparse.Namespace, etcd: EtcdServer) -> None:
+        self.options = options
+        self.etcd = etcd
+        self.endpoints = ",".join(etcd.endpoints)
+        self.quick = options.quick
+        self.peer_python = {"etcd3": etcd3_python() if not options.no_peers else None}
+        self.results: dict[str, Any] = {}
+
+    def python_for(self, client: str) -> str | None:
+        return self.peer_python["etcd3"] if client == "etcd3" else sys.executable
+
+    def clients(self, *kinds: str) -> list[str]:
+        chosen = [k for k in kinds if self.python_for(k) is not None]
+        if self.options.no_peers:
+            chosen = [k for k in chosen if k not in ("etcd3", "aetcd")]
+        return chosen
+
+    def measure(self, scenario: str, client: str, *extra: str, repeat: int | None = None) -> dict[str, Any]:
+        python = self.python_for(client)
+        assert python is not None
+        args = [str(HERE / "scenarios.py"), scenario, "--client", client, "--endpoints", self.endpoints, *extra]
+        runs = [run_one(python, args) for _ in range(repeat or self.options.repeat)]
+        result = median_of(runs)
+        print(f"  {scenario:<9} {client:<11} {json.dumps({k: round(v, 3) for k, v in result.items()})}", flush=True)
+        return result
+
+    # ------------------------------------------------------------------------ scenarios
+
+    def lookup(self) -> None:
+        sizes = SIZES["quick" if self.quick else "full"]
+        table: dict[str, dict[str, float]] = {}
+        for size in sizes:
+            service = f"svc-{size}"
+            row = {}
+            for client in self.clients("ours", "ours-async", "etcd3", "aetcd", "floor"):
+                extra = ["--namespace", "/bench-lookup", "--service", service, "--size", str(size)]
+                row[client] = self.measure("lookup", client, *extra)["us_per_call"]
+            table[str(size)] = row
+        self.results["lookup"] = table
+
+    def watch(self) -> None:
+        count = 50 if self.quick else 1000
+        table = {}
+        for client in self.clients("ours", "ours-async", "etcd3", "aetcd"):
+            extra = ["--namespace", f"/bench-watch-{client}", "--service", "w", "--count", str(count)]
+            table[client] = self.measure("watch", client, *extra, "--writer-python", sys.executable)
+        self.results["watch"] = table
+
+    def register(self) -> None:
+        count, steady = (50, 1.0) if self.quick else (1000, 60.0)
+        table = {}
+        for client in self.clients("ours", "ours-async", "etcd3", "aetcd"):
+            extra = ["--namespace", f"/bench-reg-{client}", "--count", str(count), "--ttl", "30"]
+            extra += ["--steady", str(steady), "--etcdctl", str(find_etcdctl_binary())]
+            table[client] = self.measure("register", client, *extra, repeat=1)
+        self.results["register"] = table
+
+    def fanout(self) -> None:
+        services, per, rate, seconds = (20, 3, 100, 1.0) if self.quick else (1000, 10, 1000, 10.0)
+        table = {}
+        for client in self.clients("ours", "ours-async", "etcd3", "aetcd"):
+            extra = ["--namespace", "/bench-fanout", "--services", str(services), "--rate", str(rate)]
+            extra += ["--seconds", str(seconds), "--writer-python", sys.executable]
+            result = self.measure("fanout", client, *extra, repeat=1)
+            assert result["instances"] == services * per, result
+            table[client] = result
+        self.results["fanout"] = table
+
+    def grpc(self) -> None:
+        calls, repeat = ("200", "1") if self.quick else ("4000", "7")
+        script = str(HERE / "grpc_overhead.py")
+        result = run_one(sys.executable, [script, "--calls", calls, "--repeat", repeat, "--json"])
+        print(f"  grpc      ours        {json.dumps({k: round(v, 3) for k, v in result.items()})}", flush=True)
+        self.results["grpc"] = result
+
+    def threads(self) -> None:
+        seconds = "0.2" if self.quick else "2"
+        table = {}
+        for client in ("ours", "floor"):
+            extra = ["--namespace", "/bench-lookup", "--service", "svc-10", "--size", "10", "--seconds", seconds]
+            table[client] = self.measure("threads", client, *extra)
+        self.results["threads"] = table
+
+
+async def populate(endpoints: list[str], quick: bool) -> list[gr.AsyncRegistry]:
+    """The services the lookup and fanout scenarios read, kept registered during the run."""
+    sys.path.insert(0, str(HERE))
+    from common import instance
+
+    conn = gr.EtcdConnector(gr.EtcdConfig(endpoints=endpoints, request_timeout=60))
+    await conn.aconnect()
+    lookup = gr.AsyncRegistry(conn, gr.Config(namespace="/bench-lookup", default_ttl=3600))
+    for size in SIZES["quick" if quick else "full"]:
+        await asyncio.gather(*(lookup.register(gr.ServiceInstance(**instance(f"svc-{size}", i))) for i in range(size)))
+    fan = gr.AsyncRegistry(conn, gr.Config(namespace="/bench-fanout", default_ttl=3600))
+    services, per = (20, 3) if quick else (1000, 10)
+    await asyncio.gather(
+        *(fan.register(gr.ServiceInstance(**instance(f"fan-{s:04}", i))) for s in range(services) for i in range(per))
+    )
+    return [lookup, fan]
+
+
+def machine() -> dict[str, str]:
+    model = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    etcd_version = subprocess.run([str(find_etcd_binary()), "--version"], capture_output=True, text=True).stdout
+    return {
+        "cpus": str(os.cpu_count()),
+        "cpu": model,
+        "python": platform.python_version(),
+        "etcd": etcd_version.splitlines()[0].split()[-1] if etcd_version else "?",
+        "grpcio": __import__("grpc").__version__,
+        "genesis-registry": gr.__version__,
+        "date": time.strftime("%Y-%m-%d"),
+    }
+
+
+def ratio(a: float, b: float) -> str:
+    return f"{a / b:.1f}×" if b else "–"
+
+
+def report(results: dict[str, Any], info: dict[str, str], repeat: int) -> str:
+    """The results as markdown tables."""
+    out = [
+        f"Machine: {info['cpus']} CPUs ({info['cpu']}), Python {info['python']}, etcd {info['etcd']}, "
+        f"grpcio {info['grpcio']}, genesis-registry {info['genesis-registry']}, {info['date']}; "
+        f"medians of {repeat} runs unless noted.",
+        "",
+    ]
+    if "lookup" in results:
+        out += ["### 1. get_service latency (µs per call)", ""]
+        clients = list(next(iter(results["lookup"].values())))
+        out += ["| instances | " + " | ".join(clients) + " | python-etcd3 ÷ ours | ours ÷ floor |"]
+        out += ["|---" * (len(clients) + 3) + "|"]
+        for size, row in results["lookup"].items():
+            cells = " | ".join(f"{row[c]:.3g}" for c in clients)
+            peer = ratio(row["etcd3"], row["ours"]) if "etcd3" in row else "–"
+            out += [f"| {size} | {cells} | {peer} | {ratio(row['ours'], row['floor'])} |"]
+        out += [""]
+    if "watch" in results:
+        out += ["### 2. Watch propagation (µs from another process's put to the event)", ""]
+        out += ["| client | events | p50 | p99 | max |", "|---|---|---|---|---|"]
+        for client, r in results["watch"].items():
+            out += [f"| {client} | {r['events']} | {r['p50_us']:.0f} | {r['p99_us']:.0f} | {r['max_us']:.0f} |"]
+        out += [""]
+    if "register" in results:
+        out += ["### 3. Registering instances with one TTL, then keeping them alive (1 run)", ""]
+        out += ["| client | wall (ms) | leases granted | keep-alive streams/threads | CPU % while steady |"]
+        out += ["|---|---|---|---|---|"]
+        for client, r in results["register"].items():
+            out += [f"| {client} | {r['wall_ms']:.0f} | {r['leases']} | {r['streams']} | {r['cpu_percent']:.2f} |"]
+        out += [""]
+    if "fanout" in results:
+        out += ["### 4. A client following many services (1 run)", ""]
+        out += ["| client | instances | first complete view (s) | RSS added (MB) | bytes/instance | CPU % updating |"]
+        out += ["|---|---|---|---|---|---|"]
+        for client, r in results["fanout"].items():
+            out += [
+                f"| {client} | {r['instances']} | {r['ready_s']:.2f} | {r['rss_added'] / 1e6:.1f} | "
+                f"{r['bytes_per_instance']:.0f} | {r['cpu_percent']:.1f} |"
+            ]
+        out += [""]
+    if "grpc" in results:
+        g = results["grpc"]
+        out += ["### 5. gRPC unary dispatch: balanced channel vs a plain channel to one endpoint (µs per call)", ""]
+        out += ["| | plain | balanced | difference |", "|---|---|---|---|"]
+        for label, p, b in (
+            ("sync, sequential", "sync_plain_us", "sync_balanced_us"),
+            ("aio, sequential", "aio_seq_plain_us", "aio_seq_balanced_us"),
+            ("aio, 32 concurrent", "aio_32_plain_us", "aio_32_balanced_us"),
+        ):
+            out += [f"| {label} | {g[p]:.1f} | {g[b]:.1f} | {(g[b] - g[p]) / g[p] * 100:+.1f} % |"]
+        out += [f"| balancing work per call | | {g['pick_us']:.2f} | |", ""]
+    if "threads" in results:
+        out += ["### 6. get_service from several threads (calls per second, all threads together)", ""]
+        out += ["| threads | ours | floor (dict lookup) |", "|---|---|---|"]
+        for n in (1, 4, 16):
+            key = f"calls_per_s_{n}"
+            ours, floor = results["threads"]["ours"][key], results["threads"]["floor"][key]
+            out += [f"| {n} | {ours:,.0f} | {floor:,.0f} |"]
+        out += [""]
+    return "\n".join(out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, one run each: a smoke test")
+    parser.add_argument("--repeat", type=int, default=None, help="runs per measurement (default 5, quick 1)")
+    parser.add_argument("--only", default="lookup,watch,register,fanout,grpc,threads")
+    parser.add_argument("--no-peers", action="store_true", help="genesis-registry and the floor only")
+    options = parser.parse_args()
+    options.repeat = options.repeat or (1 if options.quick else 5)
+    info = machine()
+    with EtcdServer() as etcd:
+        registries = asyncio.run(populate(etcd.endpoints, options.quick))
+        bench = Bench(options, etcd)
+        for name in options.only.split(","):
+            print(f"{name}:", flush=True)
+            getattr(bench, name)()
+        del registries  # the lease lapses with the run
+    text = report(bench.results, info, options.repeat)
+    results_dir = HERE / "results"
+    results_dir.mkdir(exist_ok=True)
+    suffix = "quick" if options.quick else "latest"
+    (results_dir / f"{suffix}.json").write_text(json.dumps({"machine": info, "results": bench.results}, indent=2))
+    (results_dir / f"{suffix}.md").write_text(text)
+    print()
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -217,3 +217,10 @@ async def test_watches_dropped_without_close_are_closed(areg, second_registry):
     assert areg.stats()["open_watches"] <= 1  # at most the last one, not yet collected
     gc.collect()
     assert areg.stats()["open_watches"] == 0
+
+
+async def test_register_many_async(areg, etcd_server, namespace):
+    await areg.register_many([instance(f"m-{i}") for i in range(120)], ttl=5)
+    keys = etcd_keys(etcd_server, namespace)
+    assert len(keys) == 120 and len({lease for _, lease in keys.values()}) == 1
+    assert len(await areg.get_service("svc")) == 120

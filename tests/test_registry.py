@@ -337,3 +337,46 @@ def test_a_registry_dropped_without_close_stops_renewing(connector, etcd_server,
     gc.collect()
     # Not revoked (nobody called close), but no longer kept alive: gone after the 2 s TTL.
     wait_until(lambda: etcd_keys(etcd_server, namespace) == {}, 10, "the lease to expire")
+
+
+def test_register_many_writes_all_on_one_lease(registry, etcd_server, namespace):
+    batch = [instance(f"b-{i:03}", version=str(i)) for i in range(250)]
+    registry.register_many(batch, ttl=10)
+    keys = etcd_keys(etcd_server, namespace)
+    assert len(keys) == 250
+    assert len({lease for _, lease in keys.values()}) == 1
+    assert keys[f"{namespace}/svc/b-007"][0] == batch[7].to_json()
+    assert registry.registered_ids() == [i.id for i in batch]
+    assert registry.stats()["registrations"] == 250
+    registry.deregister("b-100")
+    assert f"{namespace}/svc/b-100" not in etcd_keys(etcd_server, namespace)
+
+
+@pytest.mark.parametrize(
+    "bad, fragment",
+    [
+        (gr.ServiceInstance(id="x/y", name="svc", endpoints=["h:1"]), "x/y"),
+        (instance("b-001"), "twice"),
+    ],
+)
+def test_register_many_is_all_or_nothing(registry, etcd_server, namespace, bad, fragment):
+    batch = [instance(f"b-{i:03}") for i in range(5)] + [bad]
+    with pytest.raises(gr.InvalidServiceInstanceError, match=fragment):
+        registry.register_many(batch)
+    assert etcd_keys(etcd_server, namespace) == {}
+    assert registry.registered_ids() == []
+
+
+def test_register_many_refuses_ids_already_registered(registry, etcd_server, namespace):
+    registry.register(instance("taken", port=1))
+    with pytest.raises(gr.ServiceAlreadyRegisteredError, match="taken"):
+        registry.register_many([instance("free"), instance("taken", port=2)])
+    assert list(etcd_keys(etcd_server, namespace)) == [f"{namespace}/svc/taken"]
+    assert registry.registered_ids() == ["taken"]
+
+
+def test_register_many_wants_a_list(registry):
+    with pytest.raises(gr.InvalidServiceInstanceError, match="list"):
+        registry.register_many(instance("one"))  # type: ignore[arg-type]
+    registry.register_many([])
+    assert registry.registered_ids() == []

@@ -231,6 +231,12 @@ class RegistryCore:
     def register_async(self, instance: ServiceInstance, ttl: float | None = None) -> Awaitable[None]:
         """``register()`` as an awaitable."""
 
+    def register_many(self, instances: list[ServiceInstance], ttl: float | None = None) -> None:
+        """Register many instances with one TTL at once, all or nothing; blocks with the GIL released."""
+
+    def register_many_async(self, instances: list[ServiceInstance], ttl: float | None = None) -> Awaitable[None]:
+        """``register_many()`` as an awaitable."""
+
     def deregister(self, id: str) -> None:
         """Remove an instance this registry registered; raises ``ServiceNotFoundError`` otherwise."""
 

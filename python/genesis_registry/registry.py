@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -107,6 +107,12 @@ class _RegistryBase:
             )
         return instance
 
+    @classmethod
+    def _instances(cls, instances: Iterable[ServiceInstance]) -> list[ServiceInstance]:
+        if isinstance(instances, ServiceInstance):
+            raise InvalidServiceInstanceError("register_many() takes a list of ServiceInstance; use register() for one")
+        return [cls._instance(i) for i in instances]
+
     @staticmethod
     def _ttl(ttl: Seconds | None) -> float | None:
         return None if ttl is None else to_seconds("ttl", ttl, error=InvalidTTLError)
@@ -143,6 +149,16 @@ class Registry(_RegistryBase):
         ...              endpoints=["grpc://127.0.0.1:9001"]), ttl=30)  # doctest: +SKIP
         """
         self._core.register(self._instance(instance), self._ttl(ttl))
+
+    def register_many(self, instances: Iterable[ServiceInstance], ttl: Seconds | None = None) -> None:
+        """Register many instances with one TTL at once (a transaction per 100 of them),
+        all or nothing: every instance is checked first, and if writing fails none stays
+        registered. Much faster than a ``register()`` per instance.
+
+        >>> reg.register_many([gr.ServiceInstance(id=f"w-{i}", name="worker",
+        ...                    endpoints=[f"grpc://10.0.0.{i}:9000"]) for i in range(100)])  # doctest: +SKIP
+        """
+        self._core.register_many(self._instances(instances), self._ttl(ttl))
 
     def deregister(self, instance_id: str) -> None:
         """Remove an instance this registry registered. Raises :class:`ServiceNotFoundError`
@@ -216,6 +232,10 @@ class AsyncRegistry(_RegistryBase):
     async def register(self, instance: ServiceInstance, ttl: Seconds | None = None) -> None:
         """See :meth:`Registry.register`."""
         await self._core.register_async(self._instance(instance), self._ttl(ttl))
+
+    async def register_many(self, instances: Iterable[ServiceInstance], ttl: Seconds | None = None) -> None:
+        """See :meth:`Registry.register_many`."""
+        await self._core.register_many_async(self._instances(instances), self._ttl(ttl))
 
     async def deregister(self, instance_id: str) -> None:
         """See :meth:`Registry.deregister`."""

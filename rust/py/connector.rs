@@ -78,7 +78,7 @@ impl PyConnector {
     /// Blocks until the cluster answers or the dial timeout passes.
     fn connect(&self, py: Python<'_>) -> PyResult<()> {
         let core = self.check()?.clone();
-        runtime::block_on(py, async move { core.connect().await }, true)?.into_py_result()
+        runtime::block_on(py, async move { core.connect().await })?.into_py_result()
     }
 
     fn connect_async<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {

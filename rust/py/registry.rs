@@ -160,7 +160,7 @@ impl PyRegistry {
     fn register(&self, py: Python<'_>, instance: &PyServiceInstance, ttl: Option<f64>) -> PyResult<()> {
         let core = self.check()?.clone();
         let (instance, ttl) = (instance.inner.as_ref().clone(), optional_ttl(ttl)?);
-        runtime::block_on(py, async move { core.register(instance, ttl).await }, false)?.into_py_result()
+        runtime::block_on(py, async move { core.register(instance, ttl).await })?.into_py_result()
     }
 
     #[pyo3(signature = (instance, ttl=None))]
@@ -175,9 +175,35 @@ impl PyRegistry {
         runtime::into_awaitable(py, async move { core.register(instance, ttl).await })
     }
 
+    #[pyo3(signature = (instances, ttl=None))]
+    fn register_many(
+        &self,
+        py: Python<'_>,
+        instances: Vec<PyRef<'_, PyServiceInstance>>,
+        ttl: Option<f64>,
+    ) -> PyResult<()> {
+        let core = self.check()?.clone();
+        let (instances, ttl) =
+            (instances.iter().map(|i| i.inner.as_ref().clone()).collect(), optional_ttl(ttl)?);
+        runtime::block_on(py, async move { core.register_many(instances, ttl).await })?.into_py_result()
+    }
+
+    #[pyo3(signature = (instances, ttl=None))]
+    fn register_many_async<'py>(
+        &self,
+        py: Python<'py>,
+        instances: Vec<PyRef<'_, PyServiceInstance>>,
+        ttl: Option<f64>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let core = self.check()?.clone();
+        let (instances, ttl) =
+            (instances.iter().map(|i| i.inner.as_ref().clone()).collect(), optional_ttl(ttl)?);
+        runtime::into_awaitable(py, async move { core.register_many(instances, ttl).await })
+    }
+
     fn deregister(&self, py: Python<'_>, id: String) -> PyResult<()> {
         let core = self.check()?.clone();
-        runtime::block_on(py, async move { core.deregister(&id).await }, false)?.into_py_result()
+        runtime::block_on(py, async move { core.deregister(&id).await })?.into_py_result()
     }
 
     fn deregister_async<'py>(&self, py: Python<'py>, id: String) -> PyResult<Bound<'py, PyAny>> {
@@ -197,8 +223,7 @@ impl PyRegistry {
         }
         let core = self.core.clone();
         let owned = name.to_string();
-        let cache =
-            runtime::block_on(py, async move { core.service(&owned).await }, true)?.into_py_result()?;
+        let cache = runtime::block_on(py, async move { core.service(&owned).await })?.into_py_result()?;
         self.remember(cache).tuple(py)
     }
 
@@ -227,8 +252,8 @@ impl PyRegistry {
     #[pyo3(signature = (name, capacity=1024))]
     fn watch(&self, py: Python<'_>, name: String, capacity: usize) -> PyResult<PyWatch> {
         let core = self.check()?.clone();
-        let subscriber = runtime::block_on(py, async move { core.watch(&name, capacity).await }, true)?
-            .into_py_result()?;
+        let subscriber =
+            runtime::block_on(py, async move { core.watch(&name, capacity).await })?.into_py_result()?;
         Ok(PyWatch { subscriber, created_in: self.created_in })
     }
 
@@ -252,7 +277,7 @@ impl PyRegistry {
             return Ok(());
         }
         let core = self.core.clone();
-        runtime::block_on(py, async move { core.close().await }, false)?;
+        runtime::block_on(py, async move { core.close().await })?;
         self.views.store(Arc::default());
         Ok(())
     }

@@ -5,7 +5,6 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{sync_channel, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -87,37 +86,25 @@ pub fn _shutdown_runtime(py: Python<'_>, timeout: f64) {
     }
 }
 
-/// Runs `fut` on the runtime and blocks until it completes, with the GIL released.
-/// Pending signal handlers run every 100 ms; if one raises (KeyboardInterrupt), that
-/// error is returned and the future is cancelled when `cancel_on_interrupt` is set, or
-/// left to finish in the background otherwise (for operations that must not stop
-/// half-way, like a registration).
-pub fn block_on<F>(py: Python<'_>, fut: F, cancel_on_interrupt: bool) -> PyResult<F::Output>
+/// Runs `fut` to completion on the calling thread (inside the runtime's context), with
+/// the GIL released. Every 100 ms it lets Python run pending signal handlers; if one
+/// raises (KeyboardInterrupt) the future is dropped and that error returned, so `fut`
+/// must be cancel-safe: registrations and deregistrations hand their work to a task of
+/// their own, watches only wait without taking an event.
+pub fn block_on<F>(py: Python<'_>, fut: F) -> PyResult<F::Output>
 where
-    F: Future + Send + 'static,
-    F::Output: Send + 'static,
+    F: Future + Send,
+    F::Output: Send,
 {
-    let (tx, rx) = sync_channel(1);
-    let task = handle().spawn(async move {
-        let _ = tx.send(fut.await);
-    });
-    let mut rx = rx;
+    let handle = handle();
+    let mut fut = std::pin::pin!(fut);
     loop {
-        let (received, returned) = py.detach(move || (rx.recv_timeout(SIGNAL_CHECK_INTERVAL), rx));
-        rx = returned;
-        match received {
-            Ok(value) => return Ok(value),
-            Err(RecvTimeoutError::Timeout) => {
-                if let Err(interrupt) = py.check_signals() {
-                    if cancel_on_interrupt {
-                        task.abort();
-                    }
-                    return Err(interrupt);
-                }
-            }
-            Err(RecvTimeoutError::Disconnected) => {
-                return Err(closed_error("the operation was cancelled because the runtime shut down".into()))
-            }
+        let finished = py.detach(|| {
+            handle.block_on(async { tokio::time::timeout(SIGNAL_CHECK_INTERVAL, fut.as_mut()).await.ok() })
+        });
+        match finished {
+            Some(value) => return Ok(value),
+            None => py.check_signals()?,
         }
     }
 }

@@ -51,19 +51,15 @@ impl PyWatch {
                 return Ok(None);
             }
             let subscriber = Arc::clone(&self.subscriber);
-            let woke = runtime::block_on(
-                py,
-                async move {
-                    match deadline {
-                        Some(deadline) => tokio::time::timeout_at(deadline, subscriber.ready()).await.is_ok(),
-                        None => {
-                            subscriber.ready().await;
-                            true
-                        }
+            let woke = runtime::block_on(py, async move {
+                match deadline {
+                    Some(deadline) => tokio::time::timeout_at(deadline, subscriber.ready()).await.is_ok(),
+                    None => {
+                        subscriber.ready().await;
+                        true
                     }
-                },
-                true,
-            )?;
+                }
+            })?;
             if !woke {
                 return Err(PyTimeoutError::new_err(format!(
                     "no event within {:.3}s",

@@ -164,9 +164,9 @@ impl LeaseGroup {
         true
     }
 
-    /// Writes `key` (already in `keys`) with the current lease, replacing a lost lease
-    /// on the way. Returns the lease id the key is on.
-    async fn write_key(&self, ctx: &LeaseContext, key: &str) -> Result<i64> {
+    /// Writes `keys` (already in `keys`) with the current lease, replacing a lost lease
+    /// on the way. Returns the lease id the keys are on.
+    async fn write_keys(&self, ctx: &LeaseContext, keys: &[String]) -> Result<i64> {
         for _ in 0..3 {
             let (lease, fresh) = self.ensure_lease(ctx).await?;
             if fresh {
@@ -176,10 +176,14 @@ impl LeaseGroup {
             if *slot != Some(lease) {
                 continue;
             }
-            let Some(value) = lock(&self.keys).get(key).cloned() else {
-                return Err(Error::NotFound(key.to_string()));
+            let entries: Vec<(String, Arc<[u8]>)> = {
+                let known = lock(&self.keys);
+                keys.iter().filter_map(|k| known.get(k).map(|v| (k.clone(), Arc::clone(v)))).collect()
             };
-            let written = put_one(&ctx.access, key, &value, lease.id).await;
+            let written = match entries.as_slice() {
+                [(key, value)] => put_one(&ctx.access, key, value, lease.id).await,
+                _ => put_all(&ctx.access, &entries, lease.id).await,
+            };
             drop(slot);
             match written {
                 Ok(()) => return Ok(lease.id),
@@ -189,7 +193,7 @@ impl LeaseGroup {
                 Err(e) => return Err(e),
             }
         }
-        Err(Error::LeaseExpired(format!("the lease for {key} kept disappearing while writing it")))
+        Err(Error::LeaseExpired("the lease kept disappearing while writing the instances".into()))
     }
 
     /// Deletes keys left by failed registrations.
@@ -395,6 +399,20 @@ async fn delete_key(access: &EtcdAccess, key: &str) -> Result<()> {
     access.call("delete instance", |mut c| async move { c.delete(key, None).await }).await.map(|_| ())
 }
 
+/// Deletes many keys, a transaction per batch.
+async fn delete_keys(access: &EtcdAccess, keys: &[String]) -> Result<()> {
+    for batch in keys.chunks(TXN_BATCH) {
+        let ops: Vec<TxnOp> = batch.iter().map(|k| TxnOp::delete(k.as_str(), None)).collect();
+        access
+            .call("delete instances", |mut c| {
+                let txn = Txn::new().and_then(ops.clone());
+                async move { c.txn(txn).await }
+            })
+            .await?;
+    }
+    Ok(())
+}
+
 /// Writes many keys with `lease`, a transaction per batch.
 async fn put_all(access: &EtcdAccess, keys: &[(String, Arc<[u8]>)], lease: i64) -> Result<()> {
     for batch in keys.chunks(TXN_BATCH) {
@@ -434,9 +452,11 @@ impl LeasePool {
         Self { ctx: Arc::new(ctx), groups: Mutex::new(HashMap::new()) }
     }
 
-    /// Writes `key` = `value` on the shared lease for `ttl`; returns the lease id. On
-    /// failure the key is not left behind in etcd (deleted now, or as soon as etcd allows).
-    pub(crate) async fn attach(&self, ttl: Duration, key: &str, value: Vec<u8>) -> Result<i64> {
+    /// Writes every `(key, value)` on the shared lease for `ttl` (a transaction per 100
+    /// keys); returns the lease id. On failure no key is left behind in etcd (each is
+    /// deleted now, or as soon as etcd allows).
+    pub(crate) async fn attach(&self, ttl: Duration, entries: Vec<(String, Vec<u8>)>) -> Result<i64> {
+        let keys: Vec<String> = entries.iter().map(|(k, _)| k.clone()).collect();
         let group = {
             let mut groups = lock(&self.groups);
             let group = groups.entry(ttl_key(ttl)).or_insert_with(|| {
@@ -456,18 +476,23 @@ impl LeasePool {
             });
             // Inserted under the pool lock, so a concurrent detach never sees the group
             // empty and retires it under us.
-            lock(&group.keys).insert(key.to_string(), value.into());
-            lock(&group.orphans).remove(key);
+            let mut known = lock(&group.keys);
+            let mut orphans = lock(&group.orphans);
+            for (key, value) in entries {
+                orphans.remove(&key);
+                known.insert(key, value.into());
+            }
+            drop((known, orphans));
             Arc::clone(group)
         };
-        let written = group.write_key(&self.ctx, key).await;
+        let written = group.write_keys(&self.ctx, &keys).await;
         if written.is_err() {
-            // The write may have landed (a timeout is ambiguous), or a concurrent re-put
-            // of the whole group may have written the key: make sure it goes away.
+            // The writes may have landed (a timeout is ambiguous), or a concurrent re-put
+            // of the whole group may have written the keys: make sure they go away.
             let slot = group.lease.write().await;
-            lock(&group.keys).remove(key);
-            if delete_key(&self.ctx.access, key).await.is_err() {
-                lock(&group.orphans).insert(key.to_string());
+            lock(&group.keys).retain(|k, _| !keys.contains(k));
+            if delete_keys(&self.ctx.access, &keys).await.is_err() {
+                lock(&group.orphans).extend(keys.iter().cloned());
             }
             drop(slot);
             self.retire_if_empty(&group).await;

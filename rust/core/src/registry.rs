@@ -269,54 +269,90 @@ impl Registry {
     /// The work runs in its own task: a caller that stops waiting (a cancelled awaitable,
     /// Ctrl-C) never leaves a registration half done.
     pub async fn register(&self, instance: ServiceInstance, ttl: Option<Duration>) -> Result<()> {
+        self.register_many(vec![instance], ttl).await
+    }
+
+    /// Registers many instances with one TTL at once: a transaction per 100 instances on
+    /// their shared lease. All or nothing: the instances are all checked first (an error
+    /// names the first bad one), and if writing fails none stays registered.
+    pub async fn register_many(&self, instances: Vec<ServiceInstance>, ttl: Option<Duration>) -> Result<()> {
         self.check_open()?;
-        instance.validate()?;
         let ttl = self.effective_ttl(ttl)?;
-        let key = self.key_of(&instance.name, &instance.id);
-        let value = instance.to_json();
-        if key.len() + value.len() > MAX_VALUE_BYTES {
-            return Err(Error::InvalidInstance(format!(
-                "service instance {:?} encodes to {} bytes; etcd accepts at most {MAX_VALUE_BYTES} per value",
-                instance.id,
-                key.len() + value.len()
-            )));
-        }
-        let guard = {
-            let mut registrations = lock(&self.inner.registrations);
-            if registrations.contains_key(&instance.id) {
-                return Err(Error::AlreadyRegistered(instance.id.clone()));
+        let mut entries = Vec::with_capacity(instances.len());
+        let mut ids = std::collections::HashSet::with_capacity(instances.len());
+        for instance in &instances {
+            instance.validate()?;
+            if !ids.insert(instance.id.as_str()) {
+                return Err(Error::InvalidInstance(format!(
+                    "service instance {:?} appears twice in one registration",
+                    instance.id
+                )));
             }
-            let op = Arc::new(tokio::sync::Mutex::new(()));
-            let guard = Arc::clone(&op).try_lock_owned().expect("a new mutex is free");
-            registrations
-                .insert(instance.id.clone(), Registration { key: key.clone(), ttl, op, registered: false });
-            guard
+            let key = self.key_of(&instance.name, &instance.id);
+            let value = instance.to_json();
+            if key.len() + value.len() > MAX_VALUE_BYTES {
+                return Err(Error::InvalidInstance(format!(
+                    "service instance {:?} encodes to {} bytes; etcd accepts at most {MAX_VALUE_BYTES} per value",
+                    instance.id,
+                    key.len() + value.len()
+                )));
+            }
+            entries.push((key, value));
+        }
+        if instances.is_empty() {
+            return Ok(());
+        }
+        let guards = {
+            let mut registrations = lock(&self.inner.registrations);
+            if let Some(taken) = instances.iter().find(|i| registrations.contains_key(&i.id)) {
+                return Err(Error::AlreadyRegistered(taken.id.clone()));
+            }
+            let mut guards = Vec::with_capacity(instances.len());
+            for (instance, (key, _)) in instances.iter().zip(&entries) {
+                let op = Arc::new(tokio::sync::Mutex::new(()));
+                guards.push(Arc::clone(&op).try_lock_owned().expect("a new mutex is free"));
+                registrations.insert(
+                    instance.id.clone(),
+                    Registration { key: key.clone(), ttl, op, registered: false },
+                );
+            }
+            guards
         };
         let this = self.clone();
         let work = tokio::spawn(async move {
-            let attached = this.inner.leases.attach(ttl, &key, value).await;
+            let attached = this.inner.leases.attach(ttl, entries).await;
             {
                 let mut registrations = lock(&this.inner.registrations);
-                match (&attached, registrations.get_mut(&instance.id)) {
-                    (Ok(_), Some(registration)) => registration.registered = true,
-                    _ => {
-                        registrations.remove(&instance.id);
+                for instance in &instances {
+                    match (&attached, registrations.get_mut(&instance.id)) {
+                        (Ok(_), Some(registration)) => registration.registered = true,
+                        _ => {
+                            registrations.remove(&instance.id);
+                        }
                     }
                 }
             }
-            drop(guard);
+            drop(guards);
             let lease_id = attached?;
-            this.inner.stats.registrations.inc();
-            this.inner.stats.registered.inc();
-            this.log(
-                Level::Info,
-                format!("registered {key}"),
-                vec![
-                    ("service", instance.name.clone()),
-                    ("instance_id", instance.id.clone()),
-                    ("lease_id", lease_id.to_string()),
-                ],
-            );
+            let count = instances.len() as u64;
+            this.inner.stats.registrations.add(count);
+            this.inner.stats.registered.add(count);
+            match instances.as_slice() {
+                [one] => this.log(
+                    Level::Info,
+                    format!("registered {}", this.key_of(&one.name, &one.id)),
+                    vec![
+                        ("service", one.name.clone()),
+                        ("instance_id", one.id.clone()),
+                        ("lease_id", lease_id.to_string()),
+                    ],
+                ),
+                many => this.log(
+                    Level::Info,
+                    format!("registered {} instances", many.len()),
+                    vec![("lease_id", lease_id.to_string())],
+                ),
+            }
             Ok(())
         });
         self.unless_closed(join(work)).await

@@ -313,7 +313,9 @@ impl HubTask {
         let cache = Arc::clone(&watched.cache);
         let task = self.reads.spawn(async move {
             let prefix = prefix_owned;
-            tokio::time::sleep(delay).await;
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
             let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
             let mut failures = 0u32;
             loop {

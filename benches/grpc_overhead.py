@@ -52,9 +52,10 @@ def sync_bench(etcd: EtcdServer, server: EchoProcess, calls: int, repeat: int) -
 
         pick = min(timeit.repeat(overhead, number=100_000, repeat=5)) / 100_000 * 1e6
         plain_us, balanced_us = [], []
-        for _ in range(repeat):
-            plain_us.append(per_call(lambda: p_call(b"x", timeout=5), calls))
-            balanced_us.append(per_call(lambda: b_call(b"x", timeout=5), calls))
+        for i in range(repeat):  # interleaved, alternating who goes first: drift cancels out
+            runs = [(plain_us, p_call), (balanced_us, b_call)]
+            for samples, call in runs if i % 2 == 0 else runs[::-1]:
+                samples.append(per_call(lambda call=call: call(b"x", timeout=5), calls))
         balanced.close()
         plain.close()
     return {
@@ -89,11 +90,11 @@ async def aio_bench(etcd: EtcdServer, server: EchoProcess, calls: int, repeat: i
                 return (time.perf_counter() - started) / (calls // 32 * 32) * 1e6
 
             results: dict[str, list[float]] = {k: [] for k in ("seq_plain", "seq_bal", "conc_plain", "conc_bal")}
-            for _ in range(repeat):
-                results["seq_plain"].append(await sequential(p_call))
-                results["seq_bal"].append(await sequential(b_call))
-                results["conc_plain"].append(await concurrent(p_call))
-                results["conc_bal"].append(await concurrent(b_call))
+            for i in range(repeat):  # interleaved, alternating who goes first: drift cancels out
+                runs = [("plain", p_call), ("bal", b_call)]
+                for name, call in runs if i % 2 == 0 else runs[::-1]:
+                    results[f"seq_{name}"].append(await sequential(call))
+                    results[f"conc_{name}"].append(await concurrent(call))
             await balanced.close()
             await plain.close()
     return {

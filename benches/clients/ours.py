@@ -27,6 +27,9 @@ class OursRegistry:
     def register(self, instance: dict[str, Any], ttl: int) -> None:
         self.registry.register(_instance(instance), ttl=ttl)
 
+    def register_many(self, instances: list[dict[str, Any]], ttl: int) -> None:
+        self.registry.register_many([_instance(i) for i in instances], ttl=ttl)
+
     def deregister(self, instance_id: str) -> None:
         self.registry.deregister(instance_id)
 
@@ -68,6 +71,9 @@ class AsyncOursRegistry:
 
     async def register(self, instance: dict[str, Any], ttl: int) -> None:
         await self.registry.register(_instance(instance), ttl=ttl)
+
+    async def register_many(self, instances: list[dict[str, Any]], ttl: int) -> None:
+        await self.registry.register_many([_instance(i) for i in instances], ttl=ttl)
 
     async def deregister(self, instance_id: str) -> None:
         await self.registry.deregister(instance_id)

@@ -241,13 +241,13 @@ def report(results: dict[str, Any], info: dict[str, str], repeat: int) -> str:
     if "grpc" in results:
         g = results["grpc"]
         out += ["### 5. gRPC unary dispatch: balanced channel vs a plain channel to one endpoint (µs per call)", ""]
-        out += ["| | plain | balanced | difference |", "|---|---|---|---|"]
-        for label, p, b in (
-            ("sync, sequential", "sync_plain_us", "sync_balanced_us"),
-            ("aio, sequential", "aio_seq_plain_us", "aio_seq_balanced_us"),
-            ("aio, 32 concurrent", "aio_32_plain_us", "aio_32_balanced_us"),
+        out += ["| | plain | balanced | difference (median of paired rounds) |", "|---|---|---|---|"]
+        for label, p, b, d in (
+            ("sync, sequential", "sync_plain_us", "sync_balanced_us", "sync_paired_pct"),
+            ("aio, sequential", "aio_seq_plain_us", "aio_seq_balanced_us", "aio_seq_paired_pct"),
+            ("aio, 32 concurrent", "aio_32_plain_us", "aio_32_balanced_us", "aio_32_paired_pct"),
         ):
-            out += [f"| {label} | {g[p]:.1f} | {g[b]:.1f} | {(g[b] - g[p]) / g[p] * 100:+.1f} % |"]
+            out += [f"| {label} | {g[p]:.1f} | {g[b]:.1f} | {g[d]:+.1f} % |"]
         out += [f"| balancing work per call | | {g['pick_us']:.2f} | |", ""]
     if "threads" in results:
         out += ["### 6. get_service from several threads (calls per second, all threads together)", ""]

@@ -29,7 +29,7 @@ $(STAMP): pyproject.toml Cargo.toml Cargo.lock $(shell find rust python -name '*
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "maturin>=1.9.4,<2"
-	$(VENV)/bin/maturin develop --release --extras bench -q
+	$(VENV)/bin/maturin develop --release --extras test,bench -q
 	touch $(STAMP)
 
 rust-test:

@@ -325,6 +325,16 @@ def test_opentelemetry_meter_reports_the_seed_counters(connector, namespace):
     assert values["registry.lease_failures.total"] == 0
     assert "registry.watch_events.total" in values
     assert values["registry.instances.registered"] == 2
+    per_service = {
+        dict(p.attributes)["service"]: p.value
+        for rm in data.resource_metrics
+        for sm in rm.scope_metrics
+        for metric in sm.metrics
+        if metric.name == "registry.service.instances"
+        for p in metric.data.data_points
+    }
+    assert per_service == {"svc": 2}
+    assert "registry.cache.age" in values and "registry.watch.event_lag" in values
 
 
 def test_a_registry_dropped_without_close_stops_renewing(connector, etcd_server, namespace):
@@ -380,3 +390,37 @@ def test_register_many_wants_a_list(registry):
         registry.register_many(instance("one"))  # type: ignore[arg-type]
     registry.register_many([])
     assert registry.registered_ids() == []
+
+
+def test_list_services_counts_instances_per_service(registry, second_registry, etcd_server, namespace):
+    assert registry.list_services() == {}
+    registry.register_many([instance(f"a-{i}", name="alpha") for i in range(3)])
+    second_registry.register(instance("b-1", name="beta"))
+    etcd_server.etcdctl("put", f"{namespace}/beta/nested/deeper", "not an instance key")
+    assert registry.list_services() == {"alpha": 3, "beta": 1}
+
+
+def test_remove_deletes_any_instance(registry, second_registry, etcd_server, namespace):
+    second_registry.register(instance("theirs"))
+    registry.register(instance("mine"))
+    etcd_server.etcdctl("put", f"{namespace}/svc/stale", instance("stale").to_json())
+    assert registry.remove("svc", "stale") is True
+    assert registry.remove("svc", "stale") is False
+    assert registry.remove("svc", "mine") is True
+    assert registry.registered_ids() == []
+    assert registry.remove("svc", "theirs") is True  # its owner writes it back within its TTL
+    wait_until(lambda: f"{namespace}/svc/theirs" in etcd_keys(etcd_server, namespace), 10, "the owner to restore it")
+    with pytest.raises(gr.InvalidServiceInstanceError):
+        registry.remove("svc", "a/b")
+
+
+def test_service_stats_report_size_age_and_event_lag(registry, second_registry):
+    second_registry.register(instance("x"))
+    with registry.watch("svc") as watch:
+        assert watch.get(5).service.id == "x"
+        second_registry.register(instance("y"))
+        assert watch.get(5).service.id == "y"
+    stats = registry.service_stats()["svc"]
+    assert stats["instances"] == 2
+    assert 0 <= stats["age_s"] < 60
+    assert 0 < stats["event_lag_us"] <= stats["event_lag_max_us"]

@@ -243,6 +243,21 @@ class RegistryCore:
     def deregister_async(self, id: str) -> Awaitable[None]:
         """``deregister()`` as an awaitable."""
 
+    def list_services(self) -> list[tuple[str, int]]:
+        """Every service in the namespace with its instance count, sorted by name; blocks."""
+
+    def list_services_async(self) -> Awaitable[list[tuple[str, int]]]:
+        """``list_services()`` as an awaitable."""
+
+    def remove(self, name: str, id: str) -> bool:
+        """Delete any instance's key (deregister it if registered here); True if one was deleted."""
+
+    def remove_async(self, name: str, id: str) -> Awaitable[bool]:
+        """``remove()`` as an awaitable."""
+
+    def service_stats(self) -> list[tuple[str, int, float, int, int]]:
+        """Per watched service: (name, instances, age s, last event lag µs, max event lag µs)."""
+
     def registered_ids(self) -> list[str]:
         """The ids of the instances this registry keeps registered."""
 

@@ -89,20 +89,44 @@ METRICS: tuple[tuple[str, str, str, str, str], ...] = (
 )
 
 
+#: (metric name, unit, description, service_stats key, scale) of the per-service gauges;
+#: each observation carries the attribute ``service``.
+SERVICE_METRICS: tuple[tuple[str, str, str, str, float], ...] = (
+    ("registry.service.instances", "1", "Instances of a watched service", "instances", 1),
+    ("registry.cache.age", "s", "Time since etcd last confirmed a service's cached view", "age_s", 1),
+    ("registry.watch.event_lag", "ms", "How long the latest event waited before a watch read it", "event_lag_us", 1e-3),
+    ("registry.watch.event_lag.max", "ms", "The longest such wait so far", "event_lag_max_us", 1e-3),
+)
+
+
 class RegistryMetrics:
     """Creates the observable instruments on an OpenTelemetry ``Meter`` for one registry.
 
-    The instruments read ``stats()`` when the SDK collects; nothing is recorded on the hot path.
+    The instruments read ``stats()`` and ``service_stats()`` when the SDK collects; nothing is
+    recorded on the hot path.
     """
 
-    def __init__(self, meter: Any, stats: Callable[[], dict[str, int]], attributes: dict[str, str]) -> None:
+    def __init__(
+        self,
+        meter: Any,
+        stats: Callable[[], dict[str, int]],
+        service_stats: Callable[[], dict[str, dict[str, float]]],
+        attributes: dict[str, str],
+    ) -> None:
         from opentelemetry.metrics import CallbackOptions, Observation
-
-        self._stats = stats
 
         def callback_for(key: str) -> Callable[[CallbackOptions], Iterable[Observation]]:
             def observe(_options: CallbackOptions) -> Iterable[Observation]:
-                return [Observation(self._stats().get(key, 0), attributes)]
+                return [Observation(stats().get(key, 0), attributes)]
+
+            return observe
+
+        def per_service(key: str, scale: float) -> Callable[[CallbackOptions], Iterable[Observation]]:
+            def observe(_options: CallbackOptions) -> Iterable[Observation]:
+                return [
+                    Observation(figures[key] * scale, {**attributes, "service": name})
+                    for name, figures in service_stats().items()
+                ]
 
             return observe
 
@@ -110,3 +134,9 @@ class RegistryMetrics:
         for name, unit, description, key, kind in METRICS:
             create = meter.create_observable_counter if kind == "counter" else meter.create_observable_gauge
             self.instruments.append(create(name, callbacks=[callback_for(key)], unit=unit, description=description))
+        for name, unit, description, key, scale in SERVICE_METRICS:
+            self.instruments.append(
+                meter.create_observable_gauge(
+                    name, callbacks=[per_service(key, scale)], unit=unit, description=description
+                )
+            )

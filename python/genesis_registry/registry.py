@@ -61,7 +61,9 @@ class _RegistryBase:
         self._logger = logger if logger is not None else logging.getLogger("genesis_registry")
         connector._route_logs(self._core.id, self._logger)
         self._metrics = (
-            RegistryMetrics(meter, self.stats, {"namespace": self._core.namespace}) if meter is not None else None
+            RegistryMetrics(meter, self.stats, self.service_stats, {"namespace": self._core.namespace})
+            if meter is not None
+            else None
         )
         lifecycle.track(self)
 
@@ -90,6 +92,20 @@ class _RegistryBase:
     def registered_ids(self) -> list[str]:
         """Ids of the instances this registry keeps registered, sorted."""
         return self._core.registered_ids()
+
+    def service_stats(self) -> dict[str, dict[str, float]]:
+        """Per service this registry watches: ``instances``, ``age_s`` (time since etcd last
+        confirmed the cached view current), ``event_lag_us`` and ``event_lag_max_us`` (how long
+        the latest event, and the slowest one, waited between arriving and being read by a
+        watch).
+
+        >>> reg.service_stats()["user-service"]["instances"]  # doctest: +SKIP
+        3
+        """
+        return {
+            name: {"instances": n, "age_s": age, "event_lag_us": lag, "event_lag_max_us": lag_max}
+            for name, n, age, lag, lag_max in self._core.service_stats()
+        }
 
     def stats(self) -> dict[str, int]:
         """Counters and gauges as a plain dict (registrations, lease_failures, watch_events...).
@@ -149,6 +165,24 @@ class Registry(_RegistryBase):
         ...              endpoints=["grpc://127.0.0.1:9001"]), ttl=30)  # doctest: +SKIP
         """
         self._core.register(self._instance(instance), self._ttl(ttl))
+
+    def list_services(self) -> dict[str, int]:
+        """Every service in the namespace with its number of instances, sorted by name.
+
+        >>> reg.list_services()  # doctest: +SKIP
+        {'order-service': 2, 'user-service': 3}
+        """
+        return dict(self._core.list_services())
+
+    def remove(self, name: str, instance_id: str) -> bool:
+        """Delete the key of any instance of service ``name``, registered here or elsewhere
+        (an operator's tool: a live owner elsewhere writes its key back within its TTL). An
+        instance this registry registered is deregistered. True if a key was deleted.
+
+        >>> reg.remove("user-service", "stale-1")  # doctest: +SKIP
+        True
+        """
+        return self._core.remove(name, instance_id)
 
     def register_many(self, instances: Iterable[ServiceInstance], ttl: Seconds | None = None) -> None:
         """Register many instances with one TTL at once (a transaction per 100 of them),
@@ -232,6 +266,14 @@ class AsyncRegistry(_RegistryBase):
     async def register(self, instance: ServiceInstance, ttl: Seconds | None = None) -> None:
         """See :meth:`Registry.register`."""
         await self._core.register_async(self._instance(instance), self._ttl(ttl))
+
+    async def list_services(self) -> dict[str, int]:
+        """See :meth:`Registry.list_services`."""
+        return dict(await self._core.list_services_async())
+
+    async def remove(self, name: str, instance_id: str) -> bool:
+        """See :meth:`Registry.remove`."""
+        return await self._core.remove_async(name, instance_id)
 
     async def register_many(self, instances: Iterable[ServiceInstance], ttl: Seconds | None = None) -> None:
         """See :meth:`Registry.register_many`."""

@@ -211,6 +211,40 @@ impl PyRegistry {
         runtime::into_awaitable(py, async move { core.deregister(&id).await })
     }
 
+    /// Every service in the namespace with its instance count, sorted by name.
+    fn list_services(&self, py: Python<'_>) -> PyResult<Vec<(String, u64)>> {
+        let core = self.check()?.clone();
+        runtime::block_on(py, async move { core.list_services().await })?.into_py_result()
+    }
+
+    fn list_services_async<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let core = self.check()?.clone();
+        runtime::into_awaitable(py, async move { core.list_services().await })
+    }
+
+    /// Deletes any instance's key (deregisters it if this registry registered it).
+    fn remove(&self, py: Python<'_>, name: String, id: String) -> PyResult<bool> {
+        let core = self.check()?.clone();
+        runtime::block_on(py, async move { core.remove(&name, &id).await })?.into_py_result()
+    }
+
+    fn remove_async<'py>(&self, py: Python<'py>, name: String, id: String) -> PyResult<Bound<'py, PyAny>> {
+        let core = self.check()?.clone();
+        runtime::into_awaitable(py, async move { core.remove(&name, &id).await })
+    }
+
+    /// Per watched service: (name, instances, age in seconds, last event lag in µs, max lag in µs).
+    fn service_stats(&self) -> Vec<(String, usize, f64, u64, u64)> {
+        self.core
+            .service_stats()
+            .into_iter()
+            .map(|s| {
+                let lag_last = s.event_lag_last.as_micros() as u64;
+                (s.name, s.instances, s.age.as_secs_f64(), lag_last, s.event_lag_max.as_micros() as u64)
+            })
+            .collect()
+    }
+
     fn registered_ids(&self) -> Vec<String> {
         self.core.registered_ids()
     }

@@ -12,6 +12,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use tokio::sync::Notify;
@@ -122,6 +123,28 @@ pub struct ServiceCache {
     /// Why the last read failed, for callers waiting on the first snapshot.
     last_error: Mutex<Option<crate::Error>>,
     subscribers: Mutex<Vec<Arc<Subscriber>>>,
+    /// When etcd last confirmed this view current (an event, a read, a progress
+    /// notification): milliseconds since the Unix epoch.
+    confirmed_at_ms: AtomicU64,
+    /// How long the latest event waited between arriving and being read by a
+    /// subscriber, and the longest such wait, in microseconds.
+    lag_last_us: AtomicU64,
+    lag_max_us: AtomicU64,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Figures about one cached service, for stats and metrics.
+#[derive(Debug, Clone)]
+pub struct CacheStats {
+    pub name: String,
+    pub instances: usize,
+    /// Time since etcd last confirmed the view current.
+    pub age: Duration,
+    pub event_lag_last: Duration,
+    pub event_lag_max: Duration,
 }
 
 impl std::fmt::Debug for ServiceCache {
@@ -149,7 +172,32 @@ impl ServiceCache {
             ready_notify: Notify::new(),
             last_error: Mutex::new(None),
             subscribers: Mutex::new(Vec::new()),
+            confirmed_at_ms: AtomicU64::new(0),
+            lag_last_us: AtomicU64::new(0),
+            lag_max_us: AtomicU64::new(0),
         })
+    }
+
+    /// etcd confirmed that nothing changed up to now (a progress notification).
+    pub(crate) fn touch(&self) {
+        self.confirmed_at_ms.store(now_ms(), Ordering::Relaxed);
+    }
+
+    fn record_lag(&self, lag: Duration) {
+        let us = lag.as_micros() as u64;
+        self.lag_last_us.store(us, Ordering::Relaxed);
+        self.lag_max_us.fetch_max(us, Ordering::Relaxed);
+    }
+
+    pub fn stats(&self) -> CacheStats {
+        let confirmed = self.confirmed_at_ms.load(Ordering::Relaxed);
+        CacheStats {
+            name: self.name.clone(),
+            instances: self.load().instances.len(),
+            age: Duration::from_millis(now_ms().saturating_sub(confirmed)),
+            event_lag_last: Duration::from_micros(self.lag_last_us.load(Ordering::Relaxed)),
+            event_lag_max: Duration::from_micros(self.lag_max_us.load(Ordering::Relaxed)),
+        }
     }
 
     pub fn name(&self) -> &str {
@@ -199,6 +247,7 @@ impl ServiceCache {
     pub(crate) fn publish(&self, position: Position, instances: Vec<Arc<ServiceInstance>>, events: &[Event]) {
         let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
         self.snapshot.store(Arc::new(Snapshot { position, generation, instances }));
+        self.touch();
         if !self.ready.swap(true, Ordering::AcqRel) {
             self.ready_notify.notify_waiters();
         }
@@ -253,8 +302,8 @@ impl ServiceCache {
 struct SubscriberState {
     /// Diff events of the last resync; delivered before anything in `queue`.
     resync: VecDeque<Event>,
-    /// Live events from the hub, with the position of their batch.
-    queue: VecDeque<(Position, Event)>,
+    /// Live events from the hub, with the position of their batch and when they came.
+    queue: VecDeque<(Position, Event, Instant)>,
     lagged: bool,
     /// Live events at or before this position are already reflected by the last resync.
     resynced_at: Position,
@@ -289,7 +338,8 @@ impl Subscriber {
                 state.lagged = true;
                 state.overflows += 1;
             } else {
-                state.queue.extend(events.iter().map(|e| (position, e.clone())));
+                let now = Instant::now();
+                state.queue.extend(events.iter().map(|e| (position, e.clone(), now)));
             }
         }
         self.notify.notify_waiters();
@@ -312,8 +362,9 @@ impl Subscriber {
         let event = match state.resync.pop_front() {
             Some(event) => event,
             None => loop {
-                let (position, event) = state.queue.pop_front()?;
+                let (position, event, arrived) = state.queue.pop_front()?;
                 if position > state.resynced_at {
+                    self.cache.record_lag(arrived.elapsed());
                     break event;
                 }
             },

@@ -21,7 +21,7 @@ pub mod registry;
 pub mod stats;
 pub mod watch;
 
-pub use cache::{Event, EventKind, ServiceCache, Snapshot, Subscriber};
+pub use cache::{CacheStats, Event, EventKind, ServiceCache, Snapshot, Subscriber};
 pub use connector::{Connector, ConnectorConfig, TlsConfig};
 pub use error::{Error, Result};
 pub use instance::ServiceInstance;

@@ -440,6 +440,80 @@ impl Registry {
         Ok(cache)
     }
 
+    /// Every service in the namespace with its number of instances, sorted by name
+    /// (a keys-only read of the namespace, a page at a time).
+    pub async fn list_services(&self) -> Result<Vec<(String, u64)>> {
+        self.check_open()?;
+        let prefix = format!("{}/", self.inner.namespace);
+        let end = {
+            let mut end = prefix.clone().into_bytes();
+            *end.last_mut().expect("non-empty") += 1;
+            end
+        };
+        let mut counts: std::collections::BTreeMap<String, u64> = std::collections::BTreeMap::new();
+        let mut from = prefix.clone().into_bytes();
+        let mut revision = 0;
+        loop {
+            let mut options =
+                etcd_client::GetOptions::new().with_range(end.clone()).with_keys_only().with_limit(1000);
+            if revision > 0 {
+                options = options.with_revision(revision);
+            }
+            let response = self
+                .unless_closed(self.inner.access.call("list services", |mut c| {
+                    let (from, options) = (from.clone(), options.clone());
+                    async move { c.get(from, Some(options)).await }
+                }))
+                .await?;
+            if revision == 0 {
+                revision = response.header().map_or(0, |h| h.revision());
+            }
+            for kv in response.kvs() {
+                let Ok(key) = std::str::from_utf8(kv.key()) else { continue };
+                let Some((name, id)) = key[prefix.len()..].split_once('/') else { continue };
+                if !name.is_empty() && !id.is_empty() && !id.contains('/') {
+                    *counts.entry(name.to_string()).or_insert(0) += 1;
+                }
+            }
+            match (response.more(), response.kvs().last()) {
+                (true, Some(last)) => {
+                    from = last.key().to_vec();
+                    from.push(0);
+                }
+                _ => return Ok(counts.into_iter().collect()),
+            }
+        }
+    }
+
+    /// Deletes the key of any instance of service `name`, registered here or not (an
+    /// operator's tool: a live owner elsewhere writes its key back within its TTL). An
+    /// instance this registry registered is deregistered. True if a key was deleted.
+    pub async fn remove(&self, name: &str, id: &str) -> Result<bool> {
+        self.check_open()?;
+        validate_segment("service name", name)?;
+        validate_segment("id", id)?;
+        let key = self.key_of(name, id);
+        let ours = lock(&self.inner.registrations).get(id).is_some_and(|r| r.key == key && r.registered);
+        if ours {
+            self.deregister(id).await?;
+            return Ok(true);
+        }
+        let deleted = self
+            .unless_closed(self.inner.access.call("delete instance", |mut c| {
+                let key = key.clone();
+                async move { c.delete(key, None).await }
+            }))
+            .await?;
+        Ok(deleted.deleted() > 0)
+    }
+
+    /// Figures about every service this registry watches, sorted by name.
+    pub fn service_stats(&self) -> Vec<crate::cache::CacheStats> {
+        let mut stats: Vec<_> = lock(&self.inner.services).values().map(|c| c.stats()).collect();
+        stats.sort_by(|a, b| a.name.cmp(&b.name));
+        stats
+    }
+
     /// The cache of service `name` if this registry already read it; never waits.
     pub fn ready_service(&self, name: &str) -> Option<Arc<ServiceCache>> {
         lock(&self.inner.services).get(name).filter(|c| c.is_ready()).cloned()

@@ -671,6 +671,7 @@ impl HubTask {
                 if let Some(w) = self.watched.get_mut(&prefix) {
                     if matches!(w.phase, Phase::Watching { .. }) {
                         w.revision = w.revision.max(header.revision);
+                        w.cache.touch();
                     }
                 }
             }
@@ -718,7 +719,9 @@ impl HubTask {
             }
         }
         watched.revision = revision;
-        if !events.is_empty() {
+        if events.is_empty() {
+            watched.cache.touch();
+        } else {
             let position = Position { epoch, revision };
             watched.cache.publish(position, watched.instances.values().cloned().collect(), &events);
         }

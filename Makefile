@@ -1,7 +1,8 @@
 # Set-up and checks in one command each, on a fresh machine (Debian/Ubuntu with Rust and
 # Python 3.10+):
 #   make demo   install, start a local etcd, run a short registry demo, stop everything
-#   make test   install, run the Rust unit tests and the whole pytest suite on a real etcd
+#   make test   install, check formatting/lints/types, run the Rust unit tests, the whole
+#               pytest suite on a real etcd, and a smoke run of the benchmarks
 # Compiled Rust dependencies are kept outside the clone, so later runs are quick.
 
 PYTHON ?= python3
@@ -15,7 +16,7 @@ STAMP := $(VENV)/.installed
 demo: install
 	$(PY) -m genesis_registry.demo
 
-test: install rust-test py-test bench-smoke
+test: install lint rust-test py-test bench-smoke
 
 install: $(STAMP)
 
@@ -29,8 +30,16 @@ $(STAMP): pyproject.toml Cargo.toml Cargo.lock $(shell find rust python -name '*
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "maturin>=1.9.4,<2"
-	$(VENV)/bin/maturin develop --release --extras test,bench -q
+	$(VENV)/bin/maturin develop --release --extras test,bench,dev -q
 	touch $(STAMP)
+
+# Formatting, lints and types, Rust and Python.
+lint: install
+	cargo fmt --all --check
+	cargo clippy --all-targets -p genesis-registry-core -p genesis-registry -- -D warnings
+	$(VENV)/bin/ruff check python tests benches
+	$(VENV)/bin/ruff format --check python tests benches
+	$(VENV)/bin/mypy
 
 rust-test:
 	cargo test --release -p genesis-registry-core

@@ -97,6 +97,10 @@ def test_auth_right_and_wrong_password(own_etcd, namespace):
     assert "wrong-pw" not in str(info.value)
     assert "password" in str(info.value)
     bad.close()
+    # Without credentials the cluster answers, but refuses every read: an authentication error.
+    with gr.EtcdConnector(gr.EtcdConfig(endpoints=own_etcd.endpoints)) as anonymous:
+        with pytest.raises(gr.AuthenticationError, match="no user name"):
+            gr.Registry(anonymous, gr.Config(namespace=namespace)).get_service("svc")
 
 
 def test_expired_auth_tokens_are_refreshed_for_calls_and_watches(namespace):

@@ -222,12 +222,17 @@ impl ServiceCache {
         self.ready.load(Ordering::Acquire)
     }
 
-    /// Waits until the first snapshot is published.
-    pub async fn wait_ready(&self) {
+    /// Waits until the first snapshot is published, or until etcd refuses the read for want
+    /// of credentials or permission: waiting longer would not help that caller, so the error
+    /// is returned (the read goes on retrying, in case permissions change).
+    pub async fn wait_ready(&self) -> crate::Result<()> {
         loop {
             let notified = self.ready_notify.notified();
             if self.is_ready() {
-                return;
+                return Ok(());
+            }
+            if let Some(refused @ crate::Error::Authentication(_)) = self.last_error() {
+                return Err(refused);
             }
             notified.await;
         }
@@ -238,7 +243,11 @@ impl ServiceCache {
     }
 
     pub(crate) fn set_last_error(&self, error: Option<crate::Error>) {
+        let refused = matches!(error, Some(crate::Error::Authentication(_)));
         *lock(&self.last_error) = error;
+        if refused {
+            self.ready_notify.notify_waiters();
+        }
     }
 
     /// Publishes a new snapshot, then gives `events` to every subscriber. Only the watch
@@ -520,6 +529,23 @@ mod tests {
         }
         let expected: Vec<String> = state.iter().map(|i| i.id.clone()).collect();
         assert_eq!(view.keys().cloned().collect::<Vec<_>>(), expected);
+    }
+
+    #[tokio::test]
+    async fn waiting_for_the_first_view_ends_on_a_refusal_but_not_on_an_outage() {
+        let cache = ServiceCache::new("svc", "/ns/svc/");
+        cache.set_last_error(Some(crate::Error::Unavailable("no leader".into())));
+        let waiting = tokio::time::timeout(std::time::Duration::from_millis(50), cache.wait_ready());
+        assert!(waiting.await.is_err(), "an outage keeps the caller waiting");
+        let waiter = {
+            let cache = Arc::clone(&cache);
+            tokio::spawn(async move { cache.wait_ready().await })
+        };
+        tokio::task::yield_now().await;
+        cache.set_last_error(Some(crate::Error::Authentication("user name is empty".into())));
+        assert!(matches!(waiter.await.unwrap(), Err(crate::Error::Authentication(_))));
+        cache.publish(pos(1), vec![inst("a", "1")], &[]);
+        assert!(cache.wait_ready().await.is_ok());
     }
 
     #[test]

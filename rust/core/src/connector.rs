@@ -257,6 +257,11 @@ pub(crate) fn classify(err: etcd_client::Error, what: &str) -> Error {
                 _ if msg.contains("too many requests") => {
                     Error::Unavailable(format!("{what}: etcd is overloaded: {msg}"))
                 }
+                // Matched on the message whatever the code: an arm limited to InvalidArgument
+                // missed it on the read behind a first get_service.
+                _ if msg.contains("user name is empty") => Error::Authentication(format!(
+                    "{what}: etcd requires authentication but no user name was given (set username and password)"
+                )),
                 Code::Unknown | Code::Internal if is_transport_message(msg) => {
                     Error::Unavailable(format!("{what}: etcd unavailable: {}", describe_status(&status)))
                 }
@@ -564,6 +569,9 @@ mod tests {
             "connect",
         );
         assert!(matches!(auth, Error::Authentication(_)));
+        let anonymous =
+            classify(tonic::Status::invalid_argument("etcdserver: user name is empty").into(), "list");
+        assert!(matches!(anonymous, Error::Authentication(ref m) if m.contains("no user name")));
         let lease = classify(tonic::Status::not_found("etcdserver: requested lease not found").into(), "put");
         assert!(matches!(lease, Error::LeaseExpired(_)));
         let denied =

@@ -429,11 +429,11 @@ impl Registry {
         }
         let timeout = self.inner.access.request_timeout;
         let ready = self.unless_closed(async {
-            tokio::time::timeout(timeout, cache.wait_ready()).await.map_err(|_| {
+            tokio::time::timeout(timeout, cache.wait_ready()).await.unwrap_or_else(|_| {
                 let cause = cache.last_error().map(|e| format!(": {e}")).unwrap_or_default();
-                Error::Unavailable(format!(
+                Err(Error::Unavailable(format!(
                     "could not read service {name:?} from etcd within {timeout:?}{cause}"
-                ))
+                )))
             })
         });
         ready.await?;

@@ -1,5 +1,6 @@
-"""Fixtures for the suite: a real etcd (from genesis_registry.testing), connectors and
-registries on it, each test in its own namespace."""
+"""Fixtures for the suite: a real etcd, connectors and registries on it, each test in its own
+namespace. The plugin genesis_registry.testing provides etcd_server, etcd_endpoints,
+registry_namespace, registry and async_registry; the names below are the suite's own."""
 
 from __future__ import annotations
 
@@ -7,8 +8,7 @@ import asyncio
 import inspect
 import json
 import time
-import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import genesis_registry as gr
@@ -53,9 +53,10 @@ def instance(id: str, name: str = "svc", port: int = 9000, **kw: Any) -> gr.Serv
 
 
 @pytest.fixture
-def namespace() -> str:
-    """A namespace no other test uses, so tests never see each other's keys."""
-    return f"/test/{uuid.uuid4().hex[:12]}"
+def namespace(registry_namespace: str) -> str:
+    """A namespace no other test uses, so tests never see each other's keys: the plugin's
+    ``registry_namespace``, the one its ``registry`` and ``async_registry`` use."""
+    return registry_namespace
 
 
 def make_connector(endpoints: list[str], **kw: Any) -> gr.EtcdConnector:
@@ -73,13 +74,6 @@ def connector(etcd_endpoints: list[str]) -> Iterator[gr.EtcdConnector]:
 
 
 @pytest.fixture
-def registry(connector: gr.EtcdConnector, namespace: str) -> Iterator[gr.Registry]:
-    reg = gr.Registry(connector, gr.Config(namespace=namespace, default_ttl=5, retry_interval=0.1))
-    yield reg
-    reg.close()
-
-
-@pytest.fixture
 def second_registry(etcd_endpoints: list[str], namespace: str) -> Iterator[gr.Registry]:
     """A registry on its own connector (another client), same namespace."""
     conn = make_connector(etcd_endpoints)
@@ -90,14 +84,9 @@ def second_registry(etcd_endpoints: list[str], namespace: str) -> Iterator[gr.Re
 
 
 @pytest.fixture
-async def areg(etcd_endpoints: list[str], namespace: str) -> AsyncIterator[gr.AsyncRegistry]:
-    """An AsyncRegistry on its own connector, in this test's namespace."""
-    conn = gr.EtcdConnector(gr.EtcdConfig(endpoints=etcd_endpoints))
-    await conn.aconnect()
-    reg = gr.AsyncRegistry(conn, gr.Config(namespace=namespace, default_ttl=5, retry_interval=0.1))
-    yield reg
-    await reg.close()
-    conn.close()
+def areg(async_registry: gr.AsyncRegistry) -> gr.AsyncRegistry:
+    """The plugin's ``async_registry``: an AsyncRegistry on its own connector, in this test's namespace."""
+    return async_registry
 
 
 async def await_until(predicate: Callable[[], Any], timeout: float = 10.0, message: str = "condition") -> Any:

@@ -9,7 +9,6 @@ import json
 import os
 import pathlib
 import pty
-import random
 import re
 import select
 import shutil
@@ -17,28 +16,19 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import genesis_registry as gr
 import pytest
+from cli_process import CLI, Child, child_env, free_ports
 from conftest import etcd_keys, instance, make_connector
 from genesis_registry.testing import EtcdServer, find_etcdctl_binary
 
-CLI = [sys.executable, "-m", "genesis_registry"]
 ERROR_PREFIX = "genesis-registry: error: "
 #: In argument lists of parametrized tests: "--endpoints <the test etcd>".
 ETCD = "@etcd"
-
-
-def child_env(**extra: str) -> dict[str, str]:
-    """The environment of a child: no etcd settings inherited from ours, unbuffered output."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GENESIS_ETCD_")}
-    env["PYTHONUNBUFFERED"] = "1"
-    env.update(extra)
-    return env
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -94,103 +84,6 @@ def processes_mentioning(text: str) -> list[str]:
         return []
     found = subprocess.run(["pgrep", "-af", text], capture_output=True, text=True)
     return [line for line in found.stdout.splitlines() if str(os.getpid()) != line.split()[0]]
-
-
-def _ephemeral_low() -> int:
-    try:
-        return int(pathlib.Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 32768
-
-
-def free_ports(count: int) -> int:
-    """The first of ``count`` consecutive free loopback ports, below the ephemeral range, where
-    no outgoing connection can take one of them between this check and their use."""
-    top = min(_ephemeral_low(), 65536) - count
-    for _ in range(200):
-        base = random.randrange(10000, max(top, 10001))
-        held: list[socket.socket] = []
-        try:
-            for port in range(base, base + count):
-                sock = socket.socket()
-                held.append(sock)
-                sock.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        finally:
-            for sock in held:
-                sock.close()
-        return base
-    raise RuntimeError(f"no {count} consecutive free ports")
-
-
-class Child:
-    """The command running in a child process; its stdout is read line by line, each read with
-    a deadline (a test never sleeps to synchronise)."""
-
-    def __init__(self, *args: str, env: dict[str, str] | None = None, **popen: Any) -> None:
-        self._stderr = tempfile.TemporaryFile()
-        popen.setdefault("stdin", subprocess.DEVNULL)
-        self.proc = subprocess.Popen(
-            [*CLI, *args],
-            stdout=subprocess.PIPE,
-            stderr=self._stderr,
-            env=env if env is not None else child_env(),
-            **popen,
-        )
-        self._buffer = b""
-        self.lines: list[str] = []
-
-    def readline(self, timeout: float = 20.0) -> str:
-        assert self.proc.stdout is not None
-        fd = self.proc.stdout.fileno()
-        deadline = time.monotonic() + timeout
-        while b"\n" not in self._buffer:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise AssertionError(f"no line within {timeout}s; read so far {self.lines}; stderr: {self.stderr}")
-            if not select.select([fd], [], [], remaining)[0]:
-                continue
-            chunk = os.read(fd, 65536)
-            if not chunk:
-                code = self.proc.wait(10)
-                raise AssertionError(f"exited with {code} after {self.lines}{self._buffer!r}; stderr: {self.stderr}")
-            self._buffer += chunk
-        raw, self._buffer = self._buffer.split(b"\n", 1)
-        line = raw.decode()
-        self.lines.append(line)
-        return line
-
-    def read_until(self, predicate: Callable[[str], bool], timeout: float = 20.0) -> str:
-        deadline = time.monotonic() + timeout
-        while True:
-            line = self.readline(max(0.01, deadline - time.monotonic()))
-            if predicate(line):
-                return line
-
-    def stop(self, sig: int = signal.SIGINT, timeout: float = 30.0) -> tuple[int, list[str]]:
-        """Send ``sig``; return the exit code and the stdout lines printed after those read."""
-        self.proc.send_signal(sig)
-        out, _ = self.proc.communicate(timeout=timeout)
-        rest = (self._buffer + out).decode().splitlines()
-        self._buffer = b""
-        self.lines += rest
-        return self.proc.returncode, rest
-
-    @property
-    def stderr(self) -> str:
-        try:
-            return os.pread(self._stderr.fileno(), 1 << 20, 0).decode(errors="replace")
-        except (OSError, ValueError):
-            return ""
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-        self._stderr.close()
 
 
 @pytest.fixture

@@ -1,6 +1,7 @@
 # Set-up and checks in one command each, on a fresh machine (Debian/Ubuntu with Rust and
 # Python 3.10+):
-#   make demo   install, start a local etcd, run a short registry demo, stop everything
+#   make demo   install, then genesis-registry demo: a local etcd, three gRPC servers, a
+#               balanced client while servers come and go; stops everything
 #   make test   install, check formatting/lints/types, run the Rust unit tests, the whole
 #               pytest suite on a real etcd, and a smoke run of the benchmarks
 # Compiled Rust dependencies are kept outside the clone, so later runs are quick.
@@ -14,7 +15,7 @@ STAMP := $(VENV)/.installed
 .PHONY: demo test install rust-test py-test bench bench-smoke lint clean
 
 demo: install
-	$(PY) -m genesis_registry.demo
+	$(VENV)/bin/genesis-registry demo
 
 test: install lint rust-test py-test bench-smoke
 

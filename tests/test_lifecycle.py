@@ -142,11 +142,12 @@ def test_ctrl_c_interrupts_a_blocked_watch(etcd_endpoints, etcd_server, namespac
     script = (
         PRELUDE
         + """
-import sys
-print("ready", flush=True)
 try:
-    for _ in reg.watch("nothing-happens-here"):
-        pass
+    # "ready" once the watch delivered the current instance: from then on it blocks for the
+    # next event, which never comes. Printed inside the try, so that a signal arriving
+    # before the block is reached still lands in the handler.
+    for event in reg.watch("svc"):
+        print("ready", event.service.id, flush=True)
 except KeyboardInterrupt:
     print("interrupted", flush=True)
 """
@@ -156,7 +157,7 @@ except KeyboardInterrupt:
         [PYTHON, "-c", textwrap.dedent(script)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     assert child.stdout is not None
-    assert child.stdout.readline().strip() == "ready"
+    assert child.stdout.readline().strip() == "ready child"
     child.send_signal(signal.SIGINT)
     out, err = child.communicate(timeout=30)
     assert child.returncode == 0, err

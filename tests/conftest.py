@@ -15,6 +15,7 @@ import genesis_registry as gr
 import pytest
 from echo import EchoServer
 from genesis_registry.testing import EtcdServer
+from scenario import SCENARIOS, Scenario, write_report
 
 T = TypeVar("T")
 
@@ -117,3 +118,31 @@ def own_etcd() -> Iterator[EtcdServer]:
     """An etcd of this test's own, free to kill, restart and wipe."""
     with EtcdServer() as server:
         yield server
+
+
+@pytest.fixture
+def scenario(request: pytest.FixtureRequest) -> Iterator[Scenario]:
+    """The record of a reliability scenario (see tests/scenario.py), printed at the end of the run."""
+    record = Scenario(request.node.nodeid)
+    SCENARIOS.append(record)
+    yield record
+    report = getattr(request.node, "rep_call", None)
+    record.outcome = report.outcome if report is not None else "error in setup"
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    report = yield
+    if report.when == "call":
+        item.rep_call = report  # type: ignore[attr-defined]
+    return report
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if not SCENARIOS:
+        return
+    terminalreporter.section("reliability scenarios: what was injected, what was checked")
+    for record in SCENARIOS:
+        for line in record.lines():
+            terminalreporter.write_line(line)
+    write_report()

@@ -246,6 +246,9 @@ impl EtcdAccess {
 /// Maps an etcd-client error onto the core's error enum, naming the operation.
 pub(crate) fn classify(err: etcd_client::Error, what: &str) -> Error {
     use tonic::Code;
+    if let Some(refused) = certificate_failure(&err, what) {
+        return refused;
+    }
     match err {
         etcd_client::Error::GRpcStatus(status) => {
             let msg = status.message();
@@ -299,6 +302,44 @@ pub(crate) fn classify(err: etcd_client::Error, what: &str) -> Error {
         }
         other => Error::Etcd(format!("{what}: {}", error_chain(&other))),
     }
+}
+
+/// A TLS handshake that failed over a certificate, as an authentication error.
+///
+/// etcd-client reports these as an unavailable channel, which the retry loops would
+/// retry until the dial timeout; but an untrusted server certificate, a name it does
+/// not cover, or a client certificate etcd refuses stay so on every attempt. Failing
+/// at once, with the cause and what to check, beats a timeout that hides it.
+fn certificate_failure(err: &etcd_client::Error, what: &str) -> Option<Error> {
+    let text = match err {
+        etcd_client::Error::GRpcStatus(status) => describe_status(status),
+        etcd_client::Error::TransportError(e) => error_chain(e),
+        _ => return None,
+    };
+    let cause = text.split(": transport error").next().unwrap_or(&text);
+    let hint = if text.contains("invalid peer certificate") {
+        if text.contains("not valid for name") {
+            "etcd's certificate does not cover the name it was reached by (set server_name to a name it covers)"
+        } else {
+            "etcd's certificate is not trusted (check the CA file: it must have signed etcd's certificate)"
+        }
+    } else if text.contains("received fatal alert: CertificateRequired")
+        || (text.contains("received fatal alert:")
+            && [
+                "BadCertificate",
+                "UnknownCA",
+                "UnsupportedCertificate",
+                "CertificateUnknown",
+                "AccessDenied",
+            ]
+            .iter()
+            .any(|alert| text.contains(alert)))
+    {
+        "etcd refused the client certificate, or wanted one and got none (set cert_file and key_file to a certificate its CA signed)"
+    } else {
+        return None;
+    };
+    Some(Error::Authentication(format!("{what}: TLS handshake with etcd failed: {hint}: {cause}")))
 }
 
 fn is_transport_message(msg: &str) -> bool {
@@ -517,6 +558,9 @@ fn unreachable_error(err: Error, endpoints: &str, budget: Duration) -> Error {
         Error::Unavailable(m) => Error::Unavailable(format!(
             "etcd at {endpoints} did not answer within the dial timeout ({budget:?}): {m}"
         )),
+        Error::Authentication(m) if m.contains("TLS handshake") => {
+            Error::Authentication(format!("etcd at {endpoints}: {m}"))
+        }
         other => other,
     }
 }
@@ -577,5 +621,33 @@ mod tests {
         let denied =
             classify(tonic::Status::permission_denied("etcdserver: permission denied").into(), "put");
         assert!(matches!(denied, Error::Authentication(ref m) if m.contains("permission denied")));
+    }
+
+    #[test]
+    fn certificate_failures_are_not_retried() {
+        let untrusted =
+            classify(tonic::Status::unavailable("invalid peer certificate: UnknownIssuer").into(), "connect");
+        assert!(
+            matches!(untrusted, Error::Authentication(ref m) if m.contains("not trusted") && m.contains("UnknownIssuer")),
+            "{untrusted}"
+        );
+        assert!(!untrusted.is_retryable());
+        let name = classify(
+            tonic::Status::unavailable(
+                "invalid peer certificate: certificate not valid for name \"x\"; certificate is only valid for ...",
+            )
+            .into(),
+            "connect",
+        );
+        assert!(matches!(name, Error::Authentication(ref m) if m.contains("server_name")), "{name}");
+        let refused =
+            classify(tonic::Status::unavailable("received fatal alert: BadCertificate").into(), "connect");
+        assert!(
+            matches!(refused, Error::Authentication(ref m) if m.contains("client certificate")),
+            "{refused}"
+        );
+        // A handshake cut short is not a certificate problem: it may be a member restarting.
+        let eof = classify(tonic::Status::unavailable("tls handshake eof").into(), "connect");
+        assert!(eof.is_retryable(), "{eof}");
     }
 }

@@ -489,7 +489,7 @@ impl Connector {
                 Err(_) => last_error.unwrap_or_else(|| Error::Unavailable("connect: timed out".into())),
             };
             if !err.is_retryable() || Instant::now() + Duration::from_millis(50) >= deadline {
-                return Err(unreachable_error(err, &endpoints_text, budget));
+                return Err(naming_the_user(unreachable_error(err, &endpoints_text, budget), config));
             }
             last_error = Some(err);
             tokio::select! {
@@ -517,7 +517,7 @@ impl Connector {
             Ok(_) => {}
             // The cluster answered; this user may just not be allowed to ask for status.
             Err(Error::Authentication(m)) if m.contains("permission denied") => {}
-            Err(e) => return Err(unreachable_error(e, &endpoints_text, budget)),
+            Err(e) => return Err(naming_the_user(unreachable_error(e, &endpoints_text, budget), config)),
         }
         shared.access.store(Some(Arc::new(access)));
         Ok(())
@@ -550,6 +550,17 @@ impl Connector {
         self.shared.closed.cancel();
         self.shared.access.store(None);
         self.shared.log.close();
+    }
+}
+
+/// Credentials refused at connect: say whose, since the cause is usually the wrong user or
+/// password in a deployment's configuration (the password itself is never shown).
+fn naming_the_user(err: Error, config: &ConnectorConfig) -> Error {
+    match (err, &config.username) {
+        (Error::Authentication(m), Some(user)) if m.contains("user name or password") => {
+            Error::Authentication(format!("{m} (user {user:?})"))
+        }
+        (other, _) => other,
     }
 }
 
@@ -621,6 +632,22 @@ mod tests {
         let denied =
             classify(tonic::Status::permission_denied("etcdserver: permission denied").into(), "put");
         assert!(matches!(denied, Error::Authentication(ref m) if m.contains("permission denied")));
+    }
+
+    #[test]
+    fn refused_credentials_name_the_user_not_the_password() {
+        let mut c = config(&["h:1"]);
+        c.username = Some("app".into());
+        c.password = Some("s3cret".into());
+        let refused = classify(
+            tonic::Status::invalid_argument("etcdserver: authentication failed, invalid user ID or password")
+                .into(),
+            "connect",
+        );
+        let named = naming_the_user(refused, &c).to_string();
+        assert!(named.contains("\"app\"") && !named.contains("s3cret"), "{named}");
+        let denied = Error::Authentication("put: permission denied by etcd".into());
+        assert_eq!(naming_the_user(denied.clone(), &c), denied);
     }
 
     #[test]

@@ -333,7 +333,19 @@ impl Registry {
                 }
             }
             drop(guards);
-            let lease_id = attached?;
+            let lease_id = attached.map_err(|e| match (e, instances.as_slice()) {
+                // etcd's "permission denied" names no key; a role is a key prefix, so the
+                // key is what tells the user which permission is missing.
+                (Error::Authentication(m), [one]) => {
+                    Error::Authentication(format!("cannot register {}: {m}", this.key_of(&one.name, &one.id)))
+                }
+                (Error::Authentication(m), [first, ..]) => Error::Authentication(format!(
+                    "cannot register {} instances (the first at {}): {m}",
+                    instances.len(),
+                    this.key_of(&first.name, &first.id)
+                )),
+                (other, _) => other,
+            })?;
             let count = instances.len() as u64;
             this.inner.stats.registrations.add(count);
             this.inner.stats.registered.add(count);

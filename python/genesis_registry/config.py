@@ -168,6 +168,12 @@ class Config:
     ) -> None:
         if not isinstance(namespace, str):
             raise InvalidConfigError(f"namespace must be a str, not {type(namespace).__name__} ({namespace!r})")
+        try:
+            namespace.encode()
+        except UnicodeEncodeError:
+            raise InvalidConfigError(
+                f"namespace must be valid Unicode text (got {namespace!r}, which holds a lone surrogate)"
+            ) from None
         set_ = object.__setattr__
         set_(self, "namespace", namespace)
         set_(self, "default_ttl", _positive_seconds("default_ttl", default_ttl, minimum=1.0))

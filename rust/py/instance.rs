@@ -38,20 +38,9 @@ fn extract_metadata(value: Option<&Bound<'_, PyAny>>) -> PyResult<BTreeMap<Strin
     let mut metadata = BTreeMap::new();
     for item in mapping.items()?.iter() {
         let (key, val): (Bound<'_, PyAny>, Bound<'_, PyAny>) = item.extract()?;
-        let key: String = key.extract().map_err(|_| {
-            PyTypeError::new_err(format!(
-                "metadata keys must be str, not {} ({})",
-                type_name(&key),
-                repr(&key)
-            ))
-        })?;
-        let val: String = val.extract().map_err(|_| {
-            PyTypeError::new_err(format!(
-                "metadata[{key:?}] must be a str, not {} ({})",
-                type_name(&val),
-                repr(&val)
-            ))
-        })?;
+        // Through string_arg: a lone surrogate is bad text (named as such), not a wrong type.
+        let key = string_arg("metadata keys", &key)?;
+        let val = string_arg(&format!("metadata[{key:?}]"), &val)?;
         metadata.insert(key, val);
     }
     Ok(metadata)
@@ -71,13 +60,7 @@ fn extract_endpoints(value: Option<&Bound<'_, PyAny>>) -> PyResult<Vec<String>> 
         PyTypeError::new_err(format!("endpoints must be a sequence of str, not {}", type_name(value)))
     })? {
         let item = item?;
-        endpoints.push(item.extract::<String>().map_err(|_| {
-            PyTypeError::new_err(format!(
-                "each endpoint must be a str, not {} ({})",
-                type_name(&item),
-                repr(&item)
-            ))
-        })?);
+        endpoints.push(string_arg("each endpoint", &item)?);
     }
     Ok(endpoints)
 }

@@ -71,6 +71,14 @@ impl RegistryConfig {
                 self.namespace
             )));
         }
+        // Like "." and ".." as ids and names: tools that treat keys as paths would resolve
+        // them away and read or delete another namespace's keys.
+        if namespace.split('/').any(|segment| segment == "." || segment == "..") {
+            return Err(Error::InvalidConfig(format!(
+                "namespace must not contain \".\" or \"..\" segments (got {:?})",
+                self.namespace
+            )));
+        }
         if self.default_ttl < MIN_TTL {
             return Err(Error::InvalidConfig(format!(
                 "default_ttl must be at least 1 second (got {:?})",
@@ -593,7 +601,7 @@ mod tests {
     fn namespace_is_checked_and_normalized() {
         let ok = RegistryConfig { namespace: "/genesis/services/".into(), ..Default::default() };
         assert_eq!(ok.validated_namespace().unwrap(), "/genesis/services");
-        for bad in ["", "/", "/a//b", "/a\u{0}b"] {
+        for bad in ["", "/", "/a//b", "/a\u{0}b", "/a/../b", "/a/./b", "..", "/ns/.."] {
             let config = RegistryConfig { namespace: bad.into(), ..Default::default() };
             let err = config.validated_namespace().unwrap_err();
             assert!(matches!(err, Error::InvalidConfig(_)), "{bad:?}: {err}");

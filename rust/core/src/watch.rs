@@ -321,7 +321,7 @@ impl HubTask {
             loop {
                 let attempt = {
                     let _slot = slots.acquire().await;
-                    read_prefix(&access, &prefix).await
+                    read_prefix(&access, cache.name(), &prefix).await
                 };
                 match attempt {
                     Ok((header, instances, malformed)) => {
@@ -696,7 +696,7 @@ impl HubTask {
             revision = revision.max(kv.mod_revision());
             let Some(id) = instance_id(prefix, kv.key()) else { continue };
             match event.event_type() {
-                EventType::Put => match decode_instance(id, kv.value()) {
+                EventType::Put => match decode_instance(&name, id, kv.value()) {
                     // Re-written unchanged (a lease recovery, a restore): not a change.
                     Ok(instance) if watched.instances.get(id).is_some_and(|old| **old == instance) => {}
                     Ok(instance) => {
@@ -766,10 +766,19 @@ fn instance_id<'k>(prefix: &str, key: &'k [u8]) -> Option<&'k str> {
 }
 
 /// Decodes a stored value; the id inside must agree with the key's.
-fn decode_instance(id: &str, value: &[u8]) -> std::result::Result<ServiceInstance, String> {
+fn decode_instance(name: &str, id: &str, value: &[u8]) -> std::result::Result<ServiceInstance, String> {
     let instance = ServiceInstance::from_json(value).map_err(|e| e.to_string())?;
     if instance.id != id {
         return Err(format!("the value's id {:?} disagrees with the key's {id:?}", instance.id));
+    }
+    // Otherwise a value under one service's prefix could pose as another service's
+    // instance to everyone who lists or dials this one. A missing name is tolerated,
+    // like every missing field: the key says which service it is.
+    if !instance.name.is_empty() && instance.name != name {
+        return Err(format!(
+            "the value's name {:?} disagrees with the key's service {name:?}",
+            instance.name
+        ));
     }
     Ok(instance)
 }
@@ -777,6 +786,7 @@ fn decode_instance(id: &str, value: &[u8]) -> std::result::Result<ServiceInstanc
 /// Reads every instance under `prefix` at one revision, a page at a time.
 async fn read_prefix(
     access: &EtcdAccess,
+    name: &str,
     prefix: &str,
 ) -> Result<(Header, BTreeMap<String, Arc<ServiceInstance>>, Vec<(String, String)>)> {
     let range_end = prefix_range_end(prefix.as_bytes());
@@ -802,7 +812,7 @@ async fn read_prefix(
         pinned = Some(header);
         for kv in response.kvs() {
             let Some(id) = instance_id(prefix, kv.key()) else { continue };
-            match decode_instance(id, kv.value()) {
+            match decode_instance(name, id, kv.value()) {
                 Ok(instance) => {
                     instances.insert(id.to_string(), Arc::new(instance));
                 }
@@ -874,10 +884,13 @@ mod tests {
     #[test]
     fn values_must_agree_with_their_key() {
         let ok = br#"{"id":"u-1","name":"user","endpoints":["grpc://127.0.0.1:1"]}"#;
-        assert_eq!(decode_instance("u-1", ok).unwrap().name, "user");
-        let err = decode_instance("u-2", ok).unwrap_err();
+        assert_eq!(decode_instance("user", "u-1", ok).unwrap().name, "user");
+        let err = decode_instance("user", "u-2", ok).unwrap_err();
         assert!(err.contains("u-1") && err.contains("u-2"), "{err}");
-        assert!(decode_instance("u-1", b"garbage").is_err());
+        let err = decode_instance("order", "u-1", ok).unwrap_err();
+        assert!(err.contains("\"user\"") && err.contains("\"order\""), "{err}");
+        assert!(decode_instance("user", "u-1", b"garbage").is_err());
+        assert!(decode_instance("user", "u-1", br#"{"id":"u-1"}"#).is_ok());
     }
 
     #[test]

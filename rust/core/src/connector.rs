@@ -260,6 +260,14 @@ pub(crate) fn classify(err: etcd_client::Error, what: &str) -> Error {
                 _ if msg.contains("too many requests") => {
                     Error::Unavailable(format!("{what}: etcd is overloaded: {msg}"))
                 }
+                // etcd's --max-request-bytes, or the gRPC message limit just above it: the
+                // same request fails on every member, so say what is too large instead.
+                _ if msg.contains("request is too large") || msg.contains("larger than max") => {
+                    Error::InvalidInstance(format!(
+                        "{what}: etcd refused the request as too large ({msg}); an instance must encode \
+                         to less than etcd's --max-request-bytes"
+                    ))
+                }
                 // Matched on the message whatever the code: an arm limited to InvalidArgument
                 // missed it on the read behind a first get_service.
                 _ if msg.contains("user name is empty") => Error::Authentication(format!(

@@ -34,6 +34,10 @@ use crate::stats::RegistryStats;
 /// Operations per transaction when writing or checking many keys (etcd's default
 /// `--max-txn-ops` is 128).
 const TXN_BATCH: usize = 100;
+/// Bytes of keys and values per transaction. etcd refuses requests over its
+/// `--max-request-bytes` (1.5 MiB by default), so a hundred instances that are each
+/// allowed (up to ~1.5 MiB) must not travel together; a larger one goes alone.
+const TXN_BYTES: usize = 1024 * 1024;
 /// The longest wait between two attempts to recover a lost lease.
 const MAX_RECOVERY_DELAY: Duration = Duration::from_secs(30);
 
@@ -413,9 +417,31 @@ async fn delete_keys(access: &EtcdAccess, keys: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// A key and the value written at it.
+type Entry = (String, Arc<[u8]>);
+
+/// Splits `entries` into runs of at most [`TXN_BATCH`] entries and [`TXN_BYTES`] bytes
+/// (an entry larger than that alone makes a run).
+fn batches(entries: &[Entry]) -> Vec<&[Entry]> {
+    let mut out = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, (key, value)) in entries.iter().enumerate() {
+        let size = key.len() + value.len();
+        if i > start && (i - start == TXN_BATCH || bytes + size > TXN_BYTES) {
+            out.push(&entries[start..i]);
+            (start, bytes) = (i, 0);
+        }
+        bytes += size;
+    }
+    if start < entries.len() {
+        out.push(&entries[start..]);
+    }
+    out
+}
+
 /// Writes many keys with `lease`, a transaction per batch.
 async fn put_all(access: &EtcdAccess, keys: &[(String, Arc<[u8]>)], lease: i64) -> Result<()> {
-    for batch in keys.chunks(TXN_BATCH) {
+    for batch in batches(keys) {
         let ops: Vec<TxnOp> = batch
             .iter()
             .map(|(k, v)| TxnOp::put(k.as_str(), v.to_vec(), Some(PutOptions::new().with_lease(lease))))
@@ -586,5 +612,17 @@ mod tests {
         assert_eq!(grant_seconds(Duration::from_millis(1500)), 2);
         assert_eq!(grant_seconds(Duration::from_millis(30_000)), 30);
         assert_eq!(grant_seconds(Duration::from_millis(30_001)), 31);
+    }
+
+    #[test]
+    fn transactions_stay_under_etcds_request_limit() {
+        let entry = |n: usize| (format!("k{n}"), Arc::<[u8]>::from(vec![b'v'; n]));
+        let small: Vec<_> = (0..250).map(|_| entry(10)).collect();
+        assert_eq!(batches(&small).iter().map(|b| b.len()).collect::<Vec<_>>(), vec![100, 100, 50]);
+        let big: Vec<_> = (0..3).map(|_| entry(TXN_BYTES - 100)).collect();
+        assert_eq!(batches(&big).iter().map(|b| b.len()).collect::<Vec<_>>(), vec![1, 1, 1]);
+        let mixed = vec![entry(600_000), entry(600_000), entry(10), entry(2_000_000), entry(10)];
+        assert_eq!(batches(&mixed).iter().map(|b| b.len()).collect::<Vec<_>>(), vec![1, 2, 1, 1]);
+        assert!(batches(&[]).is_empty());
     }
 }

@@ -397,3 +397,24 @@ def test_property_foreign_values_never_reach_the_cache_malformed(
     scenario.check("cache holds only acceptable instances", expected=True,
                    seen=all(acceptable(i, i.id) for i in instances))  # fmt: skip
     scenario.check("watch still delivers", expected=True, seen=wait_until(lambda: reg.stats()["watch_events"] > 0))
+
+
+@pytest.mark.timeout(60)
+def test_large_registrations_are_restored_together_after_a_lost_lease(
+    etcd: EtcdServer, reg: gr.Registry, ns: str, scenario: Scenario
+) -> None:
+    half = "h" * (1024 * 1024)
+    reg.register(ok("big-1", metadata={"blob": half}))
+    reg.register(ok("big-2", metadata={"blob": half}))
+    keys = {key(ns, "svc", "big-1"), key(ns, "svc", "big-2")}
+    leases = {kv["lease"] for kv in gateway(etcd, "/v3/kv/range", {"key": b64(key(ns, "svc", "big-1"))})["kvs"]}
+    (lease,) = leases
+    scenario.inject(f"two 1 MiB instances on one lease; the lease revoked behind the registry's back ({lease})")
+    gateway(etcd, "/v3/lease/revoke", {"ID": lease})
+
+    def restored() -> bool:
+        return keys_under(etcd, ns) == keys
+
+    wait_until(lambda: reg.stats()["lease_recoveries"] >= 1 and restored(), 30, "both instances written back")
+    scenario.check("keys in etcd", expected=keys, seen=keys_under(etcd, ns))
+    scenario.check("registered ids", expected=["big-1", "big-2"], seen=reg.registered_ids())

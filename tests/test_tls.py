@@ -170,6 +170,51 @@ def test_certificate_mistakes_fail_connect_at_once_naming_the_cause(
     conn.close()
 
 
+@pytest.fixture(scope="module")
+def untrusted_etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The https URL of an etcd whose certificate comes from a CA the clients do not trust:
+    a cluster member with a wrong certificate, as far as a client's TLS handshake can tell."""
+    folder = tmp_path_factory.mktemp("untrusted")
+    cert = trustme.CA().issue_cert("127.0.0.1", "localhost")
+    cert.cert_chain_pems[0].write_to_path(str(folder / "s.crt"))
+    cert.private_key_pem.write_to_path(str(folder / "s.key"))
+    url = f"https://127.0.0.1:{free_port()}"
+    server = EtcdServer()
+    server.extra_args = [
+        "--listen-client-urls", f"{server.client_url},{url}",
+        "--advertise-client-urls", f"{server.client_url},{url}",
+        "--cert-file", str(folder / "s.crt"),
+        "--key-file", str(folder / "s.key"),
+    ]  # fmt: skip
+    with server:
+        yield url
+
+
+@pytest.mark.timeout(60)
+def test_one_member_with_an_untrusted_certificate_does_not_stop_the_others(
+    tls_etcd: TlsEtcd, untrusted_etcd: str, namespace: str, scenario: Scenario
+) -> None:
+    scenario.inject("endpoints: a member with an untrusted certificate first, then a good one; 20 registrations")
+    config = gr.EtcdConfig(endpoints=[untrusted_etcd, tls_etcd.https_url], dial_timeout=10, tls=tls_etcd.tls())
+    with gr.EtcdConnector(config) as conn, gr.Registry(conn, gr.Config(namespace=namespace)) as reg:
+        ids = [f"i-{n:02d}" for n in range(20)]
+        for id in ids:
+            reg.register(instance(id))
+        stored = [k.rsplit("/", 1)[1] for k in sorted(etcd_keys(tls_etcd.server, namespace + "/"))]
+        scenario.check("keys on the good member", expected=ids, seen=stored)
+
+    scenario.inject("endpoints: the untrusted member twice (127.0.0.1 and localhost); dial timeout 1 s")
+    port = untrusted_etcd.rsplit(":", 1)[1]
+    only_bad = gr.EtcdConfig(
+        endpoints=[untrusted_etcd, f"https://localhost:{port}"], dial_timeout=1, tls=tls_etcd.tls()
+    )
+    conn = gr.EtcdConnector(only_bad)
+    with pytest.raises(gr.AuthenticationError) as info:
+        conn.connect()
+    conn.close()
+    scenario.check("all members untrusted: the certificate named", expected=True, seen="not trusted" in str(info.value))
+
+
 @pytest.mark.timeout(30)
 def test_plain_http_to_the_https_port_is_refused_not_hung(tls_etcd: TlsEtcd, scenario: Scenario) -> None:
     scenario.inject("connector without TLS on etcd's https port (dial timeout 2 s)")

@@ -167,6 +167,8 @@ pub struct EtcdAccess {
     pub(crate) client: Client,
     /// Whether the client authenticates (so a token may expire and need refreshing).
     pub(crate) has_credentials: bool,
+    /// How many members the client may pick from (see [`worth_retrying`]).
+    pub(crate) members: usize,
     pub(crate) request_timeout: Duration,
     pub(crate) closed: CancellationToken,
     pub(crate) log: Arc<LogSink>,
@@ -219,15 +221,18 @@ impl EtcdAccess {
                 Ok(Ok(value)) => return Ok(value),
                 Ok(Err(e)) => classify(e, what),
                 Err(_) => {
-                    return Err(Error::Unavailable(match last {
-                        Some(e) => format!("{e} (gave up after {budget:?})"),
-                        None => {
-                            format!("{what}: no answer from etcd within {budget:?} (queued or in flight)")
-                        }
-                    }))
+                    return Err(match last {
+                        Some(e @ Error::Authentication(_)) => e,
+                        last => Error::Unavailable(match last {
+                            Some(e) => format!("{e} (gave up after {budget:?})"),
+                            None => {
+                                format!("{what}: no answer from etcd within {budget:?} (queued or in flight)")
+                            }
+                        }),
+                    })
                 }
             };
-            if !err.is_retryable() {
+            if !worth_retrying(&err, self.members) {
                 return Err(err);
             }
             let delay = backoff.next_delay();
@@ -312,6 +317,16 @@ pub(crate) fn classify(err: etcd_client::Error, what: &str) -> Error {
     }
 }
 
+/// The start of every certificate failure's message (see [`certificate_failure`]).
+const TLS_REFUSED: &str = "TLS handshake with etcd failed";
+
+/// Whether to try `err`'s call again. A certificate failure is final with one member;
+/// with several, the balanced channel may have picked the one member whose certificate
+/// is wrong, and another attempt may reach a good one (as long as the deadline allows).
+fn worth_retrying(err: &Error, members: usize) -> bool {
+    err.is_retryable() || (members > 1 && matches!(err, Error::Authentication(m) if m.contains(TLS_REFUSED)))
+}
+
 /// A TLS handshake that failed over a certificate, as an authentication error.
 ///
 /// etcd-client reports these as an unavailable channel, which the retry loops would
@@ -347,7 +362,7 @@ fn certificate_failure(err: &etcd_client::Error, what: &str) -> Option<Error> {
     } else {
         return None;
     };
-    Some(Error::Authentication(format!("{what}: TLS handshake with etcd failed: {hint}: {cause}")))
+    Some(Error::Authentication(format!("{what}: {TLS_REFUSED}: {hint}: {cause}")))
 }
 
 fn is_transport_message(msg: &str) -> bool {
@@ -496,7 +511,9 @@ impl Connector {
                 Ok(Err(e)) => classify(e, "connect"),
                 Err(_) => last_error.unwrap_or_else(|| Error::Unavailable("connect: timed out".into())),
             };
-            if !err.is_retryable() || Instant::now() + Duration::from_millis(50) >= deadline {
+            if !worth_retrying(&err, shared.endpoints.len())
+                || Instant::now() + Duration::from_millis(50) >= deadline
+            {
                 return Err(naming_the_user(unreachable_error(err, &endpoints_text, budget), config));
             }
             last_error = Some(err);
@@ -509,6 +526,7 @@ impl Connector {
         let access = EtcdAccess {
             client,
             has_credentials: config.username.is_some(),
+            members: shared.endpoints.len(),
             request_timeout: config.request_timeout,
             closed: shared.closed.clone(),
             log: shared.log.clone(),
@@ -577,7 +595,7 @@ fn unreachable_error(err: Error, endpoints: &str, budget: Duration) -> Error {
         Error::Unavailable(m) => Error::Unavailable(format!(
             "etcd at {endpoints} did not answer within the dial timeout ({budget:?}): {m}"
         )),
-        Error::Authentication(m) if m.contains("TLS handshake") => {
+        Error::Authentication(m) if m.contains(TLS_REFUSED) => {
             Error::Authentication(format!("etcd at {endpoints}: {m}"))
         }
         other => other,
@@ -667,6 +685,9 @@ mod tests {
             "{untrusted}"
         );
         assert!(!untrusted.is_retryable());
+        assert!(!worth_retrying(&untrusted, 1) && worth_retrying(&untrusted, 3));
+        let denied = Error::Authentication("put: permission denied by etcd".into());
+        assert!(!worth_retrying(&denied, 3));
         let name = classify(
             tonic::Status::unavailable(
                 "invalid peer certificate: certificate not valid for name \"x\"; certificate is only valid for ...",

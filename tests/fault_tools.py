@@ -1,0 +1,119 @@
+"""Shared by the fault, partition and churn scenarios: clients on a real etcd cluster, watchers
+whose view can be compared with etcd's content, and ways to find the member a client uses."""
+
+from __future__ import annotations
+
+import re
+import urllib.request
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import genesis_registry as gr
+from conftest import make_connector, wait_until
+from genesis_registry.testing import EtcdCluster
+from test_recovery import Follower
+from test_watch import etcd_view
+
+__all__ = ["Clients", "Follower", "retry_unavailable", "watch_streams", "watching_members"]
+
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+_STREAMS = re.compile(rb"^etcd_debugging_mvcc_watch_stream_total (\d+)", re.M)
+
+
+def watch_streams(client_url: str) -> int:
+    """How many watch streams the member at ``client_url`` serves now (from its /metrics).
+
+    Example::
+
+        assert watch_streams(cluster.members[0].client_url) >= 0
+    """
+    with _OPENER.open(client_url + "/metrics", timeout=5) as response:
+        found = _STREAMS.search(response.read())
+    return int(found.group(1)) if found else 0
+
+
+def watching_members(cluster: EtcdCluster) -> list[int]:
+    """Indexes of the running members that serve at least one watch stream.
+
+    etcd's own members never watch each other, so in these tests a watch stream on a member
+    is a client's: this is how a test finds the member a watcher is on.
+    """
+    return [i for i in cluster.running_members() if watch_streams(cluster.members[i].client_url) > 0]
+
+
+def retry_unavailable(action: Callable[[], Any], timeout: float, what: str) -> Any:
+    """Runs ``action`` until it does not raise EtcdUnavailableError (an election, a lost
+    quorum), within ``timeout``; returns its result."""
+    result: list[Any] = []
+
+    def attempt() -> bool:
+        try:
+            result.append(action())
+        except gr.EtcdUnavailableError:
+            return False
+        return True
+
+    wait_until(attempt, timeout, what)
+    return result[0]
+
+
+class Clients:
+    """A registering registry and ``watchers`` watching ones, each on its own connector to
+    ``endpoints``, the watchers followed on threads; ``close()`` ends everything."""
+
+    def __init__(
+        self,
+        endpoints: Sequence[str],
+        namespace: str,
+        *,
+        watchers: int = 2,
+        ttl: float = 5,
+        request_timeout: float = 5,
+        service: str = "svc",
+    ) -> None:
+        self.namespace = namespace
+        self.service = service
+        config = gr.Config(namespace=namespace, default_ttl=ttl, retry_interval=0.1)
+        self.connectors = [
+            make_connector(list(endpoints), request_timeout=request_timeout, dial_timeout=20)
+            for _ in range(watchers + 1)
+        ]
+        self.registries = [gr.Registry(conn, config) for conn in self.connectors]
+        self.writer = self.registries[0]
+        self.watchers = self.registries[1:]
+        self.followers = [Follower(reg.watch(service)) for reg in self.watchers]
+
+    def etcd_view(self, etcd: Any) -> dict[str, gr.ServiceInstance]:
+        return etcd_view(etcd, self.namespace, self.service)
+
+    def views(self, etcd: Any) -> dict[str, Any]:
+        """What etcd holds and what each watcher, and each watcher's get_service, sees: ids only."""
+        out: dict[str, Any] = {"etcd": sorted(self.etcd_view(etcd))}
+        for n, (follower, reg) in enumerate(zip(self.followers, self.watchers, strict=True)):
+            out[f"watch {n}"] = sorted(follower.snapshot())
+            out[f"get_service {n}"] = sorted(i.id for i in reg.get_service(self.service))
+        return out
+
+    def converged(self, etcd: Any, expected_ids: Sequence[str]) -> Callable[[], bool]:
+        """A predicate: etcd holds exactly ``expected_ids`` and every watcher's view (events
+        applied, and get_service) equals etcd's content, values included."""
+        expected = sorted(expected_ids)
+
+        def check() -> bool:
+            in_etcd = self.etcd_view(etcd)
+            if sorted(in_etcd) != expected:
+                return False
+            return all(
+                follower.snapshot() == in_etcd and {i.id: i for i in reg.get_service(self.service)} == in_etcd
+                for follower, reg in zip(self.followers, self.watchers, strict=True)
+            )
+
+        return check
+
+    def close(self) -> None:
+        for follower in self.followers:
+            follower.stop()
+        for reg in self.registries:
+            reg.close()
+        for conn in self.connectors:
+            conn.close()

@@ -3,18 +3,20 @@ whose view can be compared with etcd's content, and ways to find the member a cl
 
 from __future__ import annotations
 
+import random
 import re
+import threading
 import urllib.request
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import genesis_registry as gr
-from conftest import make_connector, wait_until
+from conftest import instance, make_connector, wait_until
 from genesis_registry.testing import EtcdCluster
 from test_recovery import Follower
 from test_watch import etcd_view
 
-__all__ = ["Clients", "Follower", "retry_unavailable", "watch_streams", "watching_members"]
+__all__ = ["Churn", "Clients", "Follower", "retry_unavailable", "watch_streams", "watching_members"]
 
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 _STREAMS = re.compile(rb"^etcd_debugging_mvcc_watch_stream_total (\d+)", re.M)
@@ -81,7 +83,7 @@ class Clients:
         self.registries = [gr.Registry(conn, config) for conn in self.connectors]
         self.writer = self.registries[0]
         self.watchers = self.registries[1:]
-        self.followers = [Follower(reg.watch(service)) for reg in self.watchers]
+        self.followers = [Follower(reg.watch(service), keep_events=False) for reg in self.watchers]
 
     def etcd_view(self, etcd: Any) -> dict[str, gr.ServiceInstance]:
         return etcd_view(etcd, self.namespace, self.service)
@@ -117,3 +119,70 @@ class Clients:
             reg.close()
         for conn in self.connectors:
             conn.close()
+
+
+class Churn:
+    """Registers and deregisters ``ids`` at random through ``reg`` on a thread until
+    :meth:`stop`, each registration with a TTL drawn from ``ttls`` (None: the default), at
+    most one operation per ``pause`` seconds. Calls refused while etcd has no leader are
+    counted in ``unavailable`` and not retried: the registry's own ``registered_ids()``
+    says what is live, and that is what etcd must hold in the end.
+
+    Example::
+
+        churn = Churn(reg, [f"c-{i}" for i in range(40)], seed=1)
+        ...
+        live = churn.stop()          # sorted ids still registered
+    """
+
+    def __init__(
+        self,
+        reg: gr.Registry,
+        ids: Sequence[str],
+        seed: int,
+        *,
+        ttls: Sequence[float | None] = (None,),
+        pause: float = 0.0,
+    ) -> None:
+        self.reg = reg
+        self.ids = list(ids)
+        self.ttls = list(ttls)
+        self.pause = pause
+        self.random = random.Random(seed)
+        self.ops = 0
+        self.unavailable = 0
+        self.errors: list[BaseException] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"churn-{seed}", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            instance_id = self.random.choice(self.ids)
+            try:
+                if instance_id in self.reg.registered_ids():
+                    self.reg.deregister(instance_id)
+                else:
+                    port = 9000 + self.random.randrange(1000)
+                    self.reg.register(instance(instance_id, port=port), ttl=self.random.choice(self.ttls))
+                self.ops += 1
+            except gr.EtcdUnavailableError:
+                self.unavailable += 1
+            except BaseException as exc:  # reported by stop()
+                self.errors.append(exc)
+                return
+            if self.pause:
+                self._stop.wait(self.pause)  # pacing, not synchronisation
+
+    def stop(self) -> list[str]:
+        """Stops the thread (raising what it failed with) and returns the live ids, sorted."""
+        self._stop.set()
+        self._thread.join(30)
+        assert not self._thread.is_alive(), "the churn thread did not stop"
+        assert not self.errors, self.errors
+        return sorted(self.reg.registered_ids())
+
+    def cancel(self) -> None:
+        """Stops the thread without checking anything (for a test's cleanup)."""
+        self._stop.set()
+        self._thread.join(30)

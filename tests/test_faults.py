@@ -6,9 +6,7 @@ Each test reports what it injected and checked through the ``scenario`` fixture.
 from __future__ import annotations
 
 import json
-import random
 import signal
-import threading
 import time
 from collections.abc import Iterator
 
@@ -16,7 +14,7 @@ import genesis_registry as gr
 import pytest
 from cli_process import Child
 from conftest import etcd_keys, etcd_leases, instance, make_connector, wait_until
-from fault_tools import Clients, Follower, retry_unavailable, watching_members
+from fault_tools import Churn, Clients, Follower, retry_unavailable, watching_members
 from genesis_registry.testing import EtcdCluster
 from tcp_proxy import TcpProxy
 from test_watch import apply, etcd_view
@@ -200,43 +198,6 @@ def test_the_whole_cluster_restarted_every_instance_comes_back_once(cluster, cli
 # -- 4. compaction and defragmentation under churn -----------------------------------------
 
 
-class Churn:
-    """Registers and deregisters ``ids`` at random on a thread until stopped; ``live()`` is
-    the set the registry keeps registered."""
-
-    def __init__(self, reg: gr.Registry, ids: list[str], seed: int) -> None:
-        self.reg = reg
-        self.ids = ids
-        self.random = random.Random(seed)
-        self.ops = 0
-        self.errors: list[BaseException] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            instance_id = self.random.choice(self.ids)
-            try:
-                if instance_id in self.reg.registered_ids():
-                    self.reg.deregister(instance_id)
-                else:
-                    self.reg.register(instance(instance_id, port=9000 + self.random.randrange(1000)))
-                self.ops += 1
-            except gr.EtcdUnavailableError:
-                pass
-            except BaseException as exc:  # reported by stop()
-                self.errors.append(exc)
-                return
-
-    def stop(self) -> list[str]:
-        self._stop.set()
-        self._thread.join(30)
-        assert not self._thread.is_alive(), "the churn thread did not stop"
-        assert not self.errors, self.errors
-        return sorted(self.reg.registered_ids())
-
-
 @pytest.mark.timeout(150)
 def test_compaction_and_defrag_under_churn_a_paused_and_a_cut_off_watcher_end_exact(cluster, namespace, scenario):
     config = gr.Config(namespace=namespace, default_ttl=10, retry_interval=0.1)
@@ -285,8 +246,7 @@ def test_compaction_and_defrag_under_churn_a_paused_and_a_cut_off_watcher_end_ex
         assert paused.overflows >= 1
         assert cut_off.stats()["compaction_resyncs"] >= 1
     finally:
-        if not churn._stop.is_set():
-            churn._stop.set()
+        churn.cancel()
         following.stop()
         paused.close()
         for reg in (writer, watcher, cut_off):

@@ -11,12 +11,12 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import genesis_registry as gr
-from conftest import instance, make_connector, wait_until
-from genesis_registry.testing import EtcdCluster
+from conftest import etcd_keys, etcd_leases, instance, make_connector, wait_until
+from genesis_registry.testing import EtcdCluster, EtcdctlError
 from test_recovery import Follower
 from test_watch import etcd_view
 
-__all__ = ["Churn", "Clients", "Follower", "retry_unavailable", "watch_streams", "watching_members"]
+__all__ = ["Churn", "Clients", "Follower", "leases_settle", "retry_unavailable", "watch_streams", "watching_members"]
 
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 _STREAMS = re.compile(rb"^etcd_debugging_mvcc_watch_stream_total (\d+)", re.M)
@@ -86,7 +86,20 @@ class Clients:
         self.followers = [Follower(reg.watch(service), keep_events=False) for reg in self.watchers]
 
     def etcd_view(self, etcd: Any) -> dict[str, gr.ServiceInstance]:
-        return etcd_view(etcd, self.namespace, self.service)
+        """The service as etcd holds it (a linearizable read). A read that fails while the
+        cluster elects a leader (a member just back from a partition can force an election)
+        is repeated, for up to 30 s."""
+        found: list[dict[str, gr.ServiceInstance]] = []
+
+        def read() -> bool:
+            try:
+                found.append(etcd_view(etcd, self.namespace, self.service))
+            except EtcdctlError:
+                return False
+            return True
+
+        wait_until(read, 30, "a read of etcd's content")
+        return found[0]
 
     def views(self, etcd: Any) -> dict[str, Any]:
         """What etcd holds and what each watcher, and each watcher's get_service, sees: ids only."""
@@ -111,6 +124,15 @@ class Clients:
             )
 
         return check
+
+    def expect(self, scenario: Any, etcd: Any, ids: Sequence[str], timeout: float = 30, what: str = "") -> None:
+        """Waits until etcd and every watcher hold exactly ``ids`` (values included), then
+        records the comparison in ``scenario``."""
+        wait_until(self.converged(etcd, ids), timeout, f"every view to equal etcd's content {sorted(ids)}")
+        names = ["etcd"] + [f"{kind} {n}" for n in range(len(self.watchers)) for kind in ("watch", "get_service")]
+        scenario.check(
+            what or "etcd and every watcher's view", expected=dict.fromkeys(names, sorted(ids)), seen=self.views(etcd)
+        )
 
     def close(self) -> None:
         for follower in self.followers:
@@ -186,3 +208,24 @@ class Churn:
         """Stops the thread without checking anything (for a test's cleanup)."""
         self._stop.set()
         self._thread.join(30)
+
+
+def leases_settle(scenario: Any, etcd: Any, namespace: str, timeout: float = 40) -> None:
+    """Checks that, once leases given up during a fault have expired (within their TTL; the
+    registries revoke what they can), etcd holds exactly the leases its keys under
+    ``namespace`` are on: none left over, kept alive for nothing. For a cluster of the test's own."""
+
+    seen: list[tuple[list[int], list[int]]] = []
+
+    def settled() -> bool:
+        try:
+            held = sorted({lease for _, lease in etcd_keys(etcd, namespace).values()})
+            leases = sorted(etcd_leases(etcd))
+        except EtcdctlError:  # an election under way
+            return False
+        seen.append((held, leases))
+        return held == leases
+
+    wait_until(settled, timeout, "no lease left over in etcd")
+    held, leases = seen[-1]
+    scenario.check("leases in etcd = leases of the keys", expected=held, seen=leases)

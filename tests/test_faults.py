@@ -14,7 +14,7 @@ import genesis_registry as gr
 import pytest
 from cli_process import Child
 from conftest import etcd_keys, etcd_leases, instance, make_connector, wait_until
-from fault_tools import Churn, Clients, Follower, retry_unavailable, watching_members
+from fault_tools import Churn, Clients, Follower, leases_settle, retry_unavailable, watching_members
 from genesis_registry.testing import EtcdCluster
 from tcp_proxy import TcpProxy
 from test_watch import apply, etcd_view
@@ -54,15 +54,6 @@ def deregister(reg: gr.Registry, instance_id: str, timeout: float = 30) -> None:
     retry_unavailable(attempt, timeout, f"deregister {instance_id}")
 
 
-def expect_views(scenario, clients: Clients, cluster: EtcdCluster, ids: list[str], timeout: float = 30) -> None:
-    """Waits until etcd and every watcher hold exactly ``ids`` (values included), then records it."""
-    wait_until(clients.converged(cluster, ids), timeout, f"every view to equal etcd's content {sorted(ids)}")
-    names = ["etcd"] + [f"{kind} {n}" for n in range(len(clients.watchers)) for kind in ("watch", "get_service")]
-    scenario.check(
-        "etcd and every watcher's view", expected=dict.fromkeys(names, sorted(ids)), seen=clients.views(cluster)
-    )
-
-
 def revision(cluster: EtcdCluster) -> int:
     return int(json.loads(cluster.etcdctl("get", "/revision-probe", "-w", "json").stdout)["header"]["revision"])
 
@@ -74,7 +65,7 @@ def revision(cluster: EtcdCluster) -> int:
 def test_the_leader_killed_changes_go_on_and_every_view_ends_exact(cluster, clients, scenario):
     for i in "abcde":
         clients.writer.register(instance(i))
-    expect_views(scenario, clients, cluster, list("abcde"))
+    clients.expect(scenario, cluster, list("abcde"))
     leader = cluster.wait_for_leader()
     scenario.inject(f"SIGKILL the leader (member {leader})")
     killed_at = time.monotonic()
@@ -83,19 +74,20 @@ def test_the_leader_killed_changes_go_on_and_every_view_ends_exact(cluster, clie
     deregister(clients.writer, "a")
     scenario.note("register+deregister done after the kill (s)", round(time.monotonic() - killed_at, 2))
     scenario.note("new leader", cluster.wait_for_leader(30))
-    expect_views(scenario, clients, cluster, list("bcdef"))
+    clients.expect(scenario, cluster, list("bcdef"))
     scenario.inject(f"restart member {leader} on its data")
     cluster.restart(leader)
     register(clients.writer, instance("g"))
-    expect_views(scenario, clients, cluster, list("bcdefg"))
+    clients.expect(scenario, cluster, list("bcdefg"))
     scenario.check("registered ids", expected=list("bcdefg"), seen=sorted(clients.writer.registered_ids()))
+    leases_settle(scenario, cluster, clients.namespace)
 
 
 @pytest.mark.timeout(120)
 def test_the_member_a_watcher_is_on_killed_the_watch_fails_over(cluster, clients, scenario):
     for i in "abc":
         clients.writer.register(instance(i))
-    expect_views(scenario, clients, cluster, list("abc"))
+    clients.expect(scenario, cluster, list("abc"))
     watched_on = watching_members(cluster)
     assert watched_on, "no member serves a watch stream"
     victim = watched_on[0]
@@ -104,14 +96,14 @@ def test_the_member_a_watcher_is_on_killed_the_watch_fails_over(cluster, clients
     register(clients.writer, instance("d"))
     deregister(clients.writer, "b")
     # The watch must move to a live member while the victim stays down.
-    expect_views(scenario, clients, cluster, ["a", "c", "d"])
+    clients.expect(scenario, cluster, ["a", "c", "d"])
     streams = wait_until(lambda: len(watching_members(cluster)) and watching_members(cluster), 30, "streams moved")
     scenario.note("members serving watch streams after the kill", streams)
     restarts = sum(reg.stats()["watch_restarts"] for reg in clients.watchers)
     scenario.note("watch stream restarts", restarts)
     cluster.restart(victim)
     register(clients.writer, instance("e"))
-    expect_views(scenario, clients, cluster, ["a", "c", "d", "e"])
+    clients.expect(scenario, cluster, ["a", "c", "d", "e"])
 
 
 @pytest.mark.timeout(150)
@@ -120,7 +112,7 @@ def test_two_of_three_killed_then_back_nothing_lost(cluster, namespace, scenario
     try:
         for i in "abc":
             clients.writer.register(instance(i))
-        expect_views(scenario, clients, cluster, list("abc"))
+        clients.expect(scenario, cluster, list("abc"))
         victims = sorted({*watching_members(cluster), cluster.wait_for_leader()})
         victims = (victims + [i for i in range(3) if i not in victims])[:2]
         scenario.inject(f"SIGKILL members {victims}: no quorum")
@@ -144,8 +136,9 @@ def test_two_of_three_killed_then_back_nothing_lost(cluster, namespace, scenario
         cluster.wait_for_leader(30)
         register(clients.writer, instance("after"))
         deregister(clients.writer, "a")
-        expect_views(scenario, clients, cluster, ["after", "b", "c"])
+        clients.expect(scenario, cluster, ["after", "b", "c"])
         scenario.check("registered ids", expected=["after", "b", "c"], seen=sorted(clients.writer.registered_ids()))
+        leases_settle(scenario, cluster, namespace)
     finally:
         clients.close()
 
@@ -167,7 +160,7 @@ def test_the_whole_cluster_restarted_every_instance_comes_back_once(cluster, cli
         clients.writer.register(instance(i))
     clients.watchers[0].register(instance("v-0"))  # a second registry, with a lease of its own
     expected = sorted([*ids, "v-0"])
-    expect_views(scenario, clients, cluster, expected)
+    clients.expect(scenario, cluster, expected)
     if wiped:
         scenario.inject("stop every member, delete their data, start a new empty cluster on the same ports")
         cluster.wipe()
@@ -176,7 +169,7 @@ def test_the_whole_cluster_restarted_every_instance_comes_back_once(cluster, cli
         scenario.inject("stop every member (SIGTERM), start them again on their data")
         cluster.stop()
         cluster.start()
-    expect_views(scenario, clients, cluster, expected, timeout=60)
+    clients.expect(scenario, cluster, expected, timeout=60)
     keys = etcd_keys(cluster, namespace)
     scenario.check("keys in etcd", expected=sorted(f"{namespace}/svc/{i}" for i in expected), seen=sorted(keys))
     writer_leases = {lease for key, (_, lease) in keys.items() if "/w-" in key}
@@ -192,7 +185,7 @@ def test_the_whole_cluster_restarted_every_instance_comes_back_once(cluster, cli
     # Changes after the restart reach every watcher too.
     deregister(clients.writer, "w-0")
     register(clients.writer, instance("w-5"))
-    expect_views(scenario, clients, cluster, sorted([*ids[1:], "w-5", "v-0"]))
+    clients.expect(scenario, cluster, sorted([*ids[1:], "w-5", "v-0"]))
 
 
 # -- 4. compaction and defragmentation under churn -----------------------------------------

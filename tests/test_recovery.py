@@ -31,12 +31,15 @@ def pair(own_etcd, namespace) -> Iterator[tuple[gr.Registry, gr.Registry]]:
 
 
 class Follower:
-    """Applies a watch's events to a dict on a thread, so its view can be compared."""
+    """Applies a watch's events to a dict on a thread, so its view can be compared; keeps the
+    events too unless ``keep_events`` is false (a long run would grow without bound)."""
 
-    def __init__(self, watch: gr.Watch) -> None:
+    def __init__(self, watch: gr.Watch, keep_events: bool = True) -> None:
         self.watch = watch
+        self.keep_events = keep_events
         self.view: dict[str, gr.ServiceInstance] = {}
         self.events: list[gr.ServiceEvent] = []
+        self.count = 0
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -44,7 +47,9 @@ class Follower:
     def _run(self) -> None:
         for event in self.watch:
             with self._lock:
-                self.events.append(event)
+                self.count += 1
+                if self.keep_events:
+                    self.events.append(event)
                 apply(self.view, event)
 
     def snapshot(self) -> dict[str, gr.ServiceInstance]:

@@ -192,6 +192,29 @@ def test_a_member_cannot_be_wiped_alone_and_a_cluster_needs_members(etcd_cluster
         EtcdCluster(0)
 
 
+def test_members_may_listen_elsewhere_and_run_through_a_wrapper():
+    default = EtcdCluster(2)
+    assert default.endpoints[0].startswith("127.0.0.1:") and default.members[0].command()[0].endswith("etcd")
+    wrapped = EtcdCluster(
+        2,
+        hosts=["10.231.1.10", "10.231.1.11"],
+        peer_hosts=["10.231.2.10", "10.231.2.11"],
+        command_prefixes=[["ip", "netns", "exec", "a"], ["ip", "netns", "exec", "b"]],
+    )
+    member = wrapped.members[1]
+    assert wrapped.endpoints == [f"10.231.1.{10 + i}:{m.client_port}" for i, m in enumerate(wrapped.members)]
+    assert member.peer_url == f"http://10.231.2.11:{member.peer_port}"
+    command = member.command()
+    assert command[:4] == ["ip", "netns", "exec", "b"] and command[4].endswith("etcd")
+    assert command[command.index("--listen-client-urls") + 1] == member.client_url
+    cluster_flag = command[command.index("--initial-cluster") + 1]
+    assert cluster_flag == ",".join(f"{m.name}={m.peer_url}" for m in wrapped.members)
+    with pytest.raises(ValueError, match="one entry per member"):
+        EtcdCluster(3, hosts=["10.231.1.10"])
+    for cluster in (default, wrapped):
+        cluster.close()
+
+
 def test_a_one_member_cluster_works():
     with EtcdCluster(1) as single:
         assert single.leader() == 0

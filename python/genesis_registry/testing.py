@@ -493,6 +493,12 @@ class EtcdServer:
     Unless ``extra_args`` sets them, :data:`DEFAULT_RAFT_ARGS` make elections
     fast (restarts take ~0.15 s instead of ~1.5 s).
 
+    By default etcd listens on 127.0.0.1. ``host`` (and ``peer_host``) put it
+    on other addresses of this machine, and ``command_prefix`` runs it through
+    a wrapper, e.g. ``["ip", "netns", "exec", "ns0"]`` to start it in a
+    network namespace whose address is ``host`` (tests/test_partition.py
+    builds such a network to cut members off).
+
     Example::
 
         with EtcdServer() as etcd:
@@ -519,6 +525,9 @@ class EtcdServer:
         binary: str | os.PathLike[str] | None = None,
         extra_args: Sequence[str] = (),
         log_file: str | os.PathLike[str] | None = None,
+        host: str = "127.0.0.1",
+        peer_host: str | None = None,
+        command_prefix: Sequence[str] = (),
     ) -> None:
         """Prepare (but do not start) a server; see the class docstring.
 
@@ -532,6 +541,12 @@ class EtcdServer:
             extra_args: more etcd flags, appended last.
             log_file: where etcd's stdout/stderr go (appended to). Defaults to
                 ``<data_dir>/../etcd-<name>.log``, which survives :meth:`wipe`.
+            host: the IPv4 address etcd serves clients on (and advertises).
+                Free ports are checked on 127.0.0.1 only; give fixed ports
+                when the address is shared with other services.
+            peer_host: the address of its peer URL; ``host`` when omitted.
+            command_prefix: a wrapper command that runs the etcd command line
+                given after it (it must ``exec`` etcd, so that signals reach it).
 
         Raises:
             EtcdNotFoundError: ``binary`` not given and none found.
@@ -539,10 +554,14 @@ class EtcdServer:
         Example::
 
             server = EtcdServer(data_dir="/tmp/etcd-data", extra_args=["--auto-compaction-retention", "1"])
+            inside = EtcdServer(host="10.231.7.10", command_prefix=["ip", "netns", "exec", "ns0"])
         """
         self.binary = pathlib.Path(binary).absolute() if binary is not None else find_etcd_binary()
         self.name = name
         self.extra_args = list(extra_args)
+        self.host = host
+        self.peer_host = peer_host if peer_host is not None else host
+        self.command_prefix = list(command_prefix)
         self._ports_fixed = client_port is not None or peer_port is not None
         picked = _free_ports(2)
         self.client_port = client_port if client_port is not None else picked[0]
@@ -574,33 +593,33 @@ class EtcdServer:
 
     @property
     def endpoints(self) -> list[str]:
-        """``["127.0.0.1:<client_port>"]``, without a scheme.
+        """``["<host>:<client_port>"]`` (host 127.0.0.1 by default), without a scheme.
 
         Example::
 
             gr.EtcdConfig(endpoints=server.endpoints)
         """
-        return [f"127.0.0.1:{self.client_port}"]
+        return [f"{self.host}:{self.client_port}"]
 
     @property
     def client_url(self) -> str:
-        """``"http://127.0.0.1:<client_port>"``.
+        """``"http://<host>:<client_port>"`` (host 127.0.0.1 by default).
 
         Example::
 
             urllib.request.urlopen(server.client_url + "/health")
         """
-        return f"http://127.0.0.1:{self.client_port}"
+        return f"http://{self.host}:{self.client_port}"
 
     @property
     def peer_url(self) -> str:
-        """``"http://127.0.0.1:<peer_port>"``.
+        """``"http://<peer_host>:<peer_port>"`` (127.0.0.1 by default).
 
         Example::
 
             print(server.peer_url)           # http://127.0.0.1:40123
         """
-        return f"http://127.0.0.1:{self.peer_port}"
+        return f"http://{self.peer_host}:{self.peer_port}"
 
     @property
     def pid(self) -> int | None:
@@ -614,13 +633,14 @@ class EtcdServer:
         return proc.pid if proc is not None and proc.poll() is None else None
 
     def command(self) -> list[str]:
-        """The etcd command line :meth:`start` runs.
+        """The etcd command line :meth:`start` runs, after the ``command_prefix`` if any.
 
         Example::
 
             print(" ".join(server.command()))
         """
         cmd = [
+            *self.command_prefix,
             str(self.binary),
             "--name", self.name,
             "--data-dir", str(self.data_dir),
@@ -1042,6 +1062,9 @@ class EtcdCluster:
         extra_args: Sequence[str] = (),
         log_dir: str | os.PathLike[str] | None = None,
         binary: str | os.PathLike[str] | None = None,
+        hosts: Sequence[str] | None = None,
+        peer_hosts: Sequence[str] | None = None,
+        command_prefixes: Sequence[Sequence[str]] | None = None,
     ) -> None:
         """Prepare (but do not start) ``members`` members; see the class docstring.
 
@@ -1055,17 +1078,28 @@ class EtcdCluster:
             log_dir: where the members' logs go (``etcd-<member name>.log``,
                 appended to); ``data_dir`` by default. Logs survive :meth:`wipe`.
             binary: the etcd binary; :func:`find_etcd_binary` otherwise.
+            hosts, peer_hosts, command_prefixes: one per member, in member
+                order: its ``host``, ``peer_host`` and ``command_prefix`` (see
+                :class:`EtcdServer`); 127.0.0.1 and no prefix when omitted.
 
         Raises:
             EtcdNotFoundError: ``binary`` not given and none found.
-            ValueError: ``members`` < 1.
+            ValueError: ``members`` < 1, or a per-member list of another length.
 
         Example::
 
             cluster = EtcdCluster(5, extra_args=["--snapshot-count", "1000"])
+            netns = EtcdCluster(
+                2,
+                hosts=["10.231.7.10", "10.231.7.11"],
+                command_prefixes=[["ip", "netns", "exec", "ns0"], ["ip", "netns", "exec", "ns1"]],
+            )
         """
         if members < 1:
             raise ValueError("an etcd cluster needs at least one member")
+        for what, given in (("hosts", hosts), ("peer_hosts", peer_hosts), ("command_prefixes", command_prefixes)):
+            if given is not None and len(given) != members:
+                raise ValueError(f"{what} must name one entry per member ({members}), got {len(given)}")
         binary_path = pathlib.Path(binary).absolute() if binary is not None else find_etcd_binary()
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         if data_dir is None:
@@ -1094,6 +1128,9 @@ class EtcdCluster:
                     binary=binary_path,
                     extra_args=self.extra_args,
                     log_file=self.log_dir / f"etcd-{name}.log",
+                    host=hosts[i] if hosts is not None else "127.0.0.1",
+                    peer_host=peer_hosts[i] if peer_hosts is not None else None,
+                    command_prefix=command_prefixes[i] if command_prefixes is not None else (),
                 )
             )
 
@@ -1111,7 +1148,7 @@ class EtcdCluster:
 
     @property
     def client_urls(self) -> list[str]:
-        """Every member's ``http://127.0.0.1:<port>``, in member order.
+        """Every member's ``http://<host>:<port>`` (host 127.0.0.1 by default), in member order.
 
         Example::
 

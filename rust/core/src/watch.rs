@@ -4,8 +4,9 @@
 //! Per prefix: a linearizable (paginated) range read gives the instances at revision R
 //! and the first snapshot; the watch starts at R + 1 with progress notifications (the
 //! connector requires a leader on every call, so a partitioned member fails the stream
-//! instead of stalling it). When the stream breaks every watch resumes from its last
-//! revision + 1, with backoff. A compacted revision, a cancelled watch, or etcd data
+//! instead of stalling it). A stream silent for a few seconds is asked for its progress,
+//! and given up when no answer comes: a member cut off from this client says nothing at
+//! all. When the stream breaks every watch resumes from its last revision + 1, with backoff. A compacted revision, a cancelled watch, or etcd data
 //! found reset (revision or raft term going backwards) lead to a re-read whose
 //! difference from the cache is published as events, so every view ends exact.
 
@@ -177,6 +178,10 @@ struct HubTask {
     opening: Option<tokio::task::JoinHandle<Result<Opened>>>,
     /// When the current stream was opened; old streams may carry an expired auth token.
     stream_opened_at: Option<Instant>,
+    /// When the stream last carried anything; a silent stream is asked for its progress.
+    last_heard: Instant,
+    /// When a progress request went out that has not been answered yet.
+    probe_sent: Option<Instant>,
     /// Refresh the auth token before opening the next stream.
     refresh_token: bool,
     reconnect_at: Option<Instant>,
@@ -200,6 +205,8 @@ impl HubTask {
             responses: None,
             opening: None,
             stream_opened_at: None,
+            last_heard: Instant::now(),
+            probe_sent: None,
             refresh_token: false,
             reconnect_at: None,
             stream_backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(5)),
@@ -219,6 +226,7 @@ impl HubTask {
     async fn run(mut self) {
         let closed = self.access.closed.clone();
         loop {
+            let liveness_at = self.liveness_check_at();
             tokio::select! {
                 biased;
                 _ = closed.cancelled() => break,
@@ -234,7 +242,11 @@ impl HubTask {
                 }
                 message = next_message(&mut self.responses), if self.responses.is_some() => {
                     match message {
-                        Ok(Some(response)) => self.on_response(response).await,
+                        Ok(Some(response)) => {
+                            self.last_heard = Instant::now();
+                            self.probe_sent = None;
+                            self.on_response(response).await
+                        }
                         Ok(None) => self.stream_broken("etcd closed the watch stream".into()),
                         Err(e) => self.stream_broken(e.to_string()),
                     }
@@ -247,6 +259,7 @@ impl HubTask {
                     self.reconnect_at = None;
                     self.ensure_stream();
                 }
+                _ = sleep_until(liveness_at), if liveness_at.is_some() => self.check_liveness().await,
             }
         }
         self.reads.abort_all();
@@ -503,6 +516,8 @@ impl HubTask {
                 self.sender = Some(sender);
                 self.responses = Some(*responses);
                 self.stream_opened_at = Some(Instant::now());
+                self.last_heard = Instant::now();
+                self.probe_sent = None;
                 self.note_header(header);
                 // The first watch may have been unwatched or superseded meanwhile.
                 let (prefix, watch_id) = first_watch;
@@ -573,6 +588,7 @@ impl HubTask {
         self.sender = None;
         self.responses = None;
         self.stream_opened_at = None;
+        self.probe_sent = None;
         self.by_watch_id.clear();
         let mut carried = 0;
         for watched in self.watched.values_mut() {
@@ -601,6 +617,41 @@ impl HubTask {
             vec![],
         );
         self.reconnect_at = Some(Instant::now() + delay);
+    }
+
+    /// When the stream's liveness is next due for a look: a silent stream gets a progress
+    /// request, an unanswered request breaks the stream. None without a stream.
+    fn liveness_check_at(&self) -> Option<Instant> {
+        self.sender.as_ref()?;
+        Some(match self.probe_sent {
+            Some(sent) => sent + PROBE_TIMEOUT,
+            None => self.last_heard + SILENCE_BEFORE_PROBE,
+        })
+    }
+
+    /// A member cut off from this client (a partition, a host gone) answers nothing and
+    /// closes nothing: require-leader cannot help, since its "no leader" never arrives, and
+    /// HTTP/2 keep-alive notices only after 15 s. etcd answers a progress request at once
+    /// (from any member with a leader), so a stream silent for SILENCE_BEFORE_PROBE gets
+    /// one, and one unanswered for PROBE_TIMEOUT is given up and resumed elsewhere.
+    async fn check_liveness(&mut self) {
+        let now = Instant::now();
+        match self.probe_sent {
+            Some(sent) if now >= sent + PROBE_TIMEOUT => {
+                self.stream_broken(format!(
+                    "no answer to a progress request within {PROBE_TIMEOUT:?}; the member may be cut off"
+                ));
+            }
+            Some(_) => {}
+            None if now >= self.last_heard + SILENCE_BEFORE_PROBE => {
+                let Some(sender) = self.sender.as_mut() else { return };
+                match sender.request_progress().await {
+                    Ok(()) => self.probe_sent = Some(now),
+                    Err(e) => self.stream_broken(format!("sending a progress request failed: {e}")),
+                }
+            }
+            None => {}
+        }
     }
 
     async fn on_response(&mut self, response: WatchResponse) {
@@ -659,14 +710,16 @@ impl HubTask {
             }
             return;
         }
-        if watch_id == -1 || (response.events().is_empty() && !response.created()) {
-            // Progress notification: nothing happened under these prefixes up to this
-            // revision, so a resume may start after it.
-            let targets: Vec<String> = if watch_id == -1 {
-                self.watched.keys().cloned().collect()
-            } else {
-                self.by_watch_id.get(&watch_id).cloned().into_iter().collect()
-            };
+        if watch_id == -1 {
+            // The answer to a progress request (check_liveness): proof the stream is alive,
+            // and nothing more. etcd before 3.5.8 could send it ahead of events not yet
+            // delivered, so its revision is not trusted as a resume point.
+            return;
+        }
+        if response.events().is_empty() && !response.created() {
+            // Progress notification of one watch: nothing happened under its prefix up to
+            // this revision, so a resume may start after it.
+            let targets: Vec<String> = self.by_watch_id.get(&watch_id).cloned().into_iter().collect();
             for prefix in targets {
                 if let Some(w) = self.watched.get_mut(&prefix) {
                     if matches!(w.phase, Phase::Watching { .. }) {
@@ -736,6 +789,11 @@ impl HubTask {
         }
     }
 }
+
+/// How long the watch stream may stay silent before etcd is asked for its progress.
+const SILENCE_BEFORE_PROBE: Duration = Duration::from_secs(3);
+/// How long an answer to a progress request may take before the stream is given up.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// How old a stream must be before a refusal on it is blamed on an expired token
 /// rather than on the user's permissions.

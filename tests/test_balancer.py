@@ -402,3 +402,48 @@ def test_a_follower_survives_a_failing_callback(registry, servers):
         wait_until(lambda: seen[-1] == 2, 10, "the next change to be delivered")
     finally:
         follower.close()
+
+
+def _polling(channel: grpc.Channel) -> bool:
+    state = channel._connectivity_state  # type: ignore[attr-defined]
+    with state.lock:
+        return bool(state.polling)
+
+
+def test_closing_endpoint_channels_never_makes_grpc_polling_threads_raise(registry, servers, monkeypatch):
+    """grpcio's connectivity polling thread raises "Channel closed!" when its channel is
+    closed before the thread notices the unsubscribe (grpc/grpc#18995): endpoints that
+    leave, and the balanced channel's close(), must wait for it."""
+    raised: list[threading.ExceptHookArgs] = []
+    monkeypatch.setattr(threading, "excepthook", raised.append)
+    opened: list[grpc.Channel] = []
+    open_sync_channel = gr.balancer._open_sync_channel
+
+    def recording(*args: object) -> grpc.Channel:
+        channel = open_sync_channel(*args)  # type: ignore[arg-type]
+        opened.append(channel)
+        return channel
+
+    monkeypatch.setattr(gr.balancer, "_open_sync_channel", recording)
+    registry.register(instance_for(servers[0]))
+    with registry.get_connection("echo") as channel:
+        all_ready(channel, 1)
+        for _ in range(60):
+            registry.register(instance_for(servers[1]))
+            registry.register(instance_for(servers[2]))
+            # Removed as soon as they appear, while their channels connect: polling
+            # threads are then busy, not asleep in a 0.2 s wait.
+            deadline = time.monotonic() + 10
+            while len(channel.targets) < 3:
+                assert time.monotonic() < deadline, "s1 and s2 never joined"
+            registry.deregister("s1")
+            registry.deregister("s2")
+            wait_until(lambda: len(channel.targets) == 1, 10)
+    assert len(opened) == 121
+    assert channel._closer._reaper is None  # close() ended it
+    # Every polling thread has stopped (or raised): nothing can raise later, unseen.
+    wait_until(lambda: raised or not any(_polling(c) for c in opened), 5, "grpcio's polling threads to stop")
+    assert [(args.thread, args.exc_value) for args in raised] == []
+    for closed in opened:
+        with pytest.raises(ValueError, match="closed"):
+            closed._channel.check_connectivity_state(False)  # type: ignore[attr-defined]

@@ -562,6 +562,90 @@ def _connect(channel: grpc.Channel) -> None:
         grpc.channel_ready_future(channel)
 
 
+def _grpc_polling(channel: Any) -> bool:
+    """Whether grpcio's connectivity polling thread may still use ``channel``. Reads grpcio's
+    private state defensively: False (close at once) if its layout is not the known one."""
+    state = getattr(channel, "_connectivity_state", None)
+    lock = getattr(state, "lock", None)
+    if state is None or lock is None or not isinstance(getattr(state, "polling", None), bool):
+        return False
+    with lock:
+        return bool(state.polling)
+
+
+def _close_when_unpolled(channel: Any, deadline: float) -> None:
+    while _grpc_polling(channel) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    channel.close()
+
+
+class _ChannelCloser:
+    """Closes subscribed grpcio channels only once grpcio has stopped polling them.
+
+    ``subscribe()`` starts a grpcio thread that polls the channel every 0.2 s and notices
+    ``unsubscribe()`` only at its next wake-up; a channel closed before then makes that
+    thread raise "Channel closed!" (grpc/grpc#18995). So a channel to close is unsubscribed
+    and handed to a small reaper thread, which closes it once grpcio's polling of it has
+    stopped; the reaper ends when it has nothing left. ``close()`` ends the reaper and
+    closes what is left, waiting (bounded) for the polling to stop."""
+
+    #: How long close() waits for grpcio's polling threads before closing regardless.
+    WAIT = 1.0
+    #: How often the reaper looks.
+    INTERVAL = 0.05
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._cond = threading.Condition()
+        self._pending: list[Any] = []
+        self._reaper: threading.Thread | None = None
+        self._closed = False
+
+    def close_later(self, channel: Any, callback: Callable[[grpc.ChannelConnectivity], None] | None) -> None:
+        """Unsubscribes ``callback`` and closes ``channel`` soon, without blocking."""
+        if callback is not None:
+            channel.unsubscribe(callback)
+        if _grpc_polling(channel):
+            with self._cond:
+                if not self._closed:
+                    self._pending.append(channel)
+                    if self._reaper is None:
+                        self._reaper = threading.Thread(target=self._reap, name=self._name, daemon=True)
+                        self._reaper.start()
+                    return
+        _close_when_unpolled(channel, time.monotonic() + self.WAIT)
+
+    def _reap(self) -> None:
+        while True:
+            with self._cond:
+                idle = [c for c in self._pending if not _grpc_polling(c)]
+                self._pending = [c for c in self._pending if c not in idle]
+                done = self._closed or not self._pending
+                if done:
+                    self._reaper = None
+            for channel in idle:
+                channel.close()
+            if done:
+                return  # close() takes what is left
+            with self._cond:
+                if not self._closed:
+                    self._cond.wait(self.INTERVAL)
+
+    def close(self) -> None:
+        """Closes every channel handed over, having ended the reaper."""
+        with self._cond:
+            self._closed = True
+            reaper = self._reaper
+            self._cond.notify_all()
+        if reaper is not None and reaper is not threading.current_thread():
+            reaper.join()
+        with self._cond:
+            pending, self._pending = self._pending, []
+        deadline = time.monotonic() + self.WAIT
+        for channel in pending:
+            _close_when_unpolled(channel, deadline)
+
+
 def _open_sync_channel(target: str, credentials: grpc.ChannelCredentials | None, options: ChannelOptions) -> Any:
     if credentials is None:
         return grpc.insecure_channel(target, options=list(options))
@@ -592,6 +676,7 @@ class BalancedChannel(grpc.Channel):
         self._closed = False
         self._close_lock = threading.Lock()
         self._subscriptions: dict[_Endpoint, Callable[[grpc.ChannelConnectivity], None]] = {}
+        self._closer = _ChannelCloser(f"genesis-close-{service}")
         options = tuple(options)
         self._endpoints = _Endpoints(
             service,
@@ -612,16 +697,17 @@ class BalancedChannel(grpc.Channel):
             if state == grpc.ChannelConnectivity.IDLE and not endpoint.removed:
                 # grpcio asks to connect only once per subscription; an endpoint that
                 # went IDLE (server restart, GOAWAY) would otherwise never come back.
-                _connect(endpoint.channel)
+                try:
+                    _connect(endpoint.channel)
+                except ValueError:  # "Channel closed!": removed meanwhile
+                    pass
 
         self._subscriptions[endpoint] = on_state
         endpoint.channel.subscribe(on_state, try_to_connect=True)
 
     def _close_endpoint(self, endpoint: _Endpoint) -> None:
-        callback = self._subscriptions.pop(endpoint, None)
-        if callback is not None:
-            endpoint.channel.unsubscribe(callback)
-        endpoint.channel.close()
+        # Not closed at once: see _ChannelCloser (grpc/grpc#18995).
+        self._closer.close_later(endpoint.channel, self._subscriptions.pop(endpoint, None))
 
     def _track(self, endpoint: _Endpoint, start: Callable[..., Any], *args: Any) -> Any:
         """Starts a call (already counted on `endpoint`) and uncounts it when it ends."""
@@ -699,6 +785,7 @@ class BalancedChannel(grpc.Channel):
             self._follower.close()
             for endpoint in self._endpoints.close_all():
                 self._close_endpoint(endpoint)
+            self._closer.close()
             with self._endpoints.changed:
                 self._endpoints.changed.notify_all()
 

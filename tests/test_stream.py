@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from typing import Any
 
 import genesis_registry as gr
@@ -265,3 +266,42 @@ def _started(manager: gr.StreamManager) -> bool:
         return True
     except gr.EtcdUnavailableError:
         return False
+
+
+def test_closing_channels_never_makes_grpc_polling_threads_raise(registry, servers, monkeypatch):
+    """As for balanced channels (grpc/grpc#18995): a channel closed before grpcio's polling
+    thread notices the unsubscribe makes that thread raise "Channel closed!"."""
+    raised: list[threading.ExceptHookArgs] = []
+    monkeypatch.setattr(threading, "excepthook", raised.append)
+    opened: list[grpc.Channel] = []
+
+    def factory(channel: grpc.Channel, instance: gr.ServiceInstance) -> Any:
+        if channel not in opened:
+            opened.append(channel)
+        return EchoStub(channel).ServerStream(LONG_STREAM)
+
+    registry.register(instance_for(servers[0]))
+    with gr.StreamManager(registry, config(Recorder(), factory=factory)) as manager:
+        wait_until(lambda: "s0" in manager.streams(), 10)
+        for _ in range(40):
+            registry.register(instance_for(servers[1]))
+            registry.register(instance_for(servers[2]))
+            # Removed as soon as their streams open, while their channels connect.
+            deadline = time.monotonic() + 10
+            while len(manager.streams()) < 3:
+                assert time.monotonic() < deadline, "s1 and s2 never got streams"
+            registry.deregister("s1")
+            registry.deregister("s2")
+            wait_until(lambda: set(manager.streams()) == {"s0"}, 10)
+    assert len(opened) == 81
+
+    def polling(channel: grpc.Channel) -> bool:
+        state = channel._connectivity_state  # type: ignore[attr-defined]
+        with state.lock:
+            return bool(state.polling)
+
+    wait_until(lambda: raised or not any(polling(c) for c in opened), 5, "grpcio's polling threads to stop")
+    assert [(args.thread, args.exc_value) for args in raised] == []
+    for closed in opened:
+        with pytest.raises(ValueError, match="closed"):
+            closed._channel.check_connectivity_state(False)  # type: ignore[attr-defined]

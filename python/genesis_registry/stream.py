@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 import grpc.aio
 
-from .balancer import _Unavailable, endpoint_target
+from .balancer import _ChannelCloser, _Unavailable, endpoint_target
 from .errors import InvalidConfigError
 from .model import ServiceInstance
 
@@ -294,6 +294,9 @@ class StreamManager:
         self._follower: ServiceFollower | None = None
         self._lock = threading.Lock()
         self._stopped = False
+        #: Channels are closed once grpcio stops polling them (see _ChannelCloser).
+        self._closer = _ChannelCloser(f"genesis-streams-close-{config.service_name}")
+        self._subscriptions: dict[Any, Callable[[grpc.ChannelConnectivity], None]] = {}
 
     @property
     def config(self) -> StreamManagerConfig:
@@ -367,6 +370,7 @@ class StreamManager:
             for slot in list(table.slots.values()):
                 self._close(slot)
             table.slots.clear()
+            self._closer.close()
             table.publish()
 
     def _open(self, slot: _Slot) -> None:
@@ -379,7 +383,12 @@ class StreamManager:
                 channel = grpc.insecure_channel(target, options=list(config.options))
             else:
                 channel = grpc.secure_channel(target, config.credentials, options=list(config.options))
-            channel.subscribe(lambda state: self._events.put(("state", (instance_id, channel, state))), True)
+
+            def on_state(state: grpc.ChannelConnectivity) -> None:
+                self._events.put(("state", (instance_id, channel, state)))
+
+            self._subscriptions[channel] = on_state
+            channel.subscribe(on_state, True)
             return channel
 
         self._table.open_stream(slot, make_channel, lambda *ended: self._events.put(("ended", ended)))
@@ -387,7 +396,7 @@ class StreamManager:
     def _close(self, slot: _Slot) -> None:
         _stream, channel = self._table.detach(slot)
         if channel is not None:
-            channel.close()
+            self._closer.close_later(channel, self._subscriptions.pop(channel, None))
 
 
 class AsyncStreamManager:

@@ -32,7 +32,7 @@ fn class_of(error: &Error) -> &'static str {
         Error::Closed(_) => "RegistryClosedError",
         Error::LeaseExpired(_) => "LeaseExpiredError",
         Error::Unavailable(_) => "EtcdUnavailableError",
-        Error::Authentication(_) => "AuthenticationError",
+        Error::Authentication(_) | Error::CertificateRefused(_) => "AuthenticationError",
         Error::Etcd(_) => "RegistryError",
     }
 }

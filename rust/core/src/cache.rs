@@ -231,7 +231,7 @@ impl ServiceCache {
             if self.is_ready() {
                 return Ok(());
             }
-            if let Some(refused @ crate::Error::Authentication(_)) = self.last_error() {
+            if let Some(refused) = self.last_error().filter(crate::Error::is_refusal) {
                 return Err(refused);
             }
             notified.await;
@@ -243,7 +243,7 @@ impl ServiceCache {
     }
 
     pub(crate) fn set_last_error(&self, error: Option<crate::Error>) {
-        let refused = matches!(error, Some(crate::Error::Authentication(_)));
+        let refused = error.as_ref().is_some_and(crate::Error::is_refusal);
         *lock(&self.last_error) = error;
         if refused {
             self.ready_notify.notify_waiters();

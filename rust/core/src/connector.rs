@@ -268,7 +268,7 @@ where
             Err(_) => {
                 return Err(match last {
                     // Every member tried refused its certificate: that, not a timeout, is the news.
-                    Some(e @ Error::Authentication(_)) => e,
+                    Some(e @ Error::CertificateRefused(_)) => e,
                     Some(e) => Error::Unavailable(format!("{e} (gave up after {budget:?})")),
                     None => Error::Unavailable(format!(
                         "{what}: no answer from etcd within {budget:?} (queued or in flight)"
@@ -360,17 +360,17 @@ pub(crate) fn classify(err: etcd_client::Error, what: &str) -> Error {
     }
 }
 
-/// The start of every certificate failure's message (see [`certificate_failure`]).
+/// How every certificate failure's message starts (see [`certificate_failure`]).
 const TLS_REFUSED: &str = "TLS handshake with etcd failed";
 
 /// Whether to try `err`'s call again. A certificate failure is final with one member;
 /// with several, the balanced channel may have picked the one member whose certificate
 /// is wrong, and another attempt may reach a good one (as long as the deadline allows).
 fn worth_retrying(err: &Error, members: usize) -> bool {
-    err.is_retryable() || (members > 1 && matches!(err, Error::Authentication(m) if m.contains(TLS_REFUSED)))
+    err.is_retryable() || (members > 1 && matches!(err, Error::CertificateRefused(_)))
 }
 
-/// A TLS handshake that failed over a certificate, as an authentication error.
+/// A TLS handshake that failed over a certificate, as [`Error::CertificateRefused`].
 ///
 /// etcd-client reports these as an unavailable channel, which the retry loops would
 /// retry until the dial timeout; but an untrusted server certificate, a name it does
@@ -405,7 +405,7 @@ fn certificate_failure(err: &etcd_client::Error, what: &str) -> Option<Error> {
     } else {
         return None;
     };
-    Some(Error::Authentication(format!("{what}: {TLS_REFUSED}: {hint}: {cause}")))
+    Some(Error::CertificateRefused(format!("{what}: {TLS_REFUSED}: {hint}: {cause}")))
 }
 
 fn is_transport_message(msg: &str) -> bool {
@@ -638,9 +638,7 @@ fn unreachable_error(err: Error, endpoints: &str, budget: Duration) -> Error {
         Error::Unavailable(m) => Error::Unavailable(format!(
             "etcd at {endpoints} did not answer within the dial timeout ({budget:?}): {m}"
         )),
-        Error::Authentication(m) if m.contains(TLS_REFUSED) => {
-            Error::Authentication(format!("etcd at {endpoints}: {m}"))
-        }
+        Error::CertificateRefused(m) => Error::CertificateRefused(format!("etcd at {endpoints}: {m}")),
         other => other,
     }
 }
@@ -784,7 +782,7 @@ mod tests {
         let untrusted =
             classify(tonic::Status::unavailable("invalid peer certificate: UnknownIssuer").into(), "connect");
         assert!(
-            matches!(untrusted, Error::Authentication(ref m) if m.contains("not trusted") && m.contains("UnknownIssuer")),
+            matches!(untrusted, Error::CertificateRefused(ref m) if m.contains("not trusted") && m.contains("UnknownIssuer")),
             "{untrusted}"
         );
         assert!(!untrusted.is_retryable());
@@ -798,11 +796,11 @@ mod tests {
             .into(),
             "connect",
         );
-        assert!(matches!(name, Error::Authentication(ref m) if m.contains("server_name")), "{name}");
+        assert!(matches!(name, Error::CertificateRefused(ref m) if m.contains("server_name")), "{name}");
         let refused =
             classify(tonic::Status::unavailable("received fatal alert: BadCertificate").into(), "connect");
         assert!(
-            matches!(refused, Error::Authentication(ref m) if m.contains("client certificate")),
+            matches!(refused, Error::CertificateRefused(ref m) if m.contains("client certificate")),
             "{refused}"
         );
         // A handshake cut short is not a certificate problem: it may be a member restarting.

@@ -25,6 +25,9 @@ pub enum Error {
     Unavailable(String),
     /// etcd refused the credentials, or the user lacks a permission.
     Authentication(String),
+    /// A TLS handshake failed over a certificate (untrusted, wrong name, or a client
+    /// certificate refused or missing). Final for one member; another member may differ.
+    CertificateRefused(String),
     /// Any other error etcd reported.
     Etcd(String),
 }
@@ -33,6 +36,11 @@ impl Error {
     /// Whether retrying the same call on another member may succeed.
     pub fn is_retryable(&self) -> bool {
         matches!(self, Error::Unavailable(_))
+    }
+
+    /// Whether etcd (or its TLS) refused this client: waiting longer will not help.
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, Error::Authentication(_) | Error::CertificateRefused(_))
     }
 }
 
@@ -45,6 +53,7 @@ impl fmt::Display for Error {
             | Error::LeaseExpired(m)
             | Error::Unavailable(m)
             | Error::Authentication(m)
+            | Error::CertificateRefused(m)
             | Error::Etcd(m) => f.write_str(m),
             Error::AlreadyRegistered(id) => {
                 write!(f, "service instance {id:?} is already registered in this registry")

@@ -9,51 +9,54 @@ import resource
 import statistics
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Generator
 from typing import Any
 
 #: Smallest span a timed batch of calls must cover, so timer resolution does not matter.
 MIN_BATCH_SECONDS = 0.05
 
 
+def _batch_plan(batches: int, min_batch: float) -> Generator[int, float, float]:
+    """The measuring plan both timers follow: it yields how many calls to time next and is
+    sent the seconds they took. Batches double until one lasts ``min_batch``; then
+    ``batches`` batches of that size are timed and the median microseconds per call returned."""
+    n = 1
+    while (yield n) < min_batch:
+        n *= 2
+    samples = []
+    for _ in range(batches):
+        samples.append((yield n) / n * 1e6)
+    return statistics.median(samples)
+
+
 def per_call_us(call: Callable[[], Any], batches: int = 5, min_batch: float = MIN_BATCH_SECONDS) -> float:
     """Median microseconds per call over `batches` batches, each at least `min_batch` long."""
     call()  # warm up
-    n = 1
+    plan = _batch_plan(batches, min_batch)
+    n = next(plan)
     while True:
         started = time.perf_counter()
         for _ in range(n):
             call()
-        if time.perf_counter() - started >= min_batch:
-            break
-        n *= 2
-    samples = []
-    for _ in range(batches):
-        started = time.perf_counter()
-        for _ in range(n):
-            call()
-        samples.append((time.perf_counter() - started) / n * 1e6)
-    return statistics.median(samples)
+        try:
+            n = plan.send(time.perf_counter() - started)
+        except StopIteration as done:
+            return float(done.value)
 
 
 async def per_call_us_async(call: Callable[[], Awaitable[Any]], batches: int = 5) -> float:
     """`per_call_us` for coroutines."""
-    await call()
-    n = 1
+    await call()  # warm up
+    plan = _batch_plan(batches, MIN_BATCH_SECONDS)
+    n = next(plan)
     while True:
         started = time.perf_counter()
         for _ in range(n):
             await call()
-        if time.perf_counter() - started >= MIN_BATCH_SECONDS:
-            break
-        n *= 2
-    samples = []
-    for _ in range(batches):
-        started = time.perf_counter()
-        for _ in range(n):
-            await call()
-        samples.append((time.perf_counter() - started) / n * 1e6)
-    return statistics.median(samples)
+        try:
+            n = plan.send(time.perf_counter() - started)
+        except StopIteration as done:
+            return float(done.value)
 
 
 def percentile(values: list[float], fraction: float) -> float:

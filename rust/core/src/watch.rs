@@ -6,9 +6,10 @@
 //! connector requires a leader on every call, so a partitioned member fails the stream
 //! instead of stalling it). A stream silent for a few seconds is asked for its progress,
 //! and given up when no answer comes: a member cut off from this client says nothing at
-//! all. When the stream breaks every watch resumes from its last revision + 1, with backoff. A compacted revision, a cancelled watch, or etcd data
-//! found reset (revision or raft term going backwards) lead to a re-read whose
-//! difference from the cache is published as events, so every view ends exact.
+//! all. When the stream breaks every watch resumes from its last revision + 1, with
+//! backoff. A compacted revision, a cancelled watch, or etcd data found reset (revision or
+//! raft term going backwards) lead to a re-read whose difference from the cache is
+//! published as events, so every view ends exact.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};

@@ -419,7 +419,7 @@ def test_unreachable_etcd_is_one_error_line_and_exit_1(command: list[str]) -> No
         (["list", "--endpoints", "127.0.0.1:99999"], ["not a valid host:port"]),
         (["list", "--endpoints", ""], ["must not be empty"]),
         (["list", "--endpoints", "https://127.0.0.1:2379"], ["no TLS configuration"]),
-        (["list", "--namespace", "/", ETCD], ["namespace must name at least one path segment"]),
+        (["list", "--namespace", "/a/../b", ETCD], ['namespace must not contain "." or ".." segments', "/a/../b"]),
         (["list", "--dial-timeout", "soon", ETCD], ["--dial-timeout", "not a number"]),
         (["list", "--user", "root", ETCD], ["--user root needs a password", "GENESIS_ETCD_PASSWORD"]),
         (["list", "--password", "secret", ETCD], ["--password needs --user"]),

@@ -52,3 +52,19 @@ def test_a_go_service_discovers_python_instances(registry, etcd_server, namespac
     lines = go("list", etcd_server.client_url, namespace, "user-service", tmp_path=tmp_path)
     # Go decoded each value into its struct and marshalled it again: identical bytes.
     assert lines == [i.to_json().decode() for i in sorted(mine, key=lambda i: i.id)]
+
+
+def test_a_namespace_with_a_trailing_slash_gives_go_and_python_the_same_keys(
+    connector, etcd_server, namespace, tmp_path
+):
+    slashed = f"{namespace}/"  # Go writes Namespace + "/" + name + "/" + id: "<ns>//order-service/..."
+    (written,) = go("register", etcd_server.client_url, slashed, tmp_path=tmp_path)
+    assert f"{namespace}//order-service/go-order-1" in etcd_keys(etcd_server, namespace)
+    mine = gr.ServiceInstance(id="py-1", name="user-service", endpoints=["grpc://127.0.0.1:9001"])
+    with gr.Registry(connector, gr.Config(namespace=slashed)) as reg:
+        found = wait_until(lambda: reg.get_service("order-service"), 10, "the Go instance")
+        assert [i.to_json() for i in found] == [written.encode()]
+        reg.register(mine)
+        assert go("list", etcd_server.client_url, slashed, "user-service", tmp_path=tmp_path) == [
+            mine.to_json().decode()
+        ]

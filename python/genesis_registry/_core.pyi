@@ -28,6 +28,7 @@ __all__ = [
     "__version__",
     "_reset_after_fork",
     "_shutdown_runtime",
+    "effective_namespace",
 ]
 
 __version__: str
@@ -308,6 +309,12 @@ class WatchCore:
     @property
     def overflows(self) -> int:
         """Times this watch fell behind and was resynced from the current snapshot."""
+
+def effective_namespace(namespace: str) -> str:
+    """The namespace a registry configured with ``namespace`` builds keys from: the string as
+    given (a trailing ``/`` kept, as Go keeps it), or ``"/genesis/services"`` when empty.
+    Raises ``InvalidConfigError`` naming a namespace with control characters or ``.``/``..``
+    segments."""
 
 def _reset_after_fork() -> None:
     """In a forked child: forget the parent's runtime; objects from before the fork stop working."""

@@ -581,19 +581,13 @@ def etcd_config(args: argparse.Namespace) -> EtcdConfig:
     )
 
 
-def _check_namespace(namespace: str) -> None:
-    # The registry checks it too, but only once connected: say it before waiting for etcd.
-    if not namespace.strip("/"):
-        example = '"/genesis/services"'
-        raise CliError(f"namespace must name at least one path segment, like {example} (got {namespace!r})", EXIT_USAGE)
-
-
 @contextlib.contextmanager
 def _registry(args: argparse.Namespace, out: _Output) -> Iterator[Registry]:
     """A connected registry for the command; prints ``--stats`` and closes everything at exit."""
-    _check_namespace(args.namespace)
+    # The namespace is checked before connecting: a bad one is said at once, not after etcd answers.
+    registry_config = Config(namespace=args.namespace)
     config = etcd_config(args)
-    with EtcdConnector(config) as conn, Registry(conn, Config(namespace=args.namespace)) as reg:
+    with EtcdConnector(config) as conn, Registry(conn, registry_config) as reg:
         yield reg
         if args.stats:
             _print_stats(reg, out)

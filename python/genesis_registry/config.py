@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import _core
 from .errors import InvalidConfigError
 
 __all__ = ["MAX_SECONDS", "Config", "EtcdConfig", "Seconds", "TLSConfig", "to_seconds"]
@@ -151,9 +152,13 @@ class Config:
 
     >>> Config(namespace="/prod/services", default_ttl=15).default_ttl
     15.0
+    >>> Config(namespace="").namespace
+    '/genesis/services'
     """
 
-    #: Key prefix of every service: instances live at ``<namespace>/<name>/<id>``.
+    #: Key prefix of every service: instances live at ``<namespace>/<name>/<id>``, built from
+    #: this string exactly as the Go component builds them (a trailing ``/`` is kept, giving
+    #: ``<namespace>//<name>/<id>``); an empty namespace means ``/genesis/services``.
     namespace: str
     #: TTL of a registration when ``register()`` is given none, in seconds (at least 1).
     default_ttl: float
@@ -174,6 +179,7 @@ class Config:
             raise InvalidConfigError(
                 f"namespace must be valid Unicode text (got {namespace!r}, which holds a lone surrogate)"
             ) from None
+        namespace = _core.effective_namespace(namespace)
         set_ = object.__setattr__
         set_(self, "namespace", namespace)
         set_(self, "default_ttl", _positive_seconds("default_ttl", default_ttl, minimum=1.0))

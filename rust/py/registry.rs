@@ -77,6 +77,13 @@ pub struct PyRegistry {
     created_in: u64,
 }
 
+/// The namespace a registry configured with `namespace` builds its keys from (checks it):
+/// the string as given, or the default when empty, as in the Go component.
+#[pyfunction]
+pub fn effective_namespace(namespace: &str) -> PyResult<String> {
+    genesis_registry_core::effective_namespace(namespace).into_py_result()
+}
+
 fn optional_ttl(ttl: Option<f64>) -> PyResult<Option<Duration>> {
     match ttl {
         None => Ok(None),

@@ -26,4 +26,4 @@ pub use connector::{Connector, ConnectorConfig, TlsConfig};
 pub use error::{Error, Result};
 pub use instance::ServiceInstance;
 pub use log_sink::{Level, LogRecord, LogSink};
-pub use registry::{Registry, RegistryConfig};
+pub use registry::{effective_namespace, Registry, RegistryConfig, DEFAULT_NAMESPACE};

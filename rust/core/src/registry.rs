@@ -42,43 +42,45 @@ pub struct RegistryConfig {
 impl Default for RegistryConfig {
     fn default() -> Self {
         Self {
-            namespace: "/genesis/services".into(),
+            namespace: DEFAULT_NAMESPACE.into(),
             default_ttl: Duration::from_secs(30),
             retry_interval: Duration::from_secs(1),
         }
     }
 }
 
+/// The namespace of a registry configured with none, as in the Go component.
+pub const DEFAULT_NAMESPACE: &str = "/genesis/services";
+
+/// The namespace keys are built from, after checking it: `namespace` exactly as given, or
+/// [`DEFAULT_NAMESPACE`] when it is empty.
+///
+/// Go builds keys as `Namespace + "/" + name + "/" + id` from the configured string, so a
+/// trailing `/` (or any empty segment) is kept: normalising it away would put a Python
+/// client and a Go service configured alike under different keys.
+pub fn effective_namespace(namespace: &str) -> Result<String> {
+    if namespace.is_empty() {
+        return Ok(DEFAULT_NAMESPACE.to_string());
+    }
+    if namespace.chars().any(char::is_control) {
+        return Err(Error::InvalidConfig(format!(
+            "namespace must not contain control characters (got {namespace:?})"
+        )));
+    }
+    // Like "." and ".." as ids and names: tools that treat keys as paths would resolve
+    // them away and read or delete another namespace's keys.
+    if namespace.split('/').any(|segment| segment == "." || segment == "..") {
+        return Err(Error::InvalidConfig(format!(
+            "namespace must not contain \".\" or \"..\" segments (got {namespace:?})"
+        )));
+    }
+    Ok(namespace.to_string())
+}
+
 impl RegistryConfig {
-    /// The namespace without a trailing `/`, after checking every field.
+    /// The namespace keys are built from, after checking every field.
     fn validated_namespace(&self) -> Result<String> {
-        let namespace = self.namespace.trim_end_matches('/');
-        if namespace.is_empty() {
-            return Err(Error::InvalidConfig(format!(
-                "namespace must name at least one path segment, like \"/genesis/services\" (got {:?})",
-                self.namespace
-            )));
-        }
-        if namespace.chars().any(char::is_control) {
-            return Err(Error::InvalidConfig(format!(
-                "namespace must not contain control characters (got {:?})",
-                self.namespace
-            )));
-        }
-        if namespace.contains("//") {
-            return Err(Error::InvalidConfig(format!(
-                "namespace must not contain empty segments (got {:?})",
-                self.namespace
-            )));
-        }
-        // Like "." and ".." as ids and names: tools that treat keys as paths would resolve
-        // them away and read or delete another namespace's keys.
-        if namespace.split('/').any(|segment| segment == "." || segment == "..") {
-            return Err(Error::InvalidConfig(format!(
-                "namespace must not contain \".\" or \"..\" segments (got {:?})",
-                self.namespace
-            )));
-        }
+        let namespace = effective_namespace(&self.namespace)?;
         if self.default_ttl < MIN_TTL {
             return Err(Error::InvalidConfig(format!(
                 "default_ttl must be at least 1 second (got {:?})",
@@ -91,7 +93,7 @@ impl RegistryConfig {
                 self.retry_interval
             )));
         }
-        Ok(namespace.to_string())
+        Ok(namespace)
     }
 }
 
@@ -598,14 +600,32 @@ mod tests {
     use super::*;
 
     #[test]
-    fn namespace_is_checked_and_normalized() {
-        let ok = RegistryConfig { namespace: "/genesis/services/".into(), ..Default::default() };
-        assert_eq!(ok.validated_namespace().unwrap(), "/genesis/services");
-        for bad in ["", "/", "/a//b", "/a\u{0}b", "/a/../b", "/a/./b", "..", "/ns/.."] {
+    fn namespace_is_kept_as_configured_like_go() {
+        for (given, used) in [
+            ("/genesis/services", "/genesis/services"),
+            ("/team/services/", "/team/services/"),
+            ("/a//b", "/a//b"),
+            ("/", "/"),
+            ("team", "team"),
+            ("", DEFAULT_NAMESPACE),
+        ] {
+            let config = RegistryConfig { namespace: given.into(), ..Default::default() };
+            assert_eq!(config.validated_namespace().unwrap(), used, "{given:?}");
+        }
+    }
+
+    #[test]
+    fn namespace_that_could_escape_is_refused_naming_it() {
+        for bad in ["/a\u{0}b", "/a\nb", "/a/../b", "/a/./b", "..", "/ns/..", "./x"] {
             let config = RegistryConfig { namespace: bad.into(), ..Default::default() };
             let err = config.validated_namespace().unwrap_err();
             assert!(matches!(err, Error::InvalidConfig(_)), "{bad:?}: {err}");
+            assert!(err.to_string().contains(&format!("{bad:?}")), "{bad:?}: {err}");
         }
+    }
+
+    #[test]
+    fn durations_are_checked() {
         let short = RegistryConfig { default_ttl: Duration::from_millis(999), ..Default::default() };
         assert!(short.validated_namespace().unwrap_err().to_string().contains("999ms"));
     }

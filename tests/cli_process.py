@@ -31,11 +31,16 @@ class Child:
     """The command running in a child process; its stdout is read line by line, each read with
     a deadline (a test never sleeps to synchronise)."""
 
-    def __init__(self, *args: str, env: dict[str, str] | None = None, **popen: Any) -> None:
+    def __init__(
+        self, *args: str, env: dict[str, str] | None = None, wrapper: tuple[str, ...] = (), **popen: Any
+    ) -> None:
+        """``wrapper`` is a command that execs the CLI (e.g. ``setsid --ctty``): whatever must
+        happen in the child before the CLI runs is done by a program, never by a
+        Python pre-exec hook (Python between fork and exec)."""
         self._stderr = tempfile.TemporaryFile()
         popen.setdefault("stdin", subprocess.DEVNULL)
         self.proc = subprocess.Popen(
-            [*CLI, *args],
+            [*wrapper, *CLI, *args],
             stdout=subprocess.PIPE,
             stderr=self._stderr,
             env=env if env is not None else child_env(),

@@ -487,14 +487,7 @@ def test_wrong_password_from_the_environment_is_refused_and_never_echoed(auth_et
 
 
 def test_password_prompt_on_a_terminal_does_not_echo(auth_etcd: EtcdServer) -> None:
-    import fcntl
-    import termios
-
     master, slave = pty.openpty()
-
-    def take_terminal() -> None:  # the pty becomes the child's controlling terminal (/dev/tty)
-        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
-
     child = Child(
         "--endpoints",
         auth_etcd.endpoints[0],
@@ -503,8 +496,8 @@ def test_password_prompt_on_a_terminal_does_not_echo(auth_etcd: EtcdServer) -> N
         "list",
         "--json",
         stdin=slave,
-        start_new_session=True,
-        preexec_fn=take_terminal,
+        # A new session whose controlling terminal (/dev/tty) is the pty on stdin.
+        wrapper=("setsid", "--ctty"),
     )
     os.close(slave)
     try:

@@ -8,15 +8,18 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import genesis_registry as gr
+import grpc
 import pytest
 from conftest import etcd_keys, instance, wait_until
-from genesis_registry.testing import EtcdCluster, EtcdMember, _is_healthy
+from echo import EchoStub, instance_for
+from genesis_registry.testing import EtcdCluster, EtcdMember, EtcdServer, _is_healthy
 
 
 def status(cluster: EtcdCluster) -> list[dict]:
@@ -348,3 +351,76 @@ def test_the_plugin_serves_sync_tests_without_pytest_asyncio(tmp_path: Path, etc
     out = result.stdout.decode() + result.stderr.decode()
     assert result.returncode == 0, out
     assert "1 passed" in out
+
+
+def _running(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie (an orphan's reaper may be slow)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def test_local_etcd_starts_while_grpc_calls_run_on_other_threads(registry, servers):
+    # With Python between fork and exec (a pre-exec hook), CPython runs grpcio's at-fork
+    # handlers in the child, and 15 of 60 etcd starts died before exec in such a process.
+    for server in servers:
+        registry.register(instance_for(server))
+    stop = threading.Event()
+    calls: list[int] = []
+    failures: list[BaseException] = []
+
+    def call_until_stopped(stub: EchoStub) -> None:
+        while not stop.is_set():
+            try:
+                stub.Unary(b"x", timeout=5)
+                calls.append(1)
+            except grpc.RpcError as error:
+                failures.append(error)
+
+    with registry.get_connection("echo") as channel:
+        callers = [threading.Thread(target=call_until_stopped, args=(EchoStub(channel),)) for _ in range(2)]
+        for caller in callers:
+            caller.start()
+        try:
+            wait_until(lambda: len(calls) >= 10, 10, "gRPC calls under way")
+            started = 0
+            for _ in range(50):
+                with EtcdServer() as etcd:
+                    assert _is_healthy(etcd.client_url, 5)
+                    started += 1
+            during = len(calls)
+        finally:
+            stop.set()
+            for caller in callers:
+                caller.join(10)
+    assert started == 50
+    assert during > 100, f"only {during} gRPC calls ran while etcd started"
+    assert failures == []
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the death signal is Linux's")
+def test_a_local_etcd_never_outlives_the_process_that_started_it():
+    code = textwrap.dedent(
+        """
+        import sys
+        from genesis_registry.testing import EtcdServer
+
+        etcd = EtcdServer().start()
+        print(etcd.pid, flush=True)
+        sys.stdin.read()  # until killed
+        """
+    )
+    parent = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert parent.stdout is not None
+    try:
+        etcd_pid = int(parent.stdout.readline())
+        assert _running(etcd_pid)
+        assert Path(f"/proc/{etcd_pid}/comm").read_text().strip() == "etcd"
+        parent.kill()  # SIGKILL: no finalizer, no atexit runs in the parent
+        parent.wait(10)
+        wait_until(lambda: not _running(etcd_pid), 10, f"etcd {etcd_pid} to die with its parent")
+    finally:
+        parent.kill()
+        parent.wait(10)

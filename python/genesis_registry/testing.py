@@ -69,6 +69,7 @@ genesis_registry when they run), so it can also be imported from non-test code.
 
 from __future__ import annotations
 
+import functools
 import http.client
 import importlib.util
 import json
@@ -417,34 +418,47 @@ def _reap(proc: subprocess.Popen[bytes]) -> None:
         pass
 
 
-def _death_signal_preexec() -> Callable[[], None] | None:
-    """A preexec_fn that makes the kernel SIGKILL the child when we die (Linux).
+#: The step between setpriv and etcd: ``sh -c SCRIPT <our pid> etcd ...`` execs etcd only if
+#: the process that started it is still its parent once the death signal is set; otherwise
+#: that parent died first and the signal would never come.
+_EXEC_IF_PARENT_ALIVE = '[ "$PPID" = "$0" ] && exec "$@"; exit 1'
 
-    PR_SET_PDEATHSIG fires when the *thread* that forked the child exits, not
-    only the process, so it is set only when spawning from the main thread;
-    otherwise etcd would die with, say, a short-lived executor thread. The
-    weakref finalizer still covers a normal interpreter exit in that case.
-    """
+
+@functools.cache
+def _setpriv() -> str | None:
+    """util-linux's setpriv, if it is here and can set a parent-death signal (>= 2.33)."""
     if not sys.platform.startswith("linux"):
         return None
-    if threading.current_thread() is not threading.main_thread():
+    path = shutil.which("setpriv")
+    if path is None or not os.path.exists("/bin/sh"):
         return None
     try:
-        import ctypes
-
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
+        probe = subprocess.run(
+            [path, "--pdeathsig", "KILL", "--", "/bin/sh", "-c", "exit 0"],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
         return None
-    parent = os.getpid()
-    pr_set_pdeathsig = 1
-    sigkill = int(signal.SIGKILL)
+    return path if probe.returncode == 0 else None
 
-    def preexec() -> None:
-        prctl(pr_set_pdeathsig, sigkill, 0, 0, 0)
-        if os.getppid() != parent:  # the parent died before prctl took effect
-            os._exit(1)
 
-    return preexec
+def _tied_to_this_process(cmd: list[str]) -> list[str]:
+    """``cmd`` made to die with this process: on Linux the kernel SIGKILLs it when we die.
+
+    The death signal is set by ``setpriv --pdeathsig`` after exec, never by Python code
+    between fork and exec (a Python pre-exec hook makes CPython run at-fork hooks,
+    grpcio's among them, in the child of a threaded process, and such children crash).
+    PR_SET_PDEATHSIG fires when the *thread* that started the child exits, not only the
+    process, so it is set only for children started from the main thread; otherwise etcd
+    would die with, say, a short-lived executor thread. Without setpriv, or from another
+    thread, the weakref finalizer still covers a normal interpreter exit.
+    """
+    setpriv = _setpriv()
+    if setpriv is None or threading.current_thread() is not threading.main_thread():
+        return cmd
+    return [setpriv, "--pdeathsig", "KILL", "--", "/bin/sh", "-c", _EXEC_IF_PARENT_ALIVE, str(os.getpid()), *cmd]
 
 
 def _run_etcdctl(
@@ -487,8 +501,11 @@ class EtcdServer:
     etcd runs in its own process group and never outlives this Python
     process: a finalizer kills it when the object is collected or the
     interpreter exits, and on Linux the kernel SIGKILLs it if Python dies
-    (when it was started from the main thread). Variables named ``ETCD_*``
-    are not passed to it (they would clash with its flags).
+    (when it was started from the main thread and util-linux's ``setpriv``
+    is installed, as on every mainstream distribution). No Python code runs
+    in the child between fork and exec, so starting etcd is safe while gRPC
+    is busy on other threads. Variables named ``ETCD_*`` are not passed to
+    it (they would clash with its flags).
 
     Unless ``extra_args`` sets them, :data:`DEFAULT_RAFT_ARGS` make elections
     fast (restarts take ~0.15 s instead of ~1.5 s).
@@ -907,13 +924,12 @@ class EtcdServer:
             log.write(banner.encode())
             log.flush()
             proc = subprocess.Popen(
-                cmd,
+                _tied_to_this_process(cmd),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=_child_env("ETCD_", keep=("ETCD_UNSUPPORTED_ARCH",)),
                 start_new_session=True,  # own process group: killpg reaches it alone
-                preexec_fn=_death_signal_preexec(),
             )
         self._proc = proc
         self._finalizer = weakref.finalize(self, _reap, proc)

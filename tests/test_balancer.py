@@ -447,3 +447,90 @@ def test_closing_endpoint_channels_never_makes_grpc_polling_threads_raise(regist
     for closed in opened:
         with pytest.raises(ValueError, match="closed"):
             closed._channel.check_connectivity_state(False)  # type: ignore[attr-defined]
+
+
+def two_endpoint_instance(id: str, *servers: EchoServer, **metadata: object) -> gr.ServiceInstance:
+    """One instance reachable at every one of ``servers``' endpoints."""
+    return gr.ServiceInstance(
+        id=id,
+        name="echo",
+        endpoints=[s.endpoint for s in servers],
+        metadata={key: str(value) for key, value in metadata.items()},
+    )
+
+
+def test_every_endpoint_of_an_instance_takes_calls(registry, servers):
+    # Go's etcd:/// resolver hands every endpoint to gRPC: 10/10 over 20 calls.
+    registry.register(two_endpoint_instance("both", servers[0], servers[1]))
+    with registry.get_connection("echo") as channel:
+        all_ready(channel, 2)
+        assert channel.targets == sorted([servers[0].address, servers[1].address])
+        counts = spread(EchoStub(channel), 20)
+    assert counts == {"s0": 10, "s1": 10}, counts
+
+
+def test_an_instance_weight_applies_to_each_of_its_endpoints(registry, servers):
+    registry.register(two_endpoint_instance("pair", servers[0], servers[1], weight=1))
+    registry.register(instance_for(servers[2], weight=2))
+    with registry.get_connection("echo") as channel:
+        all_ready(channel, 3)
+        counts = spread(EchoStub(channel), 400)
+    assert counts == {"s0": 100, "s1": 100, "s2": 200}, counts
+
+
+def test_unusable_endpoints_beside_usable_ones_are_left_out(registry, servers, etcd_server, namespace):
+    # register() refuses such endpoints; another writer (a Go service) may not.
+    mixed = gr.ServiceInstance(id="mixed", name="echo", endpoints=["http://127.0.0.1:1", servers[0].endpoint])
+    etcd_server.etcdctl("put", f"{namespace}/echo/mixed", input=mixed.to_json())
+    with registry.get_connection("echo") as channel:
+        all_ready(channel, 1)
+        assert channel.targets == [servers[0].address]
+        assert spread(EchoStub(channel), 5) == {"s0": 5}
+
+
+@pytest.mark.parametrize("first_ready", [0, 1, 2])
+def test_pick_first_sends_every_call_to_one_endpoint_whatever_becomes_ready_first(registry, first_ready):
+    # Bound but not serving: a client's connection stays CONNECTING until the server starts,
+    # so the test decides which endpoint is READY first.
+    waiting = [EchoServer(f"p{i}") for i in range(3)]
+    try:
+        for server in waiting:
+            registry.register(instance_for(server))
+        with registry.get_connection("echo", policy="pick_first") as channel:
+            stub = EchoStub(channel)
+            early: list[tuple[list[str], str]] = []
+
+            def first_call() -> None:
+                ready_then = channel.ready_targets()
+                early.append((ready_then, server_of(stub.Unary(b"x", timeout=20))))
+
+            caller = threading.Thread(target=first_call)
+            caller.start()
+            chosen = waiting[first_ready]
+            chosen.start()
+            wait_until(lambda: channel.ready_targets() == [chosen.address], 10, f"{chosen.name} READY")
+            for server in reversed(waiting):
+                server.start()
+            all_ready(channel, 3)
+            caller.join(20)
+            ((ready_then, answered),) = early
+            assert ready_then == []  # the first call was made before any endpoint was READY
+            counts = spread(stub, 59)
+        assert [answered, *counts.elements()] == [chosen.name] * 60, (answered, counts)
+    finally:
+        for server in waiting:
+            server.stop()
+
+
+def test_pick_first_fails_fast_only_once_every_endpoint_failed(registry, servers):
+    dead = EchoServer("dead").start()  # served, then stopped: its port refuses connections
+    dead.stop()
+    registry.register(instance_for(dead, id="a-dead"))
+    with registry.get_connection("echo", policy="pick_first") as channel:
+        stub = EchoStub(channel)
+        with pytest.raises(grpc.RpcError) as failed:
+            stub.Unary(b"x", timeout=30)  # waits while the endpoint connects, fails when it cannot
+        assert failed.value.code() == grpc.StatusCode.UNAVAILABLE
+        registry.register(instance_for(servers[1]))
+        all_ready(channel, 1)
+        assert spread(stub, 10) == {"s1": 10}

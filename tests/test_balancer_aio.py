@@ -605,3 +605,38 @@ async def test_channel_ready_ends_when_the_channel_closes(areg):
     await channel.close()
     with pytest.raises(grpc.aio.UsageError):
         await asyncio.wait_for(waiter, 5)
+
+
+async def test_every_endpoint_of_an_instance_takes_calls(areg, servers):
+    await areg.register(
+        gr.ServiceInstance(id="both", name="echo", endpoints=[servers[0].endpoint, servers[1].endpoint])
+    )
+    async with await areg.get_connection("echo") as channel:
+        await all_ready(channel, 2)
+        counts = await spread(AsyncEchoStub(channel), 20)
+    assert counts == {"s0": 10, "s1": 10}, counts
+
+
+@pytest.mark.parametrize("first_ready", [0, 2])
+async def test_pick_first_sends_every_call_to_one_endpoint_whatever_becomes_ready_first(areg, first_ready):
+    # In-process servers bound but not serving: connections stay CONNECTING until start().
+    waiting = [EchoServer(f"p{i}") for i in range(3)]
+    try:
+        for server in waiting:
+            await areg.register(instance_for(server))
+        async with await areg.get_connection("echo", policy="pick_first") as channel:
+            stub = AsyncEchoStub(channel)
+            assert channel.ready_targets() == []
+            early = stub.Unary(b"x", timeout=20)  # made before any endpoint is READY
+            chosen = waiting[first_ready]
+            chosen.start()
+            await poll(lambda: channel.ready_targets() == [chosen.address], 10, f"{chosen.name} READY")
+            for server in reversed(waiting):
+                server.start()
+            await all_ready(channel, 3)
+            answered = server_of(await early)
+            counts = await spread(stub, 59)
+        assert [answered, *counts.elements()] == [chosen.name] * 60, (answered, counts)
+    finally:
+        for server in waiting:
+            server.stop()

@@ -3,7 +3,8 @@
 grpcio has no plug-in point for name resolvers or load-balancing policies, so the
 balancing happens here: a :class:`BalancedChannel` (a ``grpc.Channel``) keeps one grpcio
 channel per instance endpoint and picks one **per call** from an immutable view, which the
-registry's snapshot of the service feeds. Stubs built once keep working, and stay
+registry's snapshot of the service feeds. Every usable endpoint of every instance is an
+address to balance over, as the Go component's resolver hands them all to gRPC. Stubs built once keep working, and stay
 balanced, as instances come and go. :class:`AsyncBalancedChannel` is the
 ``grpc.aio.Channel`` twin. :func:`dial` accepts the Go component's ``etcd:///<service>``
 target form.
@@ -15,10 +16,14 @@ target form.
 Behaviour, shared by both twins (the logic lives in :class:`_Endpoints`):
 
 - ``round_robin`` (default) spreads calls over READY endpoints; when instances carry a
-  ``weight`` metadata value, a smooth weighted round robin follows the weights
-  (instances without a usable weight count as the mean of the declared ones).
-  ``pick_first`` sends every call to one endpoint, the first to be READY (the lowest
-  instance id among those READY then), and stays with it while it remains READY.
+  ``weight`` metadata value, a smooth weighted round robin follows the weights, each
+  endpoint of an instance taking the instance's weight (instances without a usable weight
+  count as the mean of the declared ones).
+- ``pick_first`` sends every call to one endpoint: the first to be READY (the lowest
+  instance id, then endpoint order, among those READY then). Calls made before any endpoint
+  is READY wait for it, as gRPC's own pick_first queues them, so they go there too. It stays
+  with that endpoint for as long as it is usable (READY, or reconnecting after a drop), and
+  moves to the first READY one only when it fails or its instance leaves.
 - A new endpoint is connected before it takes traffic; endpoints in TRANSIENT_FAILURE
   are skipped while others are READY. A removed endpoint takes no new calls; calls in
   flight finish normally and its channel closes when the last one ends.
@@ -155,11 +160,25 @@ def _smooth_schedule(endpoints: Sequence[_Endpoint]) -> list[_Endpoint]:
 class _Endpoint:
     """One instance endpoint and the grpcio channel to it."""
 
-    __slots__ = ("_callables", "_inflight", "_lock", "channel", "instance", "removed", "state", "target", "weight")
+    __slots__ = (
+        "_callables",
+        "_inflight",
+        "_lock",
+        "channel",
+        "instance",
+        "rank",
+        "removed",
+        "state",
+        "target",
+        "weight",
+    )
 
-    def __init__(self, target: str, instance: ServiceInstance, channel: Any) -> None:
+    def __init__(self, target: str, instance: ServiceInstance, index: int, channel: Any) -> None:
         self.target = target
         self.instance = instance
+        #: Where the endpoint stands in the service's address list: instance id, then its
+        #: position among the instance's endpoints.
+        self.rank = (instance.id, index)
         self.channel = channel
         self.weight = 1
         self.state = grpc.ChannelConnectivity.IDLE
@@ -203,13 +222,26 @@ class _Endpoint:
 class _View:
     """An immutable picture of the endpoints calls may use."""
 
-    __slots__ = ("first", "ready", "schedule")
+    __slots__ = ("connecting", "first", "ready", "schedule")
 
-    def __init__(self, schedule: list[_Endpoint], first: _Endpoint | None, ready: bool) -> None:
+    def __init__(
+        self, schedule: list[_Endpoint], first: _Endpoint | None, ready: bool, connecting: bool = False
+    ) -> None:
         self.schedule = schedule
         self.first = first
         #: Whether the schedule holds READY endpoints (not only connecting ones).
         self.ready = ready
+        #: With an empty schedule: whether endpoints are still connecting, so that a call
+        #: waits for one to be READY rather than failing.
+        self.connecting = connecting
+
+    def takes(self, wait_for_ready: bool | None) -> bool:
+        """Whether a call (``wait_for_ready`` or not) can be given an endpoint now."""
+        return bool(self.schedule) and (self.ready or not wait_for_ready)
+
+    def hopeless(self, wait_for_ready: bool | None) -> bool:
+        """Whether a call that cannot be given an endpoint now fails at once."""
+        return not wait_for_ready and not self.connecting
 
 
 _EMPTY = _View([], None, False)
@@ -250,11 +282,12 @@ class _Endpoints:
             return list(self._by_target.values())
 
     def update(self, instances: Sequence[ServiceInstance]) -> None:
-        """Reconciles the endpoints with the service's current instances."""
-        wanted: dict[str, ServiceInstance] = {}
+        """Reconciles the endpoints with the service's current instances: every usable
+        endpoint of every instance (an endpoint two instances share is balanced once)."""
+        wanted: dict[str, tuple[ServiceInstance, int]] = {}
         for instance in instances:
-            target = next((t for t in map(endpoint_target, instance.endpoints) if t is not None), None)
-            if target is None:
+            targets = [t for t in map(endpoint_target, instance.endpoints) if t is not None]
+            if not targets:
                 if instance.id not in self._skipped:
                     self._skipped.add(instance.id)
                     self._logger.warning(
@@ -265,7 +298,8 @@ class _Endpoints:
                         extra={"service": self.service, "instance_id": instance.id},
                     )
                 continue
-            wanted.setdefault(target, instance)
+            for index, target in enumerate(targets):
+                wanted.setdefault(target, (instance, index))
         self._skipped &= {i.id for i in instances}
         added: list[_Endpoint] = []
         idle_removed: list[_Endpoint] = []
@@ -276,7 +310,7 @@ class _Endpoints:
                     idle_removed.append(gone)
                 else:
                     self._draining.add(gone)
-            for target, instance in wanted.items():
+            for target, (instance, index) in wanted.items():
                 current = self._by_target.get(target)
                 if current is None:
                     try:
@@ -289,10 +323,11 @@ class _Endpoints:
                             self.service,
                         )
                         continue
-                    current = _Endpoint(target, instance, channel)
+                    current = _Endpoint(target, instance, index, channel)
                     self._by_target[target] = current
                     added.append(current)
                 current.instance = instance
+                current.rank = (instance.id, index)
             self._reweigh()
             self._publish()
         for endpoint in idle_removed:
@@ -318,11 +353,12 @@ class _Endpoints:
 
     def acquire(self, counter: Iterator[int], need_ready: bool | None = False) -> _Endpoint | None:
         """The endpoint for the next call, per the policy, with the call counted on it;
-        None without instances (or without a READY one when `need_ready`)."""
+        None when the view takes no call now (see `_View.takes`; `need_ready` is the call's
+        wait_for_ready)."""
         for _ in range(3):
             view = self.view
             schedule = view.schedule
-            if not schedule or (need_ready and not view.ready):
+            if not view.takes(need_ready):
                 return None
             endpoint = view.first if self.policy == "pick_first" else schedule[next(counter) % len(schedule)]
             if endpoint is not None and endpoint.begin():
@@ -345,26 +381,47 @@ class _Endpoints:
         return endpoints
 
     def _reweigh(self) -> None:
+        """Every endpoint takes its instance's weight; instances without one count as the
+        mean of the declared weights (each instance counted once, whatever its endpoints)."""
         endpoints = list(self._by_target.values())
-        declared = [w for w in (_weight(ep.instance) for ep in endpoints) if w is not None]
+        instances = {ep.instance.id: ep.instance for ep in endpoints}
+        declared = [w for w in map(_weight, instances.values()) if w is not None]
         default = round(sum(declared) / len(declared)) if declared else 1
         for endpoint in endpoints:
             endpoint.weight = _weight(endpoint.instance) or default
 
     def _publish(self) -> None:
         """Builds the view calls pick from (lock held)."""
-        endpoints = sorted(self._by_target.values(), key=lambda ep: (ep.instance.id, ep.target))
+        endpoints = sorted(self._by_target.values(), key=lambda ep: ep.rank)
         ready = [ep for ep in endpoints if ep.state == _READY]
-        usable = ready or [ep for ep in endpoints if ep.state not in (_FAILING, _SHUTDOWN)] or endpoints
+        alive = [ep for ep in endpoints if ep.state not in (_FAILING, _SHUTDOWN)]
         if self.policy == "pick_first":
+            # Sticky: the chosen endpoint keeps every call while it is usable, reconnecting
+            # included; a new one is chosen only among READY endpoints, so that calls made
+            # while all are connecting wait and then go where the later ones go.
             previous = self.view.first
-            first = previous if previous in ready else (usable[0] if usable else None)
-            self.view = _View([first] if first else [], first, bool(ready))
+            keep = previous is not None and not previous.removed and previous.state not in (_FAILING, _SHUTDOWN)
+            first = previous if keep else (ready[0] if ready else None)
+            is_ready = first is not None and first.state == _READY
+            self.view = _View([first] if first else [], first, is_ready, connecting=first is None and bool(alive))
         else:
+            usable = ready or alive or endpoints
             self.view = _View(_smooth_schedule(usable), usable[0] if usable else None, bool(ready))
         self.changed.notify_all()
         if self.on_change is not None:
             self.on_change()
+
+
+_UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
+_DEADLINE_EXCEEDED = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+def _no_instance(service: str) -> str:
+    return f"no instance of service {service!r} is available"
+
+
+def _none_ready(service: str) -> str:
+    return f"no instance of service {service!r} was ready before the deadline"
 
 
 def _check_policy(policy: str) -> str:
@@ -720,25 +777,22 @@ class BalancedChannel(grpc.Channel):
         return call
 
     def _wait_for_instance(self, wait_for_ready: bool | None, timeout: float | None) -> tuple[_Endpoint, float | None]:
-        if self._closed:
-            raise ValueError("Cannot invoke RPC on closed channel!")
-        if not wait_for_ready:
-            raise _Unavailable(grpc.StatusCode.UNAVAILABLE, f"no instance of service {self.service!r} is available")
+        """Waits until the view takes the call (a wait_for_ready call, or endpoints still
+        connecting), then acquires an endpoint; raises as grpcio would when it cannot."""
         deadline = None if timeout is None else time.monotonic() + timeout
         endpoints = self._endpoints
         while True:
             with endpoints.changed:
-                while not endpoints.view.ready and not self._closed:
+                while not self._closed and not endpoints.view.takes(wait_for_ready):
+                    if endpoints.view.hopeless(wait_for_ready):
+                        raise _Unavailable(_UNAVAILABLE, _no_instance(self.service))
                     remaining = None if deadline is None else deadline - time.monotonic()
                     if remaining is not None and remaining <= 0:
-                        raise _Unavailable(
-                            grpc.StatusCode.DEADLINE_EXCEEDED,
-                            f"no instance of service {self.service!r} was ready before the deadline",
-                        )
+                        raise _Unavailable(_DEADLINE_EXCEEDED, _none_ready(self.service))
                     endpoints.changed.wait(remaining)
             if self._closed:
                 raise ValueError("Cannot invoke RPC on closed channel!")
-            endpoint = endpoints.acquire(self._counter, need_ready=True)
+            endpoint = endpoints.acquire(self._counter, wait_for_ready)
             if endpoint is not None:
                 return endpoint, None if deadline is None else max(0.0, deadline - time.monotonic())
 
@@ -996,13 +1050,12 @@ class _AioMultiCallable:
             return channel._track(endpoint, endpoint.callable(self), request, **kwargs)
         if channel._closed:
             raise grpc.aio.UsageError("Cannot invoke RPC on closed channel!")
-        if not wait_for_ready:
-            message = f"no instance of service {channel.service!r} is available"
-            return _PendingCall(error=_aio_error(grpc.StatusCode.UNAVAILABLE, message))
+        if channel._endpoints.view.hopeless(wait_for_ready):
+            return _PendingCall(error=_aio_error(_UNAVAILABLE, _no_instance(channel.service)))
         timeout = kwargs.pop("timeout", None)
 
         async def start() -> Any:
-            endpoint, remaining = await channel._wait_for_instance(timeout)
+            endpoint, remaining = await channel._wait_for_instance(wait_for_ready, timeout)
             return channel._track(endpoint, endpoint.callable(self), request, timeout=remaining, **kwargs)
 
         return _PendingCall(start)
@@ -1093,23 +1146,25 @@ class AsyncBalancedChannel(grpc.aio.Channel):
         call.add_done_callback(lambda _call: self._endpoints.finished(endpoint))
         return call
 
-    async def _wait_for_instance(self, timeout: float | None) -> tuple[_Endpoint, float | None]:
-        """Waits until an endpoint is READY (a wait_for_ready call), then acquires it."""
+    async def _wait_for_instance(
+        self, wait_for_ready: bool | None, timeout: float | None
+    ) -> tuple[_Endpoint, float | None]:
+        """Waits until the view takes the call (see :meth:`BalancedChannel._wait_for_instance`),
+        then acquires an endpoint."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             if self._closed:
                 raise _aio_error(grpc.StatusCode.CANCELLED, "the channel was closed")
-            endpoint = self._endpoints.acquire(self._counter, need_ready=True)
+            endpoint = self._endpoints.acquire(self._counter, wait_for_ready)
             if endpoint is not None:
                 return endpoint, None if deadline is None else max(0.0, deadline - time.monotonic())
+            if self._endpoints.view.hopeless(wait_for_ready):
+                raise _aio_error(_UNAVAILABLE, _no_instance(self.service))
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
-                raise _aio_error(
-                    grpc.StatusCode.DEADLINE_EXCEEDED,
-                    f"no instance of service {self.service!r} was ready before the deadline",
-                )
+                raise _aio_error(_DEADLINE_EXCEEDED, _none_ready(self.service))
             self._changed.clear()
-            if self._endpoints.view.ready:
+            if self._endpoints.view.takes(wait_for_ready):
                 continue
             try:
                 await asyncio.wait_for(self._changed.wait(), remaining)

@@ -12,7 +12,7 @@ import genesis_registry as gr
 import grpc
 import pytest
 from conftest import await_until, wait_until
-from echo import AsyncEchoStub, EchoStub, instance_for
+from echo import AsyncEchoStub, EchoServer, EchoStub, instance_for
 
 LONG_STREAM = b"100000:50"  # a server stream that lasts far longer than any test
 
@@ -305,3 +305,65 @@ def test_closing_channels_never_makes_grpc_polling_threads_raise(registry, serve
     for closed in opened:
         with pytest.raises(ValueError, match="closed"):
             closed._channel.check_connectivity_state(False)  # type: ignore[attr-defined]
+
+
+def multi(id: str, *endpoints: str) -> gr.ServiceInstance:
+    return gr.ServiceInstance(id=id, name="echo", endpoints=list(endpoints))
+
+
+def stopped_endpoint() -> str:
+    """An endpoint whose port refuses connections (a server that served, then stopped)."""
+    dead = EchoServer("dead").start()
+    dead.stop()
+    return dead.endpoint
+
+
+def test_a_stream_opens_on_the_first_reachable_endpoint(registry, servers):
+    recorder = Recorder()
+    registry.register(multi("multi", stopped_endpoint(), servers[1].endpoint, servers[2].endpoint))
+    with gr.StreamManager(registry, config(recorder)) as manager:
+        wait_until(lambda: servers[1].served["ServerStream"] == 1, 10, "the stream on the second endpoint")
+        wait_until(lambda: "multi" in manager.streams(), 10)
+        assert manager.streams()["multi"].running()
+    assert servers[2].served["ServerStream"] == 0
+    assert [(i, e.code()) for i, e in recorder.errors] == [("multi", grpc.StatusCode.UNAVAILABLE)]
+
+
+def test_a_failing_stream_moves_to_the_instances_next_endpoint(registry, servers):
+    recorder = Recorder()
+    registry.register(multi("multi", servers[0].endpoint, servers[1].endpoint))
+    with gr.StreamManager(registry, config(recorder, retry_initial=5.0, retry_max=10.0)) as manager:
+        wait_until(lambda: servers[0].served["ServerStream"] == 1, 10, "the stream on the first endpoint")
+        on_s0 = manager.streams()["multi"]
+        assert servers[1].served["ServerStream"] == 0
+        servers[0].stop()
+        # At once, not after the 5 s backoff: the next endpoint has not failed yet.
+        wait_until(lambda: servers[1].served["ServerStream"] == 1, 4, "the stream on the second endpoint")
+        wait_until(lambda: manager.streams().get("multi") not in (None, on_s0), 4)
+    assert recorder.errors and recorder.errors[0][0] == "multi"
+
+
+def test_an_endpoint_added_beside_the_one_in_use_keeps_the_stream(registry, servers, etcd_server, namespace):
+    recorder = Recorder()
+    key = f"{namespace}/echo/growing"
+    etcd_server.etcdctl("put", key, input=multi("growing", servers[0].endpoint).to_json())
+    with gr.StreamManager(registry, config(recorder)) as manager:
+        wait_until(lambda: "growing" in manager.streams(), 10, "a stream to s0")
+        stream = manager.streams()["growing"]
+        etcd_server.etcdctl("put", key, input=multi("growing", servers[1].endpoint, servers[0].endpoint).to_json())
+        wait_until(lambda: manager.streams()["growing"] is stream, 10)
+        # The change reached the manager: a third endpoint list, without s0, moves the stream.
+        etcd_server.etcdctl("put", key, input=multi("growing", servers[2].endpoint).to_json())
+        wait_until(lambda: servers[2].served["ServerStream"] == 1, 10, "a stream to s2")
+        assert stream.cancelled()
+    assert servers[0].served["ServerStream"] == 1 and servers[1].served["ServerStream"] == 0
+    assert recorder.errors == []
+
+
+async def test_async_a_stream_opens_on_the_first_reachable_endpoint(areg, servers):
+    recorder = Recorder()
+    await areg.register(multi("multi", stopped_endpoint(), servers[1].endpoint))
+    async with gr.AsyncStreamManager(areg, aio_config(recorder)) as manager:
+        await poll(lambda: servers[1].served["ServerStream"] == 1, message="the stream on the second endpoint")
+        await poll(lambda: "multi" in manager.streams(), message="the stream published")
+    assert [(i, e.code()) for i, e in recorder.errors] == [("multi", grpc.StatusCode.UNAVAILABLE)]

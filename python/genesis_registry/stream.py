@@ -1,11 +1,14 @@
 """StreamManager: exactly one gRPC stream per live instance of a service.
 
-For each instance the manager opens a channel to its endpoint and a stream built by your
-factory. An instance that appears gets a channel and a stream (``on_add``); one that goes
-away has its stream cancelled and its channel closed (``on_remove``); one whose endpoint
-changes gets a new channel and stream. A stream that ends or fails is opened again with
-exponential backoff and jitter for as long as its instance is registered (``on_error``
-on each failure). ``streams()`` is a snapshot; ``stop()`` ends everything.
+For each instance the manager opens a channel to its first usable endpoint and a stream
+built by your factory. An instance that appears gets a channel and a stream (``on_add``);
+one that goes away has its stream cancelled and its channel closed (``on_remove``); one
+whose endpoint in use leaves its endpoint list gets a new channel and stream. A stream that
+fails (``on_error``) moves to the instance's next endpoint, if it has several: at once,
+and with backoff once every endpoint failed in a row. A stream that ends cleanly is opened
+again on the same endpoint. Re-opening uses exponential backoff and jitter and goes on for
+as long as the instance is registered. ``streams()`` is a snapshot; ``stop()`` ends
+everything.
 
     >>> manager = gr.StreamManager(reg, gr.StreamManagerConfig(
     ...     service_name="stream-service",
@@ -86,7 +89,10 @@ class _Slot:
     """One instance's channel and stream."""
 
     instance: ServiceInstance
-    target: str
+    #: The instance's usable endpoints, in its order; the stream runs on one at a time.
+    targets: tuple[str, ...]
+    #: Which of ``targets`` the channel goes to.
+    index: int = 0
     channel: Any = None
     stream: Any = None
     #: Identifies the current stream, so a late "done" of a replaced one is ignored.
@@ -97,14 +103,22 @@ class _Slot:
     #: Whether the channel has been READY since the current stream opened.
     connected: bool = False
 
+    @property
+    def target(self) -> str:
+        return self.targets[self.index]
+
 
 class _Table:
     """The manager's state and decisions, shared by the sync and asyncio twins: which
     instances need a stream, when a stream is due to (re)open, the backoff."""
 
-    def __init__(self, config: StreamManagerConfig, logger: logging.Logger) -> None:
+    def __init__(
+        self, config: StreamManagerConfig, logger: logging.Logger, retire_channel: Callable[[Any], None]
+    ) -> None:
         self.config = config
         self.logger = logger
+        #: Closes a channel the table no longer uses (the twin's way).
+        self.retire_channel = retire_channel
         self.slots: dict[str, _Slot] = {}
         self.snapshot: dict[str, Any] = {}
         self._unusable: set[str] = set()
@@ -113,11 +127,12 @@ class _Table:
         self, instances: Sequence[ServiceInstance]
     ) -> tuple[list[_Slot], list[_Slot], list[tuple[_Slot, _Slot]]]:
         """(new, removed, moved): slots to open, slots to close, and (slot, old) pairs
-        whose endpoint changed (close the old channel and stream, open the slot anew)."""
-        wanted: dict[str, tuple[ServiceInstance, str]] = {}
+        whose endpoint in use left the instance (close the old channel and stream, open the
+        slot anew on its first endpoint)."""
+        wanted: dict[str, tuple[ServiceInstance, tuple[str, ...]]] = {}
         for instance in instances:
-            target = next((t for t in map(endpoint_target, instance.endpoints) if t is not None), None)
-            if target is None:
+            targets = tuple(t for t in map(endpoint_target, instance.endpoints) if t is not None)
+            if not targets:
                 if instance.id not in self._unusable:
                     self._unusable.add(instance.id)
                     self.logger.warning(
@@ -127,25 +142,25 @@ class _Table:
                         extra={"service": self.config.service_name, "instance_id": instance.id},
                     )
                 continue
-            wanted[instance.id] = (instance, target)
+            wanted[instance.id] = (instance, targets)
         self._unusable &= {i.id for i in instances}
         removed = [self.slots.pop(i) for i in [i for i in self.slots if i not in wanted]]
         new: list[_Slot] = []
         moved: list[tuple[_Slot, _Slot]] = []
-        for instance_id, (instance, target) in wanted.items():
+        for instance_id, (instance, targets) in wanted.items():
             slot = self.slots.get(instance_id)
             if slot is None:
-                slot = _Slot(instance, target)
+                slot = _Slot(instance, targets)
                 self.slots[instance_id] = slot
                 new.append(slot)
-            elif slot.target != target:
-                old = _Slot(slot.instance, slot.target, slot.channel, slot.stream)
-                slot.instance, slot.target, slot.channel, slot.stream = instance, target, None, None
+            elif slot.target not in targets:
+                old = _Slot(slot.instance, slot.targets, slot.index, slot.channel, slot.stream)
+                slot.instance, slot.targets, slot.index, slot.channel, slot.stream = instance, targets, 0, None, None
                 slot.generation += 1
                 slot.failures = 0
                 moved.append((slot, old))
-            else:
-                slot.instance = instance
+            else:  # the stream goes on where it is
+                slot.instance, slot.index, slot.targets = instance, targets.index(slot.target), targets
         return new, removed, moved
 
     def apply_instances(
@@ -174,25 +189,28 @@ class _Table:
             self.call("on_error", self.config.on_error, slot.instance, error)
 
     def connectivity(self, instance_id: str, channel: Any, state: grpc.ChannelConnectivity) -> None:
-        """A channel's state changed. gRPC only notices that a stream nobody reads has
-        lost its connection when someone reads it, so a READY channel that drops counts
-        as the end of its stream: cancel it and open it again later."""
+        """A channel's state changed. gRPC only reports the end of a stream nobody reads
+        when someone reads it, so the channel says it instead: a READY channel that drops,
+        or one that fails to connect (TRANSIENT_FAILURE) under a stream, ends that stream
+        as failed: cancel it and open it again (on the next endpoint, if there is one)."""
         slot = self.slots.get(instance_id)
         if slot is None or slot.channel is not channel:
             return
         if state == grpc.ChannelConnectivity.READY:
             slot.connected = True
             return
-        if not slot.connected or slot.stream is None:
+        if slot.stream is None:
             return
+        if slot.connected:
+            why = f"lost the connection to {slot.target} ({state.name})"
+        elif state == grpc.ChannelConnectivity.TRANSIENT_FAILURE:
+            why = f"could not connect to {slot.target}"
+        else:
+            return  # still connecting
         slot.connected = False
         stream, generation = slot.stream, slot.generation
         stream.cancel()
-        self.apply_ended(
-            instance_id,
-            generation,
-            _Unavailable(grpc.StatusCode.UNAVAILABLE, f"lost the connection to {slot.target} ({state.name})"),
-        )
+        self.apply_ended(instance_id, generation, _Unavailable(grpc.StatusCode.UNAVAILABLE, why))
 
     def open_stream(
         self,
@@ -233,18 +251,36 @@ class _Table:
         return slot.generation
 
     def ended(self, instance_id: str, generation: int, failed: bool) -> _Slot | None:
-        """A stream ended: the slot to re-open later (its `reopen_at` set), or None."""
+        """A stream ended: the slot to re-open later (its `reopen_at` set), or None. A
+        failed stream gets a new channel, to the instance's next endpoint if it has several:
+        at once while some endpoint has not failed yet in this round, with backoff once they
+        all have. (A new channel, because a grpcio channel that failed to connect may report
+        no further change while it retries, and a stream opened on it would fail unseen.)"""
         slot = self.slots.get(instance_id)
         if slot is None or slot.generation != generation or slot.reopen_at is not None:
             return None
         if time.monotonic() - slot.opened_at >= self.config.retry_max:
             slot.failures = 0  # it lived long enough: start the backoff over
+        if failed:
+            self._retire_channel_of(slot)
+            slot.index = (slot.index + 1) % len(slot.targets)
+            if slot.index != 0:
+                slot.stream = None
+                slot.reopen_at = time.monotonic()
+                self.publish()
+                return slot
         delay = min(self.config.retry_max, self.config.retry_initial * 2**slot.failures)
         slot.failures += 1 if failed else 0
         slot.stream = None
         slot.reopen_at = time.monotonic() + delay * random.uniform(0.8, 1.2)
         self.publish()
         return slot
+
+    def _retire_channel_of(self, slot: _Slot) -> None:
+        channel, slot.channel = slot.channel, None
+        slot.connected = False
+        if channel is not None:
+            self.retire_channel(channel)
 
     def open_failed(self, slot: _Slot) -> None:
         delay = min(self.config.retry_max, self.config.retry_initial * 2**slot.failures)
@@ -288,7 +324,7 @@ class StreamManager:
 
     def __init__(self, registry: Registry, config: StreamManagerConfig) -> None:
         self._registry = registry
-        self._table = _Table(config, registry._logger)
+        self._table = _Table(config, registry._logger, self._retire_channel)
         self._events: queue.Queue[tuple[str, Any]] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._follower: ServiceFollower | None = None
@@ -396,7 +432,10 @@ class StreamManager:
     def _close(self, slot: _Slot) -> None:
         _stream, channel = self._table.detach(slot)
         if channel is not None:
-            self._closer.close_later(channel, self._subscriptions.pop(channel, None))
+            self._retire_channel(channel)
+
+    def _retire_channel(self, channel: grpc.Channel) -> None:
+        self._closer.close_later(channel, self._subscriptions.pop(channel, None))
 
 
 class AsyncStreamManager:
@@ -404,7 +443,7 @@ class AsyncStreamManager:
 
     def __init__(self, registry: AsyncRegistry, config: StreamManagerConfig) -> None:
         self._registry = registry
-        self._table = _Table(config, registry._logger)
+        self._table = _Table(config, registry._logger, self._retire_channel)
         self._events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self._follower: AsyncServiceFollower | None = None
@@ -511,19 +550,23 @@ class AsyncStreamManager:
 
     def _close(self, slot: _Slot) -> None:
         stream, channel = self._table.detach(slot)
-        pending: list[asyncio.Future[Any]] = []
         if stream is not None:
             # The cancelled call settles in a task of grpc's; stop() waits for it.
-            pending.append(asyncio.ensure_future(_settled(stream)))
+            self._settle_later(asyncio.ensure_future(_settled(stream)))
         if channel is not None:
-            watcher = self._watchers.pop(channel, None)
-            if watcher is not None:
-                watcher.cancel()
-                pending.append(watcher)
-            pending.append(asyncio.ensure_future(channel.close()))
-        for future in pending:
-            self._closing.add(future)
-            future.add_done_callback(self._closing.discard)
+            self._retire_channel(channel)
+
+    def _retire_channel(self, channel: grpc.aio.Channel) -> None:
+        watcher = self._watchers.pop(channel, None)
+        if watcher is not None:
+            watcher.cancel()
+            self._settle_later(watcher)
+        self._settle_later(asyncio.ensure_future(channel.close()))
+
+    def _settle_later(self, future: asyncio.Future[Any]) -> None:
+        """Keeps ``future`` until it is done; stop() waits for what is left."""
+        self._closing.add(future)
+        future.add_done_callback(self._closing.discard)
 
 
 async def _settled(stream: Any) -> None:

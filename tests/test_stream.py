@@ -93,16 +93,34 @@ def test_a_stream_that_ends_cleanly_is_reopened_without_an_error(registry, serve
     recorder = Recorder()
     registry.register(instance_for(servers[0]))
 
+    readers: list[threading.Thread] = []
+    endings: list[grpc.StatusCode] = []
+
+    def read_to_the_end(call: Any) -> None:
+        try:
+            list(call)
+        except grpc.RpcError as error:  # stop() cancels the stream open at that moment
+            endings.append(error.code())
+        else:
+            endings.append(grpc.StatusCode.OK)
+
     def short_and_read(channel: grpc.Channel, instance: gr.ServiceInstance) -> Any:
         call = EchoStub(channel).ServerStream(b"2")
         # The application reads its stream; gRPC reports the end once it is read.
-        threading.Thread(target=lambda: list(call), daemon=True).start()
+        reader = threading.Thread(target=read_to_the_end, args=(call,), daemon=True)
+        readers.append(reader)
+        reader.start()
         return call
 
     short = config(recorder, factory=short_and_read)
     with gr.StreamManager(registry, short):
         wait_until(lambda: servers[0].served["ServerStream"] >= 3, 10, "repeated re-opens")
+    for reader in readers:
+        reader.join(10)
+        assert not reader.is_alive()
     assert recorder.errors == []
+    assert endings.count(grpc.StatusCode.OK) >= 2, endings  # the third may be cut by stop()
+    assert set(endings) <= {grpc.StatusCode.OK, grpc.StatusCode.CANCELLED}, endings
 
 
 def test_an_endpoint_change_gets_a_new_channel_and_stream(registry, servers, etcd_server, namespace):

@@ -142,6 +142,14 @@ class Bench:
         print(f"  grpc      ours        {json.dumps({k: round(v, 3) for k, v in result.items()})}", flush=True)
         self.results["grpc"] = result
 
+    def overhead(self) -> None:
+        rounds, calls = ("3", "20000") if self.quick else ("21", "200000")
+        script = str(HERE / "lookup_overhead.py")
+        args = [script, "--endpoints", self.endpoints, "--rounds", rounds, "--calls", calls, "--json"]
+        result = run_one(sys.executable, args)
+        print(f"  overhead  ours        {json.dumps(result)}", flush=True)
+        self.results["overhead"] = result
+
     def threads(self) -> None:
         seconds = "0.2" if self.quick else "2"
         table = {}
@@ -257,6 +265,12 @@ def report(results: dict[str, Any], info: dict[str, str], repeat: int) -> str:
             ours, floor = results["threads"]["ours"][key], results["threads"]["floor"][key]
             out += [f"| {n} | {ours:,.0f} | {floor:,.0f} |"]
         out += [""]
+    if "overhead" in results:
+        out += ["### 7. A warm get_service beside dict.get, in one process (medians of alternating rounds)", ""]
+        out += ["| call | µs per call | × dict.get |", "|---|---|---|"]
+        for name, r in results["overhead"].items():
+            out += [f"| `{name}` | {r['us']:.4f} | {r['ratio']:.2f}× |"]
+        out += [""]
     return "\n".join(out)
 
 
@@ -264,7 +278,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes, one run each: a smoke test")
     parser.add_argument("--repeat", type=int, default=None, help="runs per measurement (default 5, quick 1)")
-    parser.add_argument("--only", default="lookup,watch,register,fanout,grpc,threads")
+    parser.add_argument("--only", default="lookup,watch,register,fanout,grpc,threads,overhead")
     parser.add_argument("--no-peers", action="store_true", help="genesis-registry and the floor only")
     options = parser.parse_args()
     options.repeat = options.repeat or (1 if options.quick else 5)

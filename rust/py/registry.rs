@@ -16,6 +16,8 @@ use crate::py::instance::PyServiceInstance;
 use crate::py::runtime;
 use crate::py::watch::PyWatch;
 
+type Views = HashMap<String, Arc<ServiceView>, foldhash::fast::RandomState>;
+
 struct CachedTuple {
     generation: u64,
     tuple: Py<PyTuple>,
@@ -32,12 +34,16 @@ impl ServiceView {
     /// is unchanged; a rebuild reuses the Python objects of unchanged instances.
     fn tuple(&self, py: Python<'_>) -> PyResult<Py<PyTuple>> {
         let snapshot = self.cache.load();
-        let previous = self.tuple.load_full();
-        if let Some(cached) = previous.as_deref() {
-            if cached.generation == snapshot.generation {
-                return Ok(cached.tuple.clone_ref(py));
+        {
+            // The fast path borrows the cached tuple without touching its reference count.
+            let cached = self.tuple.load();
+            if let Some(cached) = cached.as_deref() {
+                if cached.generation == snapshot.generation {
+                    return Ok(cached.tuple.clone_ref(py));
+                }
             }
         }
+        let previous = self.tuple.load_full();
         let old: Vec<Bound<'_, PyServiceInstance>> = match previous.as_deref() {
             Some(cached) => cached
                 .tuple
@@ -73,7 +79,7 @@ impl ServiceView {
 pub struct PyRegistry {
     core: Registry,
     /// Services read so far, by name. Copy-on-write: `get_service` never locks.
-    views: ArcSwap<HashMap<String, Arc<ServiceView>>>,
+    views: ArcSwap<Views>,
     created_in: u64,
 }
 
@@ -112,7 +118,7 @@ impl PyRegistry {
         let name = cache.name().to_string();
         let view = Arc::new(ServiceView { cache, tuple: ArcSwapOption::empty() });
         self.views.rcu(|views| {
-            let mut views = HashMap::clone(views);
+            let mut views = Views::clone(views);
             views.entry(name.clone()).or_insert_with(|| Arc::clone(&view));
             views
         });
@@ -259,7 +265,7 @@ impl PyRegistry {
     /// The service's instances; the first call for a service blocks for its first read.
     fn get_service(&self, py: Python<'_>, name: &str) -> PyResult<Py<PyTuple>> {
         self.check()?;
-        if let Some(view) = self.view(name) {
+        if let Some(view) = self.views.load().get(name) {
             return view.tuple(py);
         }
         let core = self.core.clone();

@@ -412,15 +412,48 @@ def test_a_local_etcd_never_outlives_the_process_that_started_it():
         sys.stdin.read()  # until killed
         """
     )
-    parent = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    assert parent.stdout is not None
+    with subprocess.Popen(
+        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    ) as parent:
+        assert parent.stdout is not None
+        try:
+            etcd_pid = int(parent.stdout.readline())
+            assert _running(etcd_pid)
+            assert Path(f"/proc/{etcd_pid}/comm").read_text().strip() == "etcd"
+            parent.kill()  # SIGKILL: no finalizer, no atexit runs in the parent
+            parent.wait(10)
+            wait_until(lambda: not _running(etcd_pid), 10, f"etcd {etcd_pid} to die with its parent")
+        finally:
+            parent.kill()
+
+
+@pytest.mark.skipif(not hasattr(os, "register_at_fork"), reason="needs os.register_at_fork")
+def test_no_python_runs_in_a_child_between_fork_and_exec(tmp_path):
+    # CPython runs after_in_child hooks in a child only when Python code runs there before
+    # exec (a pre-exec hook); grpcio's and this library's hooks then run in the child of a
+    # threaded process. The hook below reports any such child through a pipe.
+    read_end, write_end = os.pipe()
+    os.set_blocking(read_end, False)
+    armed = [True]
+
+    def report() -> None:
+        if armed[0]:
+            os.write(write_end, b"!")
+
+    os.register_at_fork(after_in_child=report)  # cannot be unregistered: disarmed below
     try:
-        etcd_pid = int(parent.stdout.readline())
-        assert _running(etcd_pid)
-        assert Path(f"/proc/{etcd_pid}/comm").read_text().strip() == "etcd"
-        parent.kill()  # SIGKILL: no finalizer, no atexit runs in the parent
-        parent.wait(10)
-        wait_until(lambda: not _running(etcd_pid), 10, f"etcd {etcd_pid} to die with its parent")
+        with EtcdServer() as etcd:
+            etcd.etcdctl("put", "/k", "v")
+            etcd.restart()
+        with EtcdCluster(1, data_dir=tmp_path):
+            pass
     finally:
-        parent.kill()
-        parent.wait(10)
+        armed[0] = False
+        os.close(write_end)
+    try:
+        seen = os.read(read_end, 100)
+    except BlockingIOError:
+        seen = b""
+    finally:
+        os.close(read_end)
+    assert seen == b"", f"{len(seen)} child(ren) ran Python between fork and exec"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import threading
@@ -58,6 +59,22 @@ def test_repeated_get_service_returns_the_same_tuple_until_something_changes(reg
 
 def test_get_service_of_unknown_service_is_empty(registry):
     assert registry.get_service("nobody-here") == ()
+
+
+def test_get_service_reaches_the_core_without_a_python_frame(registry, etcd_endpoints, namespace):
+    # The hot path of discovery: the public name is the core's own method (timed beside
+    # dict.get in benches/lookup_overhead.py), and behaves as the documented method does.
+    assert inspect.isbuiltin(registry.get_service)
+    registry.register(instance("a"))
+    assert registry.get_service("svc") == gr.Registry.get_service(registry, "svc")
+    with pytest.raises(gr.InvalidServiceInstanceError, match="a/b"):
+        registry.get_service("a/b")
+    with make_connector(etcd_endpoints) as conn:
+        other = gr.Registry(conn, gr.Config(namespace=namespace))
+        assert [i.id for i in other.get_service("svc")] == ["a"]
+        other.close()
+        with pytest.raises(gr.RegistryClosedError):
+            other.get_service("svc")
 
 
 def test_get_service_sees_instances_of_other_clients(registry, second_registry):

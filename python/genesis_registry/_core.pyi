@@ -263,7 +263,8 @@ class RegistryCore:
         """The ids of the instances this registry keeps registered."""
 
     def get_service(self, name: str) -> tuple[ServiceInstance, ...]:
-        """The service's instances sorted by id; the first call for a service blocks for its first read."""
+        """The service's instances sorted by id; the first call for a service blocks for its first read.
+        ``Registry.get_service`` is this method itself (no Python frame in between)."""
 
     def cached_service(self, name: str) -> tuple[ServiceInstance, ...] | None:
         """The service's instances if it was read before, else None; never blocks."""

@@ -262,7 +262,10 @@ impl PyRegistry {
         self.core.registered_ids()
     }
 
-    /// The service's instances; the first call for a service blocks for its first read.
+    /// The instances of service `name`, sorted by id. The first call for a service reads it
+    /// from etcd and starts watching it; later calls answer from memory in constant time.
+    /// While etcd is unreachable the last known instances are returned. (This is what
+    /// `Registry.get_service` is: the public name reaches it with no Python in between.)
     fn get_service(&self, py: Python<'_>, name: &str) -> PyResult<Py<PyTuple>> {
         self.check()?;
         if let Some(view) = self.views.load().get(name) {

@@ -4,10 +4,10 @@ grpcio has no plug-in point for name resolvers or load-balancing policies, so th
 balancing happens here: a :class:`BalancedChannel` (a ``grpc.Channel``) keeps one grpcio
 channel per instance endpoint and picks one **per call** from an immutable view, which the
 registry's snapshot of the service feeds. Every usable endpoint of every instance is an
-address to balance over, as the Go component's resolver hands them all to gRPC. Stubs built once keep working, and stay
-balanced, as instances come and go. :class:`AsyncBalancedChannel` is the
-``grpc.aio.Channel`` twin. :func:`dial` accepts the Go component's ``etcd:///<service>``
-target form.
+address to balance over, as the Go component's resolver hands them all to gRPC. Stubs
+built once keep working, and stay balanced, as instances come and go.
+:class:`AsyncBalancedChannel` is the ``grpc.aio.Channel`` twin. :func:`dial` accepts the
+Go component's ``etcd:///<service>`` target form.
 
     >>> channel = reg.get_connection("user-service")            # doctest: +SKIP
     >>> stub = pb.UserServiceStub(channel)                        # doctest: +SKIP
@@ -358,7 +358,7 @@ class _Endpoints:
         for _ in range(3):
             view = self.view
             schedule = view.schedule
-            if not view.takes(need_ready):
+            if not schedule or (need_ready and not view.ready):  # not view.takes(): inlined, every call runs it
                 return None
             endpoint = view.first if self.policy == "pick_first" else schedule[next(counter) % len(schedule)]
             if endpoint is not None and endpoint.begin():

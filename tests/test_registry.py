@@ -76,6 +76,17 @@ def test_get_service_reaches_the_core_without_a_python_frame(registry, etcd_endp
         with pytest.raises(gr.RegistryClosedError):
             other.get_service("svc")
 
+        class Counting(gr.Registry):  # a subclass's override is not bypassed
+            calls = 0
+
+            def get_service(self, name: str) -> tuple[gr.ServiceInstance, ...]:
+                Counting.calls += 1
+                return super().get_service(name)
+
+        with Counting(conn, gr.Config(namespace=namespace)) as counting:
+            assert [i.id for i in counting.get_service("svc")] == ["a"]
+        assert Counting.calls == 1
+
 
 def test_get_service_sees_instances_of_other_clients(registry, second_registry):
     assert registry.get_service("svc") == ()

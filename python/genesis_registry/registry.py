@@ -167,8 +167,10 @@ class Registry(_RegistryBase):
         super().__init__(connector, config, logger=logger, meter=meter)
         # get_service is the hot path of discovery: the instance attribute (which wins over
         # the method below) is the core's own method, so a call runs no Python frame at all.
-        # The method stays as the documented signature and for Registry.get_service(reg, name).
-        vars(self)["get_service"] = self._core.get_service
+        # The method stays as the documented signature and for Registry.get_service(reg, name),
+        # and a subclass that overrides it keeps its override.
+        if type(self).get_service is Registry.get_service:
+            vars(self)["get_service"] = self._core.get_service
 
     def register(self, instance: ServiceInstance, ttl: Seconds | None = None) -> None:
         """Register ``instance`` and keep it alive until :meth:`deregister` or :meth:`close`.

@@ -65,7 +65,11 @@ class _RegistryBase:
             if meter is not None
             else None
         )
+        self._bind_fast_paths()
         lifecycle.track(self)
+
+    def _bind_fast_paths(self) -> None:
+        """Puts the core's own methods where a twin's hot path allows (none by default)."""
 
     @property
     def config(self) -> Config:
@@ -156,15 +160,7 @@ class Registry(_RegistryBase):
     lives. Discovery answers from a cache that etcd watches keep current.
     """
 
-    def __init__(
-        self,
-        connector: EtcdConnector,
-        config: Config | None = None,
-        *,
-        logger: logging.Logger | None = None,
-        meter: Any | None = None,
-    ) -> None:
-        super().__init__(connector, config, logger=logger, meter=meter)
+    def _bind_fast_paths(self) -> None:
         # get_service is the hot path of discovery: the instance attribute (which wins over
         # the method below) is the core's own method, so a call runs no Python frame at all.
         # The method stays as the documented signature and for Registry.get_service(reg, name),

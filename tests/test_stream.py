@@ -369,8 +369,11 @@ def test_an_endpoint_added_beside_the_one_in_use_keeps_the_stream(registry, serv
         wait_until(lambda: "growing" in manager.streams(), 10, "a stream to s0")
         stream = manager.streams()["growing"]
         etcd_server.etcdctl("put", key, input=multi("growing", servers[1].endpoint, servers[0].endpoint).to_json())
-        wait_until(lambda: manager.streams()["growing"] is stream, 10)
-        # The change reached the manager: a third endpoint list, without s0, moves the stream.
+        # Only the manager's table can tell that it took the new list in (streams() is unchanged).
+        new_targets = (servers[1].address, servers[0].address)
+        wait_until(lambda: manager._table.slots["growing"].targets == new_targets, 10, "the new endpoint list")
+        assert manager.streams()["growing"] is stream and not stream.done()
+        # A third endpoint list, without s0, moves the stream.
         etcd_server.etcdctl("put", key, input=multi("growing", servers[2].endpoint).to_json())
         wait_until(lambda: servers[2].served["ServerStream"] == 1, 10, "a stream to s2")
         assert stream.cancelled()
@@ -385,3 +388,31 @@ async def test_async_a_stream_opens_on_the_first_reachable_endpoint(areg, server
         await poll(lambda: servers[1].served["ServerStream"] == 1, message="the stream on the second endpoint")
         await poll(lambda: "multi" in manager.streams(), message="the stream published")
     assert [(i, e.code()) for i, e in recorder.errors] == [("multi", grpc.StatusCode.UNAVAILABLE)]
+
+
+def test_a_stream_the_server_fails_is_reopened_on_the_same_endpoint(registry, servers):
+    # Not a connection problem (the server answered with an error status): the endpoint is
+    # fine, so the stream is opened there again, on the same channel, with backoff.
+    recorder = Recorder()
+    readers: list[threading.Thread] = []
+
+    def drain(call: Any) -> None:
+        try:
+            list(call)
+        except grpc.RpcError:
+            pass  # the status reaches the manager through the call's done callback
+
+    def failing_and_read(channel: grpc.Channel, instance: gr.ServiceInstance) -> Any:
+        call = EchoStub(channel).ServerStream(b"not-a-count")  # the server's handler raises: UNKNOWN
+        reader = threading.Thread(target=drain, args=(call,), daemon=True)
+        readers.append(reader)
+        reader.start()
+        return call
+
+    registry.register(multi("multi", servers[0].endpoint, servers[1].endpoint))
+    with gr.StreamManager(registry, config(recorder, factory=failing_and_read)):
+        wait_until(lambda: len(recorder.errors) >= 3, 10, "three failed streams")
+    for reader in readers:
+        reader.join(10)
+    assert servers[0].served["ServerStream"] >= 3 and servers[1].served["ServerStream"] == 0
+    assert {e.code() for _, e in recorder.errors} == {grpc.StatusCode.UNKNOWN}

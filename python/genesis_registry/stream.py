@@ -4,11 +4,12 @@ For each instance the manager opens a channel to its first usable endpoint and a
 built by your factory. An instance that appears gets a channel and a stream (``on_add``);
 one that goes away has its stream cancelled and its channel closed (``on_remove``); one
 whose endpoint in use leaves its endpoint list gets a new channel and stream. A stream that
-fails (``on_error``) moves to the instance's next endpoint, if it has several: at once,
-and with backoff once every endpoint failed in a row. A stream that ends cleanly is opened
-again on the same endpoint. Re-opening uses exponential backoff and jitter and goes on for
-as long as the instance is registered. ``streams()`` is a snapshot; ``stop()`` ends
-everything.
+cannot reach its endpoint (UNAVAILABLE: refused, dropped, unreachable) moves to the
+instance's next endpoint, if it has several: at once while some endpoint has not failed in
+a row, with backoff once every one has. A stream that ends cleanly, or that the server
+ends with another error, is opened again on the same endpoint. Each failure calls
+``on_error``; re-opening uses exponential backoff and jitter and goes on for as long as the
+instance is registered. ``streams()`` is a snapshot; ``stop()`` ends everything.
 
     >>> manager = gr.StreamManager(reg, gr.StreamManagerConfig(
     ...     service_name="stream-service",
@@ -30,6 +31,7 @@ manager goes on.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import queue
 import random
@@ -98,6 +100,9 @@ class _Slot:
     #: Identifies the current stream, so a late "done" of a replaced one is ignored.
     generation: int = 0
     failures: int = 0
+    #: Endpoints that failed in a row since a stream last ended cleanly or lived long: once
+    #: every one of them has, re-opening waits for the backoff.
+    round_failures: int = 0
     opened_at: float = 0.0
     reopen_at: float | None = None
     #: Whether the channel has been READY since the current stream opened.
@@ -122,6 +127,9 @@ class _Table:
         self.slots: dict[str, _Slot] = {}
         self.snapshot: dict[str, Any] = {}
         self._unusable: set[str] = set()
+        #: Stream generations, unique across slots: a stream's late "done" must not match
+        #: the stream of a new slot for the same instance (removed, then added again).
+        self._generations = itertools.count(1)
 
     def reconcile(
         self, instances: Sequence[ServiceInstance]
@@ -131,7 +139,7 @@ class _Table:
         slot anew on its first endpoint)."""
         wanted: dict[str, tuple[ServiceInstance, tuple[str, ...]]] = {}
         for instance in instances:
-            targets = tuple(t for t in map(endpoint_target, instance.endpoints) if t is not None)
+            targets = tuple(dict.fromkeys(t for t in map(endpoint_target, instance.endpoints) if t is not None))
             if not targets:
                 if instance.id not in self._unusable:
                     self._unusable.add(instance.id)
@@ -156,8 +164,8 @@ class _Table:
             elif slot.target not in targets:
                 old = _Slot(slot.instance, slot.targets, slot.index, slot.channel, slot.stream)
                 slot.instance, slot.targets, slot.index, slot.channel, slot.stream = instance, targets, 0, None, None
-                slot.generation += 1
-                slot.failures = 0
+                slot.generation = next(self._generations)
+                slot.failures = slot.round_failures = 0
                 moved.append((slot, old))
             else:  # the stream goes on where it is
                 slot.instance, slot.index, slot.targets = instance, targets.index(slot.target), targets
@@ -184,7 +192,7 @@ class _Table:
 
     def apply_ended(self, instance_id: str, generation: int, error: BaseException | None) -> None:
         """A stream ended (cleanly if `error` is None): schedule it to open again."""
-        slot = self.ended(instance_id, generation, failed=error is not None)
+        slot = self.ended(instance_id, generation, error)
         if slot is not None and error is not None:
             self.call("on_error", self.config.on_error, slot.instance, error)
 
@@ -244,35 +252,43 @@ class _Table:
 
     def opened(self, slot: _Slot, stream: Any) -> int:
         slot.stream = stream
-        slot.generation += 1
+        slot.generation = next(self._generations)
         slot.opened_at = time.monotonic()
         slot.reopen_at = None
         self.publish()
         return slot.generation
 
-    def ended(self, instance_id: str, generation: int, failed: bool) -> _Slot | None:
-        """A stream ended: the slot to re-open later (its `reopen_at` set), or None. A
-        failed stream gets a new channel, to the instance's next endpoint if it has several:
-        at once while some endpoint has not failed yet in this round, with backoff once they
-        all have. (A new channel, because a grpcio channel that failed to connect may report
-        no further change while it retries, and a stream opened on it would fail unseen.)"""
+    def ended(self, instance_id: str, generation: int, error: BaseException | None) -> _Slot | None:
+        """A stream ended: the slot to re-open later (its `reopen_at` set), or None.
+
+        A stream that could not reach its endpoint (UNAVAILABLE) gets a new channel, to the
+        instance's next endpoint if it has several: at once while some endpoint has not
+        failed in a row yet, with backoff once every one has. (A new channel, because a
+        grpcio channel that failed to connect may report no further change while it
+        retries, and a stream opened on it would fail unseen.) A stream the server ended
+        with another error is opened again on the same channel, with backoff; one that
+        ended cleanly, likewise, without growing the backoff."""
         slot = self.slots.get(instance_id)
         if slot is None or slot.generation != generation or slot.reopen_at is not None:
             return None
-        if time.monotonic() - slot.opened_at >= self.config.retry_max:
-            slot.failures = 0  # it lived long enough: start the backoff over
-        if failed:
+        if error is None or time.monotonic() - slot.opened_at >= self.config.retry_max:
+            slot.round_failures = 0
+            if error is not None:
+                slot.failures = 0  # it lived long enough: start the backoff over
+        slot.stream = None
+        delay = min(self.config.retry_max, self.config.retry_initial * 2**slot.failures)
+        if error is not None and _unreachable(error):
             self._retire_channel_of(slot)
             slot.index = (slot.index + 1) % len(slot.targets)
-            if slot.index != 0:
-                slot.stream = None
-                slot.reopen_at = time.monotonic()
-                self.publish()
-                return slot
-        delay = min(self.config.retry_max, self.config.retry_initial * 2**slot.failures)
-        slot.failures += 1 if failed else 0
-        slot.stream = None
-        slot.reopen_at = time.monotonic() + delay * random.uniform(0.8, 1.2)
+            slot.round_failures += 1
+            if slot.round_failures < len(slot.targets):
+                delay = 0.0  # an endpoint that has not failed yet
+            else:
+                slot.round_failures = 0
+        if delay:
+            slot.failures += 1 if error is not None else 0
+            delay *= random.uniform(0.8, 1.2)
+        slot.reopen_at = time.monotonic() + delay
         self.publish()
         return slot
 
@@ -304,6 +320,15 @@ class _Table:
             callback(*args)
         except Exception:
             self.logger.exception("StreamManager %s callback raised; carrying on", name)
+
+
+def _unreachable(error: BaseException) -> bool:
+    """Whether a stream failed because its endpoint could not be reached (UNAVAILABLE)."""
+    code = getattr(error, "code", None)
+    try:
+        return callable(code) and code() == grpc.StatusCode.UNAVAILABLE
+    except Exception:  # a call object in a state that cannot say
+        return False
 
 
 def _failure(stream: Any) -> BaseException | None:

@@ -82,7 +82,8 @@ class _RegistryBase:
 
     @property
     def namespace(self) -> str:
-        """The key prefix, without a trailing ``/``."""
+        """The namespace keys are built from (``<namespace>/<name>/<id>``), as configured;
+        ``/genesis/services`` when configured empty."""
         return self._core.namespace
 
     @property
@@ -158,6 +159,10 @@ class Registry(_RegistryBase):
     Instances with the same TTL share one lease and one keep-alive. A lost lease is
     replaced and every instance on it registered again, for as long as the registry
     lives. Discovery answers from a cache that etcd watches keep current.
+
+    ``get_service`` is the core's own method, set on each registry (no Python frame in a
+    lookup): to replace it in a test, patch the registry (``mock.patch.object(reg,
+    "get_service")``), not the class.
     """
 
     def _bind_fast_paths(self) -> None:

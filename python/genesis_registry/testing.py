@@ -69,7 +69,6 @@ genesis_registry when they run), so it can also be imported from non-test code.
 
 from __future__ import annotations
 
-import functools
 import http.client
 import importlib.util
 import json
@@ -424,13 +423,18 @@ def _reap(proc: subprocess.Popen[bytes]) -> None:
 _EXEC_IF_PARENT_ALIVE = '[ "$PPID" = "$0" ] && exec "$@"; exit 1'
 
 
-@functools.cache
+#: What the setpriv probe found, once it found something for sure (see _setpriv).
+_SETPRIV: list[str | None] = []
+
+
 def _setpriv() -> str | None:
-    """util-linux's setpriv, if it is here and can set a parent-death signal (>= 2.33)."""
-    if not sys.platform.startswith("linux"):
-        return None
-    path = shutil.which("setpriv")
+    """util-linux's setpriv, if it is here and can set a parent-death signal (>= 2.33). A
+    probe that could not tell (it timed out on a loaded machine) is tried again next time."""
+    if _SETPRIV:
+        return _SETPRIV[0]
+    path = shutil.which("setpriv") if sys.platform.startswith("linux") else None
     if path is None or not os.path.exists("/bin/sh"):
+        _SETPRIV.append(None)
         return None
     try:
         probe = subprocess.run(
@@ -441,7 +445,8 @@ def _setpriv() -> str | None:
         )
     except (OSError, subprocess.SubprocessError):
         return None
-    return path if probe.returncode == 0 else None
+    _SETPRIV.append(path if probe.returncode == 0 else None)
+    return _SETPRIV[0]
 
 
 def _tied_to_this_process(cmd: list[str]) -> list[str]:

@@ -499,13 +499,18 @@ def test_pick_first_sends_every_call_to_one_endpoint_whatever_becomes_ready_firs
         with registry.get_connection("echo", policy="pick_first") as channel:
             stub = EchoStub(channel)
             early: list[tuple[list[str], str]] = []
+            calling = threading.Event()
 
             def first_call() -> None:
                 ready_then = channel.ready_targets()
+                calling.set()
                 early.append((ready_then, server_of(stub.Unary(b"x", timeout=20))))
 
             caller = threading.Thread(target=first_call)
             caller.start()
+            # The call is under way before any server accepts (a server's start and the
+            # connection's handshake take far longer than the step into the call).
+            assert calling.wait(10)
             chosen = waiting[first_ready]
             chosen.start()
             wait_until(lambda: channel.ready_targets() == [chosen.address], 10, f"{chosen.name} READY")
@@ -522,15 +527,30 @@ def test_pick_first_sends_every_call_to_one_endpoint_whatever_becomes_ready_firs
             server.stop()
 
 
-def test_pick_first_fails_fast_only_once_every_endpoint_failed(registry, servers):
+def test_pick_first_waits_while_an_endpoint_connects_and_fails_once_none_can(registry, servers):
     dead = EchoServer("dead").start()  # served, then stopped: its port refuses connections
     dead.stop()
-    registry.register(instance_for(dead, id="a-dead"))
-    with registry.get_connection("echo", policy="pick_first") as channel:
-        stub = EchoStub(channel)
-        with pytest.raises(grpc.RpcError) as failed:
-            stub.Unary(b"x", timeout=30)  # waits while the endpoint connects, fails when it cannot
-        assert failed.value.code() == grpc.StatusCode.UNAVAILABLE
-        registry.register(instance_for(servers[1]))
-        all_ready(channel, 1)
-        assert spread(stub, 10) == {"s1": 10}
+    late = EchoServer("late")  # bound, not serving: connections to it wait
+    try:
+        registry.register(instance_for(dead, id="a-dead"))
+        registry.register(instance_for(late, id="b-late"))
+        with registry.get_connection("echo", policy="pick_first") as channel:
+            stub = EchoStub(channel)
+            answered: list[str] = []
+            caller = threading.Thread(target=lambda: answered.append(server_of(stub.Unary(b"x", timeout=30))))
+            caller.start()
+            # Private state, read only: the dead endpoint has failed, the call still waits on the other.
+            states = lambda: {ep.target: ep.state for ep in channel._endpoints.endpoints()}  # noqa: E731
+            wait_until(lambda: states()[dead.address] == grpc.ChannelConnectivity.TRANSIENT_FAILURE, 10)
+            assert caller.is_alive() and answered == []
+            late.start()
+            caller.join(20)
+            assert answered == ["late"]
+            assert spread(stub, 10) == {"late": 10}
+        registry.deregister("b-late")
+        with registry.get_connection("echo", policy="pick_first") as channel:
+            with pytest.raises(grpc.RpcError) as failed:
+                EchoStub(channel).Unary(b"x", timeout=30)  # waits while it connects, fails when it cannot
+            assert failed.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        late.stop()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -19,7 +20,7 @@ import grpc
 import pytest
 from conftest import etcd_keys, instance, wait_until
 from echo import EchoStub, instance_for
-from genesis_registry.testing import EtcdCluster, EtcdMember, EtcdServer, _is_healthy
+from genesis_registry.testing import EtcdCluster, EtcdMember, EtcdServer, _is_healthy, _setpriv
 
 
 def status(cluster: EtcdCluster) -> list[dict]:
@@ -400,7 +401,7 @@ def test_local_etcd_starts_while_grpc_calls_run_on_other_threads(registry, serve
     assert failures == []
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the death signal is Linux's")
+@pytest.mark.skipif(_setpriv() is None, reason="the parent-death signal needs Linux and util-linux's setpriv")
 def test_a_local_etcd_never_outlives_the_process_that_started_it():
     code = textwrap.dedent(
         """
@@ -416,6 +417,7 @@ def test_a_local_etcd_never_outlives_the_process_that_started_it():
         [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
     ) as parent:
         assert parent.stdout is not None
+        etcd_pid = None
         try:
             etcd_pid = int(parent.stdout.readline())
             assert _running(etcd_pid)
@@ -425,6 +427,8 @@ def test_a_local_etcd_never_outlives_the_process_that_started_it():
             wait_until(lambda: not _running(etcd_pid), 10, f"etcd {etcd_pid} to die with its parent")
         finally:
             parent.kill()
+            if etcd_pid is not None and _running(etcd_pid):  # the test failed: leave no orphan
+                os.kill(etcd_pid, signal.SIGKILL)
 
 
 @pytest.mark.skipif(not hasattr(os, "register_at_fork"), reason="needs os.register_at_fork")

@@ -13,6 +13,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<py::registry::PyRegistry>()?;
     m.add_class::<py::watch::PyWatch>()?;
     m.add_function(wrap_pyfunction!(py::registry::effective_namespace, m)?)?;
+    m.add_function(wrap_pyfunction!(py::instance::endpoint_target, m)?)?;
     m.add_function(wrap_pyfunction!(py::runtime::_reset_after_fork, m)?)?;
     m.add_function(wrap_pyfunction!(py::runtime::_shutdown_runtime, m)?)?;
     Ok(())

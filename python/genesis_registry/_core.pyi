@@ -317,6 +317,10 @@ def effective_namespace(namespace: str) -> str:
     Raises ``InvalidConfigError`` naming a namespace with control characters or ``.``/``..``
     segments."""
 
+def endpoint_target(endpoint: str) -> str | None:
+    """The gRPC target (``host:port``, IPv6 in brackets) of an instance endpoint such as
+    ``grpc://10.0.0.1:9001``, or None when registration would refuse the endpoint."""
+
 def _reset_after_fork() -> None:
     """In a forked child: forget the parent's runtime; objects from before the fork stop working."""
 

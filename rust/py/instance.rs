@@ -301,3 +301,10 @@ impl PyServiceInstance {
         slf
     }
 }
+
+/// The gRPC target (`host:port`) of an instance endpoint, or `None` when the endpoint is
+/// not one: the same grammar registration enforces.
+#[pyfunction]
+pub fn endpoint_target(endpoint: &str) -> Option<&str> {
+    genesis_registry_core::endpoint_target(endpoint)
+}

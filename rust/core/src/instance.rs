@@ -248,6 +248,15 @@ pub fn split_endpoint(endpoint: &str) -> Option<(&str, u16)> {
     parse_endpoint(endpoint).ok()
 }
 
+/// The gRPC target of a valid endpoint: `host:port` as written (IPv6 keeps its
+/// brackets), without the `grpc://` scheme; `None` if [`validate_endpoint`]
+/// would refuse it. Clients dial this, so it must follow the same grammar.
+#[must_use]
+pub fn endpoint_target(endpoint: &str) -> Option<&str> {
+    parse_endpoint(endpoint).ok()?;
+    Some(endpoint.strip_prefix(GRPC_SCHEME).unwrap_or(endpoint))
+}
+
 /// The endpoint grammar; the error is the tail of a message that starts with
 /// the endpoint itself.
 fn parse_endpoint(endpoint: &str) -> std::result::Result<(&str, u16), &'static str> {

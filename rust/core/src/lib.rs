@@ -24,6 +24,6 @@ pub mod watch;
 pub use cache::{CacheStats, Event, EventKind, ServiceCache, Snapshot, Subscriber};
 pub use connector::{Connector, ConnectorConfig, TlsConfig};
 pub use error::{Error, Result};
-pub use instance::ServiceInstance;
+pub use instance::{endpoint_target, ServiceInstance};
 pub use log_sink::{Level, LogRecord, LogSink};
 pub use registry::{effective_namespace, Registry, RegistryConfig, DEFAULT_NAMESPACE};

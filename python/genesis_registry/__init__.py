@@ -29,8 +29,9 @@ from .errors import (
     ServiceAlreadyRegisteredError,
     ServiceNotFoundError,
 )
+from .follow import AsyncServiceFollower, ServiceFollower
 from .model import EventType, ServiceEvent, ServiceInstance
-from .registry import AsyncRegistry, AsyncServiceFollower, AsyncWatch, Registry, ServiceFollower, Watch
+from .registry import AsyncRegistry, AsyncWatch, Registry, Watch
 from .stream import AsyncStreamManager, StreamManager, StreamManagerConfig
 
 _logging.getLogger("genesis_registry").addHandler(_logging.NullHandler())

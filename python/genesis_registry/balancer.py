@@ -47,10 +47,8 @@ import grpc
 import grpc.aio
 
 from .errors import InvalidConfigError
+from .follow import AsyncFollowable, AsyncServiceFollower, Followable, ServiceFollower
 from .model import ServiceInstance
-
-if TYPE_CHECKING:
-    from .registry import AsyncRegistry, Registry
 
 __all__ = [
     "POLICIES",
@@ -721,7 +719,7 @@ class BalancedChannel(grpc.Channel):
 
     def __init__(
         self,
-        registry: Registry,
+        registry: Followable,
         service: str,
         *,
         credentials: grpc.ChannelCredentials | None = None,
@@ -741,11 +739,8 @@ class BalancedChannel(grpc.Channel):
             lambda target: _open_sync_channel(target, credentials, options),
             self._watch_state,
             self._close_endpoint,
-            registry._logger,
+            registry.logger,
         )
-        # Imported here: the registry module imports this one.
-        from .registry import ServiceFollower
-
         self._follower = ServiceFollower(registry, service, self._endpoints.update)
 
     def _watch_state(self, endpoint: _Endpoint) -> None:
@@ -1073,7 +1068,7 @@ class AsyncBalancedChannel(grpc.aio.Channel):
 
     def __init__(
         self,
-        registry: AsyncRegistry,
+        registry: AsyncFollowable,
         service: str,
         *,
         credentials: grpc.ChannelCredentials | None = None,
@@ -1097,11 +1092,9 @@ class AsyncBalancedChannel(grpc.aio.Channel):
             lambda target: _open_aio_channel(target, credentials, options, interceptors),
             self._watch_state,
             self._close_endpoint,
-            registry._logger,
+            registry.logger,
         )
         self._endpoints.on_change = self._on_change
-        from .registry import AsyncServiceFollower
-
         self._follower = AsyncServiceFollower(registry, service, self._endpoints.update)
 
     async def _start(self) -> AsyncBalancedChannel:

@@ -17,8 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -28,11 +27,12 @@ from . import _core, lifecycle
 from .balancer import AsyncBalancedChannel, BalancedChannel
 from .config import Config, Seconds, to_seconds
 from .connector import EtcdConnector
-from .errors import InvalidConfigError, InvalidServiceInstanceError, InvalidTTLError, RegistryClosedError
+from .errors import InvalidConfigError, InvalidServiceInstanceError, InvalidTTLError
+from .follow import AsyncServiceFollower, ServiceFollower
 from .model import ServiceEvent, ServiceInstance, event_from_core
 from .observability import RegistryMetrics
 
-__all__ = ["AsyncRegistry", "AsyncWatch", "Registry", "Watch"]
+__all__ = ["AsyncRegistry", "AsyncServiceFollower", "AsyncWatch", "Registry", "ServiceFollower", "Watch"]
 
 #: Events a watch queues before a slow reader is resynced from the snapshot instead.
 DEFAULT_WATCH_BUFFER = 1024
@@ -79,6 +79,12 @@ class _RegistryBase:
     def connector(self) -> EtcdConnector:
         """The connector this registry borrows (and never closes)."""
         return self._connector
+
+    @property
+    def logger(self) -> logging.Logger:
+        """The logger this registry, and the channels, followers and stream managers built
+        on it, report to."""
+        return self._logger
 
     @property
     def namespace(self) -> str:
@@ -484,88 +490,3 @@ class AsyncWatch:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
-
-
-class ServiceFollower:
-    """Calls ``on_change(instances)`` with a service's instances now and after every
-    change, from a daemon thread, until closed (or the registry closes). The balanced
-    channels and the StreamManager are built on it.
-
-    >>> follower = ServiceFollower(reg, "user-service", lambda instances: print(len(instances)))  # doctest: +SKIP
-    >>> follower.close()  # doctest: +SKIP
-    """
-
-    def __init__(self, registry: Registry, name: str, on_change: Callable[[tuple[ServiceInstance, ...]], None]) -> None:
-        self._registry = registry
-        self._name = name
-        self._on_change = on_change
-        self._watch = registry.watch(name)
-        self._closed = False
-        self._deliver(registry.get_service(name))
-        self._thread = threading.Thread(target=self._run, name=f"genesis-follow-{name}", daemon=True)
-        self._thread.start()
-
-    def _deliver(self, instances: tuple[ServiceInstance, ...]) -> None:
-        try:
-            self._on_change(instances)
-        except Exception:  # one bad update must not end the following
-            self._registry._logger.exception("handling a change of service %s failed", self._name)
-
-    def _run(self) -> None:
-        # Events only say "something changed"; the snapshot says what is there now.
-        while self._watch.get() is not None:
-            while self._watch.get_nowait() is not None:
-                pass
-            if self._closed:
-                return
-            try:
-                instances = self._registry.get_service(self._name)
-            except RegistryClosedError:
-                return
-            self._deliver(instances)
-
-    def close(self) -> None:
-        """Stops following; returns once no callback runs any more. Idempotent."""
-        self._closed = True
-        self._watch.close()
-        if self._thread is not threading.current_thread():
-            self._thread.join()
-
-
-class AsyncServiceFollower:
-    """:class:`ServiceFollower` for asyncio: ``on_change`` runs in a task on the loop."""
-
-    def __init__(self, registry: AsyncRegistry, name: str, on_change: Callable[[tuple[ServiceInstance, ...]], None]):
-        self._registry = registry
-        self._name = name
-        self._on_change = on_change
-        self._task: asyncio.Task[None] | None = None
-        self._watch = registry.watch(name)
-
-    async def start(self) -> AsyncServiceFollower:
-        await self._watch.__aenter__()
-        self._deliver(await self._registry.get_service(self._name))
-        self._task = asyncio.create_task(self._run(), name=f"genesis-follow-{self._name}")
-        return self
-
-    def _deliver(self, instances: tuple[ServiceInstance, ...]) -> None:
-        try:
-            self._on_change(instances)
-        except Exception:  # one bad update must not end the following
-            self._registry._logger.exception("handling a change of service %s failed", self._name)
-
-    async def _run(self) -> None:
-        async for _event in self._watch:
-            while self._watch.get_nowait() is not None:
-                pass
-            try:
-                instances = await self._registry.get_service(self._name)
-            except RegistryClosedError:
-                return
-            self._deliver(instances)
-
-    async def close(self) -> None:
-        self._watch.close()
-        if self._task is not None and self._task is not asyncio.current_task():
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)

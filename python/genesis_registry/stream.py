@@ -39,17 +39,15 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import grpc
 import grpc.aio
 
 from .balancer import _ChannelCloser, _Unavailable, endpoint_target
 from .errors import InvalidConfigError
+from .follow import AsyncFollowable, AsyncServiceFollower, Followable, ServiceFollower
 from .model import ServiceInstance
-
-if TYPE_CHECKING:
-    from .registry import AsyncRegistry, AsyncServiceFollower, Registry, ServiceFollower
 
 __all__ = ["AsyncStreamManager", "StreamManager", "StreamManagerConfig"]
 
@@ -347,9 +345,9 @@ def _failure(stream: Any) -> BaseException | None:
 class StreamManager:
     """One stream per live instance of a service (threads; see the module docs)."""
 
-    def __init__(self, registry: Registry, config: StreamManagerConfig) -> None:
+    def __init__(self, registry: Followable, config: StreamManagerConfig) -> None:
         self._registry = registry
-        self._table = _Table(config, registry._logger, self._retire_channel)
+        self._table = _Table(config, registry.logger, self._retire_channel)
         self._events: queue.Queue[tuple[str, Any]] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._follower: ServiceFollower | None = None
@@ -365,8 +363,6 @@ class StreamManager:
 
     def start(self) -> None:
         """Starts following the service and opening streams. Idempotent."""
-        from .registry import ServiceFollower
-
         with self._lock:
             if self._thread is not None or self._stopped:
                 return
@@ -466,9 +462,9 @@ class StreamManager:
 class AsyncStreamManager:
     """:class:`StreamManager` for asyncio: one task, ``await start()``, ``await stop()``."""
 
-    def __init__(self, registry: AsyncRegistry, config: StreamManagerConfig) -> None:
+    def __init__(self, registry: AsyncFollowable, config: StreamManagerConfig) -> None:
         self._registry = registry
-        self._table = _Table(config, registry._logger, self._retire_channel)
+        self._table = _Table(config, registry.logger, self._retire_channel)
         self._events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self._follower: AsyncServiceFollower | None = None
@@ -482,8 +478,6 @@ class AsyncStreamManager:
 
     async def start(self) -> None:
         """Starts following the service and opening streams. Idempotent."""
-        from .registry import AsyncServiceFollower
-
         if self._task is not None or self._stopped:
             return
         follower = AsyncServiceFollower(

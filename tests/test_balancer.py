@@ -417,14 +417,14 @@ def test_closing_endpoint_channels_never_makes_grpc_polling_threads_raise(regist
     raised: list[threading.ExceptHookArgs] = []
     monkeypatch.setattr(threading, "excepthook", raised.append)
     opened: list[grpc.Channel] = []
-    open_sync_channel = gr.balancer._open_sync_channel
+    open_sync_channel = gr.balancer.sync.open_channel
 
     def recording(*args: object) -> grpc.Channel:
         channel = open_sync_channel(*args)  # type: ignore[arg-type]
         opened.append(channel)
         return channel
 
-    monkeypatch.setattr(gr.balancer, "_open_sync_channel", recording)
+    monkeypatch.setattr(gr.balancer.sync, "open_channel", recording)
     registry.register(instance_for(servers[0]))
     with registry.get_connection("echo") as channel:
         all_ready(channel, 1)

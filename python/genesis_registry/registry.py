@@ -338,7 +338,7 @@ class AsyncRegistry(_RegistryBase):
         channel = AsyncBalancedChannel(
             self, name, credentials=credentials, options=options, policy=policy, interceptors=interceptors
         )
-        return await channel._start()
+        return await channel.start()
 
     async def close(self) -> None:
         """See :meth:`Registry.close`."""

@@ -44,7 +44,8 @@ from typing import Any
 import grpc
 import grpc.aio
 
-from .balancer import _ChannelCloser, _Unavailable, endpoint_target
+from .balancer._grpcio import ChannelCloser, FailedCall, aio_error, open_aio_channel, open_channel
+from .balancer.targets import instance_targets
 from .errors import InvalidConfigError
 from .follow import AsyncFollowable, AsyncServiceFollower, Followable, ServiceFollower
 from .model import ServiceInstance
@@ -137,7 +138,7 @@ class _Table:
         slot anew on its first endpoint)."""
         wanted: dict[str, tuple[ServiceInstance, tuple[str, ...]]] = {}
         for instance in instances:
-            targets = tuple(dict.fromkeys(t for t in map(endpoint_target, instance.endpoints) if t is not None))
+            targets = instance_targets(instance)
             if not targets:
                 if instance.id not in self._unusable:
                     self._unusable.add(instance.id)
@@ -216,7 +217,7 @@ class _Table:
         slot.connected = False
         stream, generation = slot.stream, slot.generation
         stream.cancel()
-        self.apply_ended(instance_id, generation, _Unavailable(grpc.StatusCode.UNAVAILABLE, why))
+        self.apply_ended(instance_id, generation, FailedCall(grpc.StatusCode.UNAVAILABLE, why))
 
     def open_stream(
         self,
@@ -353,8 +354,8 @@ class StreamManager:
         self._follower: ServiceFollower | None = None
         self._lock = threading.Lock()
         self._stopped = False
-        #: Channels are closed once grpcio stops polling them (see _ChannelCloser).
-        self._closer = _ChannelCloser(f"genesis-streams-close-{config.service_name}")
+        #: Channels are closed once grpcio stops polling them (see ChannelCloser).
+        self._closer = ChannelCloser(f"genesis-streams-close-{config.service_name}")
         self._subscriptions: dict[Any, Callable[[grpc.ChannelConnectivity], None]] = {}
 
     @property
@@ -436,10 +437,7 @@ class StreamManager:
         instance_id = slot.instance.id
 
         def make_channel(target: str) -> grpc.Channel:
-            if config.credentials is None:
-                channel = grpc.insecure_channel(target, options=list(config.options))
-            else:
-                channel = grpc.secure_channel(target, config.credentials, options=list(config.options))
+            channel = open_channel(target, config.credentials, config.options)
 
             def on_state(state: grpc.ChannelConnectivity) -> None:
                 self._events.put(("state", (instance_id, channel, state)))
@@ -548,13 +546,7 @@ class AsyncStreamManager:
         instance_id = slot.instance.id
 
         def make_channel(target: str) -> grpc.aio.Channel:
-            options = list(config.options)
-            if config.credentials is None:
-                channel = grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)
-            else:
-                channel = grpc.aio.secure_channel(
-                    target, config.credentials, options=options, interceptors=interceptors
-                )
+            channel = open_aio_channel(target, config.credentials, config.options, interceptors)
             self._watchers[channel] = asyncio.create_task(self._follow_state(instance_id, channel))
             return channel
 
@@ -606,5 +598,4 @@ async def _aio_failure(stream: Any) -> BaseException | None:
         return e
     if code == grpc.StatusCode.OK:
         return None
-    details = await stream.details()
-    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details=details)
+    return aio_error(code, await stream.details())

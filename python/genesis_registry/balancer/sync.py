@@ -1,0 +1,277 @@
+"""The blocking balanced channel: :class:`BalancedChannel`, a ``grpc.Channel`` whose
+multicallables pick an endpoint per call from the endpoint set's picker.
+
+    >>> with reg.get_connection("user-service") as channel:      # doctest: +SKIP
+    ...     reply = pb.UserServiceStub(channel).GetUser(request)
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+
+from ..follow import Followable, ServiceFollower
+from ._grpcio import (
+    ChannelCloser,
+    ChannelOptions,
+    FailedCall,
+    StreamStreamBase,
+    StreamUnaryBase,
+    UnaryStreamBase,
+    UnaryUnaryBase,
+    connect,
+    open_channel,
+)
+from .endpoints import Endpoint, EndpointSet, deadline_of, remaining
+from .pickers import READY
+
+__all__ = ["BalancedChannel"]
+
+
+class _MultiCallable:
+    """A per-call balancing multicallable of a :class:`BalancedChannel`."""
+
+    kind = ""
+
+    def __init__(self, channel: BalancedChannel, method: str, request_serializer: Any, response_deserializer: Any):
+        self._channel = channel
+        self.method = method
+        self.request_serializer = request_serializer
+        self.response_deserializer = response_deserializer
+        self.key = (self.kind, method, request_serializer, response_deserializer)
+
+    def _acquire(self, wait_for_ready: bool | None, timeout: float | None) -> tuple[Endpoint, float | None]:
+        """An endpoint with this call counted on it (release with `finished`)."""
+        endpoint = self._channel._endpoints.acquire(self._channel._counter, wait_for_ready)
+        if endpoint is not None:
+            return endpoint, timeout
+        return self._channel._wait_for_instance(wait_for_ready, timeout)
+
+
+Metadata = tuple[tuple[str, str | bytes], ...] | None
+
+
+class _UnaryResponse(_MultiCallable):
+    """Calls that answer once (unary-unary, stream-unary): blocking, ``with_call``, ``future``."""
+
+    def __call__(
+        self,
+        request: Any,
+        timeout: float | None = None,
+        metadata: Metadata = None,
+        credentials: grpc.CallCredentials | None = None,
+        wait_for_ready: bool | None = None,
+        compression: grpc.Compression | None = None,
+    ) -> Any:
+        endpoint, timeout = self._acquire(wait_for_ready, timeout)
+        try:
+            return endpoint.callable(self)(request, timeout, metadata, credentials, wait_for_ready, compression)
+        finally:
+            self._channel._endpoints.finished(endpoint)
+
+    def with_call(
+        self,
+        request: Any,
+        timeout: float | None = None,
+        metadata: Metadata = None,
+        credentials: grpc.CallCredentials | None = None,
+        wait_for_ready: bool | None = None,
+        compression: grpc.Compression | None = None,
+    ) -> tuple[Any, grpc.Call]:
+        endpoint, timeout = self._acquire(wait_for_ready, timeout)
+        try:
+            call = endpoint.callable(self)
+            return call.with_call(request, timeout, metadata, credentials, wait_for_ready, compression)  # type: ignore[no-any-return]
+        finally:
+            self._channel._endpoints.finished(endpoint)
+
+    def future(
+        self,
+        request: Any,
+        timeout: float | None = None,
+        metadata: Metadata = None,
+        credentials: grpc.CallCredentials | None = None,
+        wait_for_ready: bool | None = None,
+        compression: grpc.Compression | None = None,
+    ) -> Any:
+        try:
+            endpoint, timeout = self._acquire(wait_for_ready, timeout)
+        except FailedCall as failed:
+            return failed
+        future = endpoint.callable(self).future
+        return self._channel._endpoints.start_call(
+            endpoint, future, request, timeout, metadata, credentials, wait_for_ready, compression
+        )
+
+
+class _StreamResponse(_MultiCallable):
+    """Calls that answer with a stream (unary-stream, stream-stream): the call iterates."""
+
+    def __call__(
+        self,
+        request: Any,
+        timeout: float | None = None,
+        metadata: Metadata = None,
+        credentials: grpc.CallCredentials | None = None,
+        wait_for_ready: bool | None = None,
+        compression: grpc.Compression | None = None,
+    ) -> Any:
+        try:
+            endpoint, timeout = self._acquire(wait_for_ready, timeout)
+        except FailedCall as failed:
+            return failed
+        start = endpoint.callable(self)
+        return self._channel._endpoints.start_call(
+            endpoint, start, request, timeout, metadata, credentials, wait_for_ready, compression
+        )
+
+
+# The request is named `request_iterator` in grpcio's stream-request signatures; these are
+# positional there, so the shared implementations fit.
+class _UnaryUnary(_UnaryResponse, UnaryUnaryBase):
+    kind = "unary_unary"
+
+
+class _StreamUnary(_UnaryResponse, StreamUnaryBase):
+    kind = "stream_unary"
+
+
+class _UnaryStream(_StreamResponse, UnaryStreamBase):
+    kind = "unary_stream"
+
+
+class _StreamStream(_StreamResponse, StreamStreamBase):
+    kind = "stream_stream"
+
+
+class BalancedChannel(grpc.Channel):
+    """A ``grpc.Channel`` over every live instance of one service, balanced per call.
+
+    Made by :meth:`Registry.get_connection` or :func:`dial`; close it when done (or use
+    ``with``). ``grpc.intercept_channel()`` works over it.
+
+    >>> with reg.get_connection("user-service") as channel:      # doctest: +SKIP
+    ...     reply = pb.UserServiceStub(channel).GetUser(request)
+    """
+
+    def __init__(
+        self,
+        registry: Followable,
+        service: str,
+        *,
+        credentials: grpc.ChannelCredentials | None = None,
+        options: ChannelOptions = (),
+        policy: str = "round_robin",
+    ) -> None:
+        self.service = service
+        self._counter = itertools.count()
+        self._closed = False
+        self._close_lock = threading.Lock()
+        self._subscriptions: dict[Endpoint, Callable[[grpc.ChannelConnectivity], None]] = {}
+        self._closer = ChannelCloser(f"genesis-close-{service}")
+        options = tuple(options)
+        self._endpoints = EndpointSet(
+            service,
+            policy,
+            lambda target: open_channel(target, credentials, options),
+            self._watch_state,
+            self._close_endpoint,
+            registry.logger,
+        )
+        self._follower = ServiceFollower(registry, service, self._endpoints.update)
+
+    def _watch_state(self, endpoint: Endpoint) -> None:
+        def on_state(state: grpc.ChannelConnectivity) -> None:
+            self._endpoints.set_state(endpoint, state)
+            if state == grpc.ChannelConnectivity.IDLE and not endpoint.removed:
+                # grpcio asks to connect only once per subscription; an endpoint that
+                # went IDLE (server restart, GOAWAY) would otherwise never come back.
+                try:
+                    connect(endpoint.channel)
+                except ValueError:  # "Channel closed!": removed meanwhile
+                    pass
+
+        self._subscriptions[endpoint] = on_state
+        endpoint.channel.subscribe(on_state, try_to_connect=True)
+
+    def _close_endpoint(self, endpoint: Endpoint) -> None:
+        # Not closed at once: see ChannelCloser (grpc/grpc#18995).
+        self._closer.close_later(endpoint.channel, self._subscriptions.pop(endpoint, None))
+
+    def _wait_for_instance(self, wait_for_ready: bool | None, timeout: float | None) -> tuple[Endpoint, float | None]:
+        """Waits until the picker takes the call (a wait_for_ready call, or endpoints still
+        connecting), then acquires an endpoint; raises as grpcio would when it cannot."""
+        deadline = deadline_of(timeout)
+        endpoints = self._endpoints
+        while True:
+            with endpoints.changed:
+                while not self._closed and not endpoints.view.takes(wait_for_ready):
+                    refusal = endpoints.refusal(wait_for_ready, deadline)
+                    if refusal is not None:
+                        raise FailedCall(*refusal)
+                    endpoints.changed.wait(remaining(deadline))
+            if self._closed:
+                raise ValueError("Cannot invoke RPC on closed channel!")
+            endpoint = endpoints.acquire(self._counter, wait_for_ready)
+            if endpoint is not None:
+                return endpoint, remaining(deadline)
+
+    @property
+    def targets(self) -> list[str]:
+        """The endpoints this channel currently balances over (``host:port``)."""
+        return self._endpoints.targets()
+
+    def ready_targets(self) -> list[str]:
+        """The endpoints whose channel is READY."""
+        return self._endpoints.targets(READY)
+
+    def subscribe(self, callback: Callable[[grpc.ChannelConnectivity], None], try_to_connect: bool = False) -> None:
+        """Not supported: connectivity is per endpoint here (see ``ready_targets()``)."""
+        raise NotImplementedError("a balanced channel has no single connectivity state; see ready_targets()")
+
+    def unsubscribe(self, callback: Callable[[grpc.ChannelConnectivity], None]) -> None:
+        raise NotImplementedError("a balanced channel has no single connectivity state")
+
+    def unary_unary(self, method: str, request_serializer: Any = None, response_deserializer: Any = None,
+                    _registered_method: Any = False) -> UnaryUnaryBase:  # fmt: skip
+        return _UnaryUnary(self, method, request_serializer, response_deserializer)
+
+    def unary_stream(self, method: str, request_serializer: Any = None, response_deserializer: Any = None,
+                     _registered_method: Any = False) -> UnaryStreamBase:  # fmt: skip
+        return _UnaryStream(self, method, request_serializer, response_deserializer)
+
+    def stream_unary(self, method: str, request_serializer: Any = None, response_deserializer: Any = None,
+                     _registered_method: Any = False) -> StreamUnaryBase:  # fmt: skip
+        return _StreamUnary(self, method, request_serializer, response_deserializer)
+
+    def stream_stream(self, method: str, request_serializer: Any = None, response_deserializer: Any = None,
+                      _registered_method: Any = False) -> StreamStreamBase:  # fmt: skip
+        return _StreamStream(self, method, request_serializer, response_deserializer)
+
+    def close(self) -> None:
+        """Stops following the service and closes every endpoint channel (calls still in
+        flight are cancelled, as with ``grpc.Channel.close``). Idempotent; concurrent
+        callers all return once it is done."""
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._follower.close()
+            for endpoint in self._endpoints.close_all():
+                self._close_endpoint(endpoint)
+            self._closer.close()
+            with self._endpoints.changed:
+                self._endpoints.changed.notify_all()
+
+    def __enter__(self) -> BalancedChannel:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"BalancedChannel(service={self.service!r}, policy={self._endpoints.policy!r}, targets={self.targets})"

@@ -50,6 +50,11 @@ class EtcdConnector:
         return self._config
 
     @property
+    def core(self) -> _core.ConnectorCore:
+        """The connection itself, in the extension: what a registry's core is built on."""
+        return self._core
+
+    @property
     def endpoints(self) -> list[str]:
         """The cluster members, as ``host:port``."""
         return self._core.endpoints
@@ -83,7 +88,9 @@ class EtcdConnector:
     def _close_at_exit(self) -> None:
         self.close()
 
-    def _route_logs(self, origin: int, logger: logging.Logger) -> None:
+    def route_logs(self, origin: int, logger: logging.Logger) -> None:
+        """Sends the core's log records from ``origin`` (a registry core's ``id``) to
+        ``logger`` instead of the connector's own; a registry routes its records so."""
         self._logs.route(origin, logger)
 
     def __enter__(self) -> EtcdConnector:

@@ -86,7 +86,7 @@ class StreamManagerConfig:
 
 
 @dataclass
-class _Slot:
+class StreamSlot:
     """One instance's channel and stream."""
 
     instance: ServiceInstance
@@ -112,7 +112,7 @@ class _Slot:
         return self.targets[self.index]
 
 
-class _Table:
+class StreamTable:
     """The manager's state and decisions, shared by the sync and asyncio twins: which
     instances need a stream, when a stream is due to (re)open, the backoff."""
 
@@ -123,7 +123,7 @@ class _Table:
         self.logger = logger
         #: Closes a channel the table no longer uses (the twin's way).
         self.retire_channel = retire_channel
-        self.slots: dict[str, _Slot] = {}
+        self.slots: dict[str, StreamSlot] = {}
         self.snapshot: dict[str, Any] = {}
         self._unusable: set[str] = set()
         #: Stream generations, unique across slots: a stream's late "done" must not match
@@ -132,7 +132,7 @@ class _Table:
 
     def reconcile(
         self, instances: Sequence[ServiceInstance]
-    ) -> tuple[list[_Slot], list[_Slot], list[tuple[_Slot, _Slot]]]:
+    ) -> tuple[list[StreamSlot], list[StreamSlot], list[tuple[StreamSlot, StreamSlot]]]:
         """(new, removed, moved): slots to open, slots to close, and (slot, old) pairs
         whose endpoint in use left the instance (close the old channel and stream, open the
         slot anew on its first endpoint)."""
@@ -152,16 +152,16 @@ class _Table:
             wanted[instance.id] = (instance, targets)
         self._unusable &= {i.id for i in instances}
         removed = [self.slots.pop(i) for i in [i for i in self.slots if i not in wanted]]
-        new: list[_Slot] = []
-        moved: list[tuple[_Slot, _Slot]] = []
+        new: list[StreamSlot] = []
+        moved: list[tuple[StreamSlot, StreamSlot]] = []
         for instance_id, (instance, targets) in wanted.items():
             slot = self.slots.get(instance_id)
             if slot is None:
-                slot = _Slot(instance, targets)
+                slot = StreamSlot(instance, targets)
                 self.slots[instance_id] = slot
                 new.append(slot)
             elif slot.target not in targets:
-                old = _Slot(slot.instance, slot.targets, slot.index, slot.channel, slot.stream)
+                old = StreamSlot(slot.instance, slot.targets, slot.index, slot.channel, slot.stream)
                 slot.instance, slot.targets, slot.index, slot.channel, slot.stream = instance, targets, 0, None, None
                 slot.generation = next(self._generations)
                 slot.failures = slot.round_failures = 0
@@ -173,8 +173,8 @@ class _Table:
     def apply_instances(
         self,
         instances: Sequence[ServiceInstance],
-        open_slot: Callable[[_Slot], None],
-        close_slot: Callable[[_Slot], None],
+        open_slot: Callable[[StreamSlot], None],
+        close_slot: Callable[[StreamSlot], None],
     ) -> None:
         """Brings the streams in line with the service's instances."""
         new, removed, moved = self.reconcile(instances)
@@ -221,7 +221,7 @@ class _Table:
 
     def open_stream(
         self,
-        slot: _Slot,
+        slot: StreamSlot,
         make_channel: Callable[[str], Any],
         on_done: Callable[[str, int, Any], None],
     ) -> None:
@@ -241,7 +241,7 @@ class _Table:
         stream.add_done_callback(lambda call: on_done(instance_id, generation, call))
 
     @staticmethod
-    def detach(slot: _Slot) -> tuple[Any, Any]:
+    def detach(slot: StreamSlot) -> tuple[Any, Any]:
         """Takes the slot's (stream, channel) out of it, cancelling the stream."""
         stream, channel = slot.stream, slot.channel
         slot.stream, slot.channel = None, None
@@ -249,7 +249,7 @@ class _Table:
             stream.cancel()
         return stream, channel
 
-    def opened(self, slot: _Slot, stream: Any) -> int:
+    def opened(self, slot: StreamSlot, stream: Any) -> int:
         slot.stream = stream
         slot.generation = next(self._generations)
         slot.opened_at = time.monotonic()
@@ -257,7 +257,7 @@ class _Table:
         self.publish()
         return slot.generation
 
-    def ended(self, instance_id: str, generation: int, error: BaseException | None) -> _Slot | None:
+    def ended(self, instance_id: str, generation: int, error: BaseException | None) -> StreamSlot | None:
         """A stream ended: the slot to re-open later (its `reopen_at` set), or None.
 
         A stream that could not reach its endpoint (UNAVAILABLE) gets a new channel, to the
@@ -291,18 +291,18 @@ class _Table:
         self.publish()
         return slot
 
-    def _retire_channel_of(self, slot: _Slot) -> None:
+    def _retire_channel_of(self, slot: StreamSlot) -> None:
         channel, slot.channel = slot.channel, None
         slot.connected = False
         if channel is not None:
             self.retire_channel(channel)
 
-    def open_failed(self, slot: _Slot) -> None:
+    def open_failed(self, slot: StreamSlot) -> None:
         delay = min(self.config.retry_max, self.config.retry_initial * 2**slot.failures)
         slot.failures += 1
         slot.reopen_at = time.monotonic() + delay * random.uniform(0.8, 1.2)
 
-    def due(self) -> tuple[list[_Slot], float | None]:
+    def due(self) -> tuple[list[StreamSlot], float | None]:
         """Slots whose re-open time has come, and seconds until the next one."""
         now = time.monotonic()
         due = [s for s in self.slots.values() if s.reopen_at is not None and s.reopen_at <= now]
@@ -348,7 +348,7 @@ class StreamManager:
 
     def __init__(self, registry: Followable, config: StreamManagerConfig) -> None:
         self._registry = registry
-        self._table = _Table(config, registry.logger, self._retire_channel)
+        self._table = StreamTable(config, registry.logger, self._retire_channel)
         self._events: queue.Queue[tuple[str, Any]] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._follower: ServiceFollower | None = None
@@ -431,7 +431,7 @@ class StreamManager:
             self._closer.close()
             table.publish()
 
-    def _open(self, slot: _Slot) -> None:
+    def _open(self, slot: StreamSlot) -> None:
         config = self._table.config
 
         instance_id = slot.instance.id
@@ -448,7 +448,7 @@ class StreamManager:
 
         self._table.open_stream(slot, make_channel, lambda *ended: self._events.put(("ended", ended)))
 
-    def _close(self, slot: _Slot) -> None:
+    def _close(self, slot: StreamSlot) -> None:
         _stream, channel = self._table.detach(slot)
         if channel is not None:
             self._retire_channel(channel)
@@ -462,7 +462,7 @@ class AsyncStreamManager:
 
     def __init__(self, registry: AsyncFollowable, config: StreamManagerConfig) -> None:
         self._registry = registry
-        self._table = _Table(config, registry.logger, self._retire_channel)
+        self._table = StreamTable(config, registry.logger, self._retire_channel)
         self._events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self._follower: AsyncServiceFollower | None = None
@@ -539,7 +539,7 @@ class AsyncStreamManager:
             table.slots.clear()
             table.publish()
 
-    def _open(self, slot: _Slot) -> None:
+    def _open(self, slot: StreamSlot) -> None:
         config = self._table.config
         interceptors = list(config.interceptors) or None
 
@@ -559,7 +559,7 @@ class AsyncStreamManager:
             await channel.wait_for_state_change(state)
             state = channel.get_state(try_to_connect=True)
 
-    def _close(self, slot: _Slot) -> None:
+    def _close(self, slot: StreamSlot) -> None:
         stream, channel = self._table.detach(slot)
         if stream is not None:
             # The cancelled call settles in a task of grpc's; stop() waits for it.

@@ -45,7 +45,7 @@ import grpc
 import grpc.aio
 
 from .balancer._grpcio import ChannelCloser, FailedCall, aio_error, open_aio_channel, open_channel
-from .balancer.targets import instance_targets
+from .balancer.targets import InstanceTargets
 from .errors import InvalidConfigError
 from .follow import AsyncFollowable, AsyncServiceFollower, Followable, ServiceFollower
 from .model import ServiceInstance
@@ -125,7 +125,7 @@ class StreamTable:
         self.retire_channel = retire_channel
         self.slots: dict[str, StreamSlot] = {}
         self.snapshot: dict[str, Any] = {}
-        self._unusable: set[str] = set()
+        self._targets = InstanceTargets(config.service_name, logger, "no stream for it")
         #: Stream generations, unique across slots: a stream's late "done" must not match
         #: the stream of a new slot for the same instance (removed, then added again).
         self._generations = itertools.count(1)
@@ -136,21 +136,7 @@ class StreamTable:
         """(new, removed, moved): slots to open, slots to close, and (slot, old) pairs
         whose endpoint in use left the instance (close the old channel and stream, open the
         slot anew on its first endpoint)."""
-        wanted: dict[str, tuple[ServiceInstance, tuple[str, ...]]] = {}
-        for instance in instances:
-            targets = instance_targets(instance)
-            if not targets:
-                if instance.id not in self._unusable:
-                    self._unusable.add(instance.id)
-                    self.logger.warning(
-                        "instance %s of service %s has no usable gRPC endpoint; no stream for it",
-                        instance.id,
-                        self.config.service_name,
-                        extra={"service": self.config.service_name, "instance_id": instance.id},
-                    )
-                continue
-            wanted[instance.id] = (instance, targets)
-        self._unusable &= {i.id for i in instances}
+        wanted = {instance.id: (instance, targets) for instance, targets in self._targets.read(instances)}
         removed = [self.slots.pop(i) for i in [i for i in self.slots if i not in wanted]]
         new: list[StreamSlot] = []
         moved: list[tuple[StreamSlot, StreamSlot]] = []

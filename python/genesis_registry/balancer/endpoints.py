@@ -18,7 +18,7 @@ import grpc
 
 from ..model import ServiceInstance
 from .pickers import Picker, picker_for
-from .targets import instance_targets
+from .targets import InstanceTargets
 
 __all__ = ["EMPTY", "Endpoint", "EndpointSet", "instance_weight"]
 
@@ -164,7 +164,7 @@ class EndpointSet:
         self._by_target: dict[str, Endpoint] = {}
         #: Removed endpoints with calls still in flight; closed with their last call.
         self._draining: set[Endpoint] = set()
-        self._skipped: set[str] = set()
+        self._targets = InstanceTargets(service, logger, "skipping it")
         self.view: Picker[Endpoint] = EMPTY
         self.changed = threading.Condition(self._lock)
         #: Set by the async twin to wake waiters on its event loop.
@@ -192,22 +192,9 @@ class EndpointSet:
         """Reconciles the endpoints with the service's current instances: every usable
         endpoint of every instance (an endpoint two instances share is balanced once)."""
         wanted: dict[str, tuple[ServiceInstance, int]] = {}
-        for instance in instances:
-            targets = instance_targets(instance)
-            if not targets:
-                if instance.id not in self._skipped:
-                    self._skipped.add(instance.id)
-                    self._logger.warning(
-                        "instance %s of service %s has no usable gRPC endpoint %s; skipping it",
-                        instance.id,
-                        self.service,
-                        list(instance.endpoints),
-                        extra={"service": self.service, "instance_id": instance.id},
-                    )
-                continue
+        for instance, targets in self._targets.read(instances):
             for index, target in enumerate(targets):
                 wanted.setdefault(target, (instance, index))
-        self._skipped &= {i.id for i in instances}
         added: list[Endpoint] = []
         idle_removed: list[Endpoint] = []
         with self._lock:

@@ -32,6 +32,9 @@ from .pickers import READY
 __all__ = ["BalancedChannel"]
 
 
+Metadata = tuple[tuple[str, str | bytes], ...] | None
+
+
 class _MultiCallable:
     """A per-call balancing multicallable of a :class:`BalancedChannel`."""
 
@@ -51,8 +54,29 @@ class _MultiCallable:
             return endpoint, timeout
         return self._channel._wait_for_instance(wait_for_ready, timeout)
 
-
-Metadata = tuple[tuple[str, str | bytes], ...] | None
+    def _start_call(
+        self,
+        how: str | None,
+        request: Any,
+        timeout: float | None,
+        metadata: Metadata,
+        credentials: grpc.CallCredentials | None,
+        wait_for_ready: bool | None,
+        compression: grpc.Compression | None,
+    ) -> Any:
+        """Starts a call that goes on after this returns (a future: ``how`` names the
+        grpcio method, or a response stream: None); with no endpoint to take it, the
+        failed call."""
+        try:
+            endpoint, timeout = self._acquire(wait_for_ready, timeout)
+        except FailedCall as failed:
+            return failed
+        start = endpoint.callable(self)
+        if how is not None:
+            start = getattr(start, how)
+        return self._channel._endpoints.start_call(
+            endpoint, start, request, timeout, metadata, credentials, wait_for_ready, compression
+        )
 
 
 class _UnaryResponse(_MultiCallable):
@@ -98,14 +122,7 @@ class _UnaryResponse(_MultiCallable):
         wait_for_ready: bool | None = None,
         compression: grpc.Compression | None = None,
     ) -> Any:
-        try:
-            endpoint, timeout = self._acquire(wait_for_ready, timeout)
-        except FailedCall as failed:
-            return failed
-        future = endpoint.callable(self).future
-        return self._channel._endpoints.start_call(
-            endpoint, future, request, timeout, metadata, credentials, wait_for_ready, compression
-        )
+        return self._start_call("future", request, timeout, metadata, credentials, wait_for_ready, compression)
 
 
 class _StreamResponse(_MultiCallable):
@@ -120,14 +137,7 @@ class _StreamResponse(_MultiCallable):
         wait_for_ready: bool | None = None,
         compression: grpc.Compression | None = None,
     ) -> Any:
-        try:
-            endpoint, timeout = self._acquire(wait_for_ready, timeout)
-        except FailedCall as failed:
-            return failed
-        start = endpoint.callable(self)
-        return self._channel._endpoints.start_call(
-            endpoint, start, request, timeout, metadata, credentials, wait_for_ready, compression
-        )
+        return self._start_call(None, request, timeout, metadata, credentials, wait_for_ready, compression)
 
 
 # The request is named `request_iterator` in grpcio's stream-request signatures; these are

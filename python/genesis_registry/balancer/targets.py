@@ -8,11 +8,14 @@ and the two cannot disagree.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Sequence
+
 from .. import _core
 from ..errors import InvalidConfigError
 from ..model import ServiceInstance
 
-__all__ = ["endpoint_target", "instance_targets", "parse_target"]
+__all__ = ["InstanceTargets", "endpoint_target", "instance_targets", "parse_target"]
 
 
 def endpoint_target(endpoint: str) -> str | None:
@@ -52,3 +55,37 @@ def parse_target(target: str) -> str:
     if not slash or not service or "/" in service or "?" in service or "#" in service:
         raise InvalidConfigError(f"gRPC target {target!r} is not of the form etcd:///<service>")
     return service
+
+
+class InstanceTargets:
+    """Reads the targets of a service's instances for one user of them (a balanced channel,
+    a stream manager), warning once about each instance that has no usable endpoint, for
+    as long as it stays so."""
+
+    def __init__(self, service: str, logger: logging.Logger, consequence: str) -> None:
+        self._service = service
+        self._logger = logger
+        #: What the user does about such an instance, for the warning ("skipping it").
+        self._consequence = consequence
+        self._warned: set[str] = set()
+
+    def read(self, instances: Sequence[ServiceInstance]) -> list[tuple[ServiceInstance, tuple[str, ...]]]:
+        """Each instance that has usable endpoints, with their targets (see
+        :func:`instance_targets`), in the order given."""
+        found = []
+        for instance in instances:
+            targets = instance_targets(instance)
+            if targets:
+                found.append((instance, targets))
+            elif instance.id not in self._warned:
+                self._warned.add(instance.id)
+                self._logger.warning(
+                    "instance %s of service %s has no usable gRPC endpoint %s; %s",
+                    instance.id,
+                    self._service,
+                    list(instance.endpoints),
+                    self._consequence,
+                    extra={"service": self._service, "instance_id": instance.id},
+                )
+        self._warned &= {i.id for i in instances}
+        return found

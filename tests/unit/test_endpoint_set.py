@@ -80,7 +80,7 @@ def test_ranks_order_by_instance_id_then_endpoint_position() -> None:
     ranks = {t: ep.rank for t, ep in channels.by_target().items()}
     assert ranks == {"10.0.0.1:1": ("b", 0), "10.0.0.1:3": ("a", 0), "10.0.0.1:2": ("a", 1)}
     channels.ready()
-    assert [ep.target for ep in channels.set.view.schedule] == ["10.0.0.1:3", "10.0.0.1:2", "10.0.0.1:1"]
+    assert [ep.target for ep in channels.set.picker.schedule] == ["10.0.0.1:3", "10.0.0.1:2", "10.0.0.1:1"]
 
 
 def test_pick_first_chooses_by_rank_among_endpoints_ready_together() -> None:
@@ -89,7 +89,7 @@ def test_pick_first_chooses_by_rank_among_endpoints_ready_together() -> None:
     for endpoint in channels.set.endpoints():
         endpoint.state = READY  # all READY before the set publishes again
     channels.set.update([inst("b", 1), inst("a", 3, 2)])
-    assert channels.set.view.first is not None and channels.set.view.first.target == "10.0.0.1:3"
+    assert channels.set.picker.first is not None and channels.set.picker.first.target == "10.0.0.1:3"
 
 
 def test_an_endpoint_two_instances_share_is_balanced_once() -> None:
@@ -167,7 +167,7 @@ def test_an_idle_removed_endpoint_closes_at_once_and_close_all_takes_the_rest() 
     assert channels.closed == ["10.0.0.1:1"]
     left = channels.set.close_all()
     assert [ep.target for ep in left] == ["10.0.0.1:2"] and all(ep.removed for ep in left)
-    assert channels.set.acquire(itertools.count()) is None and channels.set.view.hopeless(False)
+    assert channels.set.acquire(itertools.count()) is None and channels.set.picker.hopeless(False)
 
 
 def test_ready_endpoints_are_preferred_and_failing_ones_skipped() -> None:
@@ -192,7 +192,7 @@ def test_calls_are_refused_with_the_status_grpc_would_give() -> None:
     )
     waiting = Channels(policy="pick_first")
     waiting.set.update([inst("a", 1)])  # none READY yet, one connecting: a call waits for it
-    assert not waiting.set.view.takes(False) and waiting.set.refusal(False, None) is None
+    assert not waiting.set.picker.takes(False) and waiting.set.refusal(False, None) is None
 
 
 def test_a_ready_only_call_is_not_given_a_connecting_endpoint() -> None:

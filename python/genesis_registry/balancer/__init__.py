@@ -2,7 +2,7 @@
 
 grpcio has no plug-in point for name resolvers or load-balancing policies, so the
 balancing happens here: a :class:`BalancedChannel` (a ``grpc.Channel``) keeps one grpcio
-channel per instance endpoint and picks one **per call** from an immutable view, which the
+channel per instance endpoint and picks one **per call** from an immutable picker, which the
 registry's snapshot of the service feeds. Every usable endpoint of every instance is an
 address to balance over, as the Go component's resolver hands them all to gRPC. Stubs
 built once keep working, and stay balanced, as instances come and go.

@@ -203,7 +203,7 @@ class _AioMultiCallable:
             return channel._endpoints.start_call(endpoint, endpoint.callable(self), request, **kwargs)
         if channel._closed:
             raise grpc.aio.UsageError("Cannot invoke RPC on closed channel!")
-        if channel._endpoints.view.hopeless(wait_for_ready):
+        if channel._endpoints.picker.hopeless(wait_for_ready):
             return _PendingCall(error=aio_error(grpc.StatusCode.UNAVAILABLE, no_instance(channel.service)))
         timeout = kwargs.pop("timeout", None)
 
@@ -308,7 +308,7 @@ class AsyncBalancedChannel(grpc.aio.Channel):
             if refusal is not None:
                 raise aio_error(*refusal)
             self._changed.clear()
-            if self._endpoints.view.takes(wait_for_ready):
+            if self._endpoints.picker.takes(wait_for_ready):
                 continue
             try:
                 await asyncio.wait_for(self._changed.wait(), remaining(deadline))

@@ -154,7 +154,7 @@ class EndpointSet:
         logger: logging.Logger,
     ) -> None:
         self.service = service
-        self._picker = picker_for(policy)
+        self._picker_class = picker_for(policy)
         self.policy = policy
         self._open_channel = open_channel
         self._watch_state = watch_state
@@ -165,7 +165,7 @@ class EndpointSet:
         #: Removed endpoints with calls still in flight; closed with their last call.
         self._draining: set[Endpoint] = set()
         self._targets = InstanceTargets(service, logger, "skipping it")
-        self.view: Picker[Endpoint] = EMPTY
+        self.picker: Picker[Endpoint] = EMPTY
         self.changed = threading.Condition(self._lock)
         #: Set by the async twin to wake waiters on its event loop.
         self.on_change: Callable[[], None] | None = None
@@ -250,13 +250,13 @@ class EndpointSet:
         None when the picker takes no call now (see `Picker.takes`; `need_ready` is the
         call's wait_for_ready)."""
         for _ in range(3):
-            view = self.view
-            if not view.schedule or (need_ready and not view.ready):  # not view.takes(): inlined, every call runs it
+            picker = self.picker
+            if not picker.schedule or (need_ready and not picker.ready):  # picker.takes(), inlined: every call runs it
                 return None
-            endpoint = view.pick(counter)
+            endpoint = picker.pick(counter)
             if endpoint is not None and endpoint.begin():
                 return endpoint
-            # Taken out of service since the view was read: wait for the update to end.
+            # Taken out of service since the picker was read: wait for the update to end.
             with self._lock:
                 pass
         return None
@@ -265,7 +265,7 @@ class EndpointSet:
         """For a call the picker does not take now: the status it fails with at once (no
         endpoint to wait for, or its ``deadline``, a ``time.monotonic()``, passed), or
         None if it may wait for a change."""
-        if self.view.hopeless(wait_for_ready):
+        if self.picker.hopeless(wait_for_ready):
             return grpc.StatusCode.UNAVAILABLE, no_instance(self.service)
         if deadline is not None and deadline <= time.monotonic():
             return grpc.StatusCode.DEADLINE_EXCEEDED, none_ready(self.service)
@@ -279,7 +279,7 @@ class EndpointSet:
             self._draining.clear()
             for endpoint in endpoints:
                 endpoint.removed = True
-            self.view = EMPTY
+            self.picker = EMPTY
             self.changed.notify_all()
         return endpoints
 
@@ -296,7 +296,7 @@ class EndpointSet:
     def _publish(self) -> None:
         """Builds the picker calls choose from (lock held)."""
         endpoints = sorted(self._by_target.values(), key=lambda ep: ep.rank)
-        self.view = self._picker.build(endpoints, self.view)
+        self.picker = self._picker_class.build(endpoints, self.picker)
         self.changed.notify_all()
         if self.on_change is not None:
             self.on_change()

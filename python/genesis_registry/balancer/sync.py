@@ -219,7 +219,7 @@ class BalancedChannel(grpc.Channel):
         endpoints = self._endpoints
         while True:
             with endpoints.changed:
-                while not self._closed and not endpoints.view.takes(wait_for_ready):
+                while not self._closed and not endpoints.picker.takes(wait_for_ready):
                     refusal = endpoints.refusal(wait_for_ready, deadline)
                     if refusal is not None:
                         raise FailedCall(*refusal)

@@ -2,7 +2,9 @@
 their watches, :class:`Watch` and :class:`AsyncWatch`.
 
 Both registries share their logic in :class:`_RegistryBase`; the Rust core does the work
-(with the GIL released) and the twins differ only in how they wait for it.
+(with the GIL released) and the twins differ only in how they wait for it. The service
+followers live in :mod:`genesis_registry.follow`; they are named here too, for code that
+imported them from this module.
 
     >>> import genesis_registry as gr
     >>> conn = gr.EtcdConnector(gr.EtcdConfig(endpoints=[etcd_endpoint])); conn.connect()  # doctest: +SKIP

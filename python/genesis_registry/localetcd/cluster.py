@@ -11,7 +11,6 @@ import json
 import os
 import pathlib
 import secrets
-import subprocess
 import tempfile
 import threading
 import time
@@ -21,6 +20,7 @@ from typing import Any
 
 from .binaries import find_etcd_binary
 from .errors import PortTakenError
+from .handle import LocalHandle
 from .health import is_serving, poll_until_healthy
 from .process import PORT_ATTEMPTS, free_ports, run_etcdctl
 from .server import EtcdServer
@@ -108,7 +108,7 @@ class EtcdMember(EtcdServer):
         return "<EtcdMember" + super().__repr__()[len("<EtcdServer") :]
 
 
-class EtcdCluster:
+class EtcdCluster(LocalHandle):
     """A real multi-member etcd cluster on loopback, one process per member.
 
     Every member is an :class:`EtcdMember` (an :class:`EtcdServer`) with free
@@ -248,17 +248,6 @@ class EtcdCluster:
         return [i for i, m in enumerate(self.members) if m.is_running()]
 
     @property
-    def closed(self) -> bool:
-        """True once :meth:`close` ran; the cluster cannot start again.
-
-        Example::
-
-            cluster.close()
-            assert cluster.closed
-        """
-        return self._closed
-
-    @property
     def cluster_token(self) -> str:
         """The ``--initial-cluster-token`` its members bootstrap with; a new one whenever the
         cluster starts from empty data dirs, so a wiped cluster gets a new cluster id.
@@ -396,44 +385,11 @@ class EtcdCluster:
             cluster.wipe()
             assert cluster.etcdctl("get", "k").stdout == b""
         """
-        with self._lock:
-            if self._closed:
-                raise RuntimeError("EtcdCluster is closed")
-            self.stop()
-            for member in self.members:
-                member.clear_data()
-            self.start(timeout)
-
-    def close(self) -> None:
-        """Stop every member and remove the temporary dir if the cluster owns one.
-
-        Idempotent; the cluster cannot be started again afterwards.
-
-        Example::
-
-            cluster = EtcdCluster().start()
-            cluster.close()
-            cluster.close()          # fine
-        """
-        with self._lock:
-            if self._closed:
-                return
-            try:
-                self.stop()
-            finally:
-                self._closed = True
-                for member in self.members:
-                    member.close()
-                if self._tmp is not None:
-                    self._tmp.cleanup()
-                    self._tmp = None
+        self._wipe(timeout)
 
     def __enter__(self) -> EtcdCluster:
         self.start()
         return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"running={self.running_members()}"
@@ -512,29 +468,21 @@ class EtcdCluster:
                 raise RuntimeError(f"no etcd leader within {timeout} s (running members: {self.running_members()})")
             time.sleep(0.05)
 
-    def etcdctl(
-        self,
-        *args: str,
-        input: bytes | None = None,
-        check: bool = True,
-        timeout: float = 30.0,
-    ) -> subprocess.CompletedProcess[bytes]:
-        """Run ``etcdctl`` against every running member; see :meth:`EtcdServer.etcdctl`.
-
-        etcdctl's client picks among the endpoints and fails over. With no
-        member running it is pointed at all of them (and fails). For one
-        member only, use ``cluster.members[i].etcdctl(...)``.
-
-        Example::
-
-            cluster.etcdctl("put", "/a", "1")
-            cluster.etcdctl("get", "/a", "--print-value-only").stdout   # b"1\\n"
-        """
-        running = self.running_members() or range(len(self.members))
-        urls = ",".join(self.members[i].client_url for i in running)
-        return run_etcdctl(self.members[0].etcdctl_binary(), urls, args, input, check, timeout)
-
     # -- internals ---------------------------------------------------------
+
+    def _etcdctl_target(self) -> tuple[pathlib.Path, str]:
+        # Every running member: etcdctl's client picks among them and fails over. With none
+        # running, all of them (and etcdctl fails). For one member, use members[i].etcdctl().
+        running = self.running_members() or range(len(self.members))
+        return self.members[0].etcdctl_binary(), ",".join(self.members[i].client_url for i in running)
+
+    def _clear_all_data(self) -> None:
+        for member in self.members:
+            member.clear_data()
+
+    def _release(self) -> None:
+        for member in self.members:
+            member.close()
 
     def _fresh_token(self) -> str:
         return f"genesis-cluster-{secrets.token_hex(6)}"

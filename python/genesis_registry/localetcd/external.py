@@ -17,8 +17,8 @@ from typing import Any
 
 from .binaries import find_etcdctl_binary
 from .errors import EtcdctlError, EtcdNotFoundError, NoLocalProcessError
+from .handle import Etcdctl
 from .health import poll_until_healthy
-from .process import run_etcdctl
 from .server import DEFAULT_RAFT_ARGS, EtcdServer
 
 __all__ = ["CONTAINER_IMAGE", "ENV_ENDPOINTS", "ContainerEtcd", "EtcdLike", "ExternalEtcd"]
@@ -32,7 +32,7 @@ CONTAINER_IMAGE = "quay.io/coreos/etcd:v3.5.17"
 _NO_LOCAL_PROCESS = "needs a local etcd process"
 
 
-class ExternalEtcd:
+class ExternalEtcd(Etcdctl):
     """An etcd cluster this package did not start (e.g. from CI's environment).
 
     Same ``endpoints``, ``client_url`` and :meth:`etcdctl` as
@@ -108,21 +108,8 @@ class ExternalEtcd:
             raise RuntimeError(f"external etcd at {self.client_url} is not healthy")
         return self
 
-    def etcdctl(
-        self,
-        *args: str,
-        input: bytes | None = None,
-        check: bool = True,
-        timeout: float = 30.0,
-    ) -> subprocess.CompletedProcess[bytes]:
-        """Run ``etcdctl`` against all endpoints; see :meth:`EtcdServer.etcdctl`.
-
-        Example::
-
-            ext.etcdctl("put", "k", "v")
-        """
-        binary = self._etcdctl_binary or find_etcdctl_binary()
-        return run_etcdctl(binary, ",".join(self.client_urls), args, input, check, timeout)
+    def _etcdctl_target(self) -> tuple[pathlib.Path, str]:
+        return self._etcdctl_binary or find_etcdctl_binary(), ",".join(self.client_urls)
 
     def stop(self, timeout: float = 10.0) -> None:
         """Refused (a skip under the pytest plugin): an external cluster cannot be stopped from here.
@@ -245,21 +232,12 @@ class ContainerEtcd(ExternalEtcd):
             raise
         return server
 
-    def etcdctl(
-        self,
-        *args: str,
-        input: bytes | None = None,
-        check: bool = True,
-        timeout: float = 30.0,
+    def _run_etcdctl(
+        self, args: tuple[str, ...], input: bytes | None, check: bool, timeout: float
     ) -> subprocess.CompletedProcess[bytes]:
-        """Like :meth:`EtcdServer.etcdctl`; falls back to ``docker exec``.
-
-        Example::
-
-            etcd.etcdctl("put", "k", "v")
-        """
+        # A local etcdctl when there is one, else the one inside the container.
         try:
-            return super().etcdctl(*args, input=input, check=check, timeout=timeout)
+            return super()._run_etcdctl(args, input, check, timeout)
         except EtcdNotFoundError:
             pass
         if input is not None:

@@ -23,8 +23,9 @@ from typing import Any
 
 from .binaries import etcdctl_beside, find_etcd_binary
 from .errors import PortTakenError
+from .handle import LocalHandle
 from .health import poll_until_healthy
-from .process import PORT_ATTEMPTS, child_env, free_ports, reap, run_etcdctl, signal_group, tail, tied_to_this_process
+from .process import PORT_ATTEMPTS, child_env, free_ports, reap, signal_group, tail, tied_to_this_process
 
 __all__ = ["DEFAULT_RAFT_ARGS", "EtcdServer"]
 
@@ -41,7 +42,7 @@ DEFAULT_RAFT_ARGS: tuple[str, ...] = (
 )
 
 
-class EtcdServer:
+class EtcdServer(LocalHandle):
     """One local etcd member on free loopback ports with its own data dir.
 
     Ports are chosen at construction, so :attr:`endpoints` and
@@ -355,42 +356,12 @@ class EtcdServer:
             server.wipe()
             assert server.etcdctl("get", "k").stdout == b""
         """
-        with self._lock:
-            if self._closed:
-                raise RuntimeError("EtcdServer is closed")
-            self.stop()
-            self.clear_data()
-            self.start(timeout)
-
-    def close(self) -> None:
-        """Stop etcd and remove the temporary data dir if the server owns one.
-
-        Idempotent; the server cannot be started again afterwards.
-
-        Example::
-
-            server = EtcdServer().start()
-            server.close()
-            server.close()       # fine
-        """
-        with self._lock:
-            if self._closed:
-                return
-            try:
-                self.stop()
-            finally:
-                self._closed = True
-                if self._tmp is not None:
-                    self._tmp.cleanup()
-                    self._tmp = None
+        self._wipe(timeout)
 
     def __enter__(self) -> EtcdServer:
         if not self.is_running():
             self.start()
         return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"pid={self.pid}"
@@ -398,32 +369,6 @@ class EtcdServer:
         return f"<EtcdServer {self.name} {where} {state}>"
 
     # -- etcdctl -----------------------------------------------------------
-
-    def etcdctl(
-        self,
-        *args: str,
-        input: bytes | None = None,
-        check: bool = True,
-        timeout: float = 30.0,
-    ) -> subprocess.CompletedProcess[bytes]:
-        """Run ``etcdctl --endpoints=<client_url> *args`` with ``ETCDCTL_API=3``.
-
-        stdout and stderr are captured as bytes. Variables named
-        ``ETCDCTL_*`` in the environment are not passed on.
-
-        Raises:
-            EtcdctlError: non-zero exit and ``check`` (message includes stderr).
-            subprocess.TimeoutExpired: it ran longer than ``timeout`` seconds.
-            EtcdNotFoundError: no etcdctl binary.
-
-        Example::
-
-            server.etcdctl("put", "/a", "1")
-            server.etcdctl("put", "/b", input=b"2")         # value from stdin
-            res = server.etcdctl("get", "--prefix", "/", "-w", "json")
-            json.loads(res.stdout)["count"]                  # 2
-        """
-        return run_etcdctl(self.etcdctl_binary(), self.client_url, args, input, check, timeout)
 
     def etcdctl_binary(self) -> pathlib.Path:
         """The etcdctl :meth:`etcdctl` runs: the one beside :attr:`binary`, else the one found.
@@ -437,17 +382,6 @@ class EtcdServer:
         return self._etcdctl_path
 
     # -- the member interface (what EtcdCluster drives) ----------------------
-
-    @property
-    def closed(self) -> bool:
-        """True once :meth:`close` ran; the server cannot start again.
-
-        Example::
-
-            server.close()
-            assert server.closed
-        """
-        return self._closed
 
     def has_data(self) -> bool:
         """True when the data dir holds anything (etcd then rejoins rather than bootstraps).
@@ -581,6 +515,12 @@ class EtcdServer:
             self._forget_process()
 
     # -- internals ---------------------------------------------------------
+
+    def _etcdctl_target(self) -> tuple[pathlib.Path, str]:
+        return self.etcdctl_binary(), self.client_url
+
+    def _clear_all_data(self) -> None:
+        self.clear_data()
 
     def _initial_cluster(self) -> str:
         """``--initial-cluster``: this member alone (:class:`EtcdMember` lists all)."""

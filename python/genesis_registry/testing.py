@@ -74,8 +74,9 @@ from .localetcd import CONTAINER_IMAGE as CONTAINER_IMAGE
 from .localetcd import ENV_ENDPOINTS as ENV_ENDPOINTS
 from .localetcd import ENV_ETCD_BIN as ENV_ETCD_BIN
 from .localetcd import ENV_ETCDCTL_BIN as ENV_ETCDCTL_BIN
+
+# tests/test_partition.py still imports it from here; it belongs to localetcd.health.
 from .localetcd.health import is_healthy as _is_healthy  # noqa: F401
-from .localetcd.process import setpriv as _setpriv  # noqa: F401
 
 if TYPE_CHECKING:
     import genesis_registry as _gr

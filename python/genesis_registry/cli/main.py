@@ -17,6 +17,7 @@ from ..errors import (
     InvalidTTLError,
     RegistryError,
 )
+from . import demo
 from .client import cmd_deregister, cmd_get, cmd_list, cmd_register, cmd_watch
 from .etcd import cmd_etcd
 from .exits import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, CliError
@@ -28,11 +29,7 @@ __all__ = ["main"]
 
 
 def _cmd_demo(args: argparse.Namespace, out: Output) -> int:
-    # Imported here: the demo brings grpcio and the balancer, which the other commands never
-    # load, and a quick `genesis-registry list` should not pay for them.
-    from .demo import run
-
-    return run(keep_etcd=args.keep_etcd)
+    return demo.run(keep_etcd=args.keep_etcd)
 
 
 _COMMANDS: dict[str, Callable[[argparse.Namespace, Output], int]] = {

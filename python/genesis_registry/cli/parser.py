@@ -58,24 +58,23 @@ def _seconds(text: str) -> float:
     return value
 
 
-def _port(text: str) -> int:
+def _whole_number(text: str, not_a_number: str, out_of_range: str, top: int | None = None) -> int:
+    """``text`` as a whole number from 1 to ``top``; the messages name what it should be."""
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
-    if not 1 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"not a port number (1-65535): {text!r}")
+        raise argparse.ArgumentTypeError(f"{not_a_number}: {text!r}") from None
+    if value < 1 or (top is not None and value > top):
+        raise argparse.ArgumentTypeError(f"{out_of_range}: {text!r}")
     return value
+
+
+def _port(text: str) -> int:
+    return _whole_number(text, "not a port number", "not a port number (1-65535)", 65535)
 
 
 def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
-    return value
+    return _whole_number(text, "not a whole number", "must be at least 1")
 
 
 def _meta(text: str) -> tuple[str, str]:

@@ -52,28 +52,21 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Generator, Iterator
 from typing import TYPE_CHECKING, Any
 
+from . import localetcd
+
+# The local-etcd API, re-exported: ``from genesis_registry.testing import EtcdServer`` works.
+from .localetcd import *  # noqa: F403
 from .localetcd import (
-    CLUSTER_RAFT_ARGS,
-    DEFAULT_RAFT_ARGS,
+    ENV_ENDPOINTS,
     ContainerEtcd,
     EtcdCluster,
-    EtcdctlError,
     EtcdLike,
-    EtcdMember,
     EtcdNotFoundError,
     EtcdServer,
     ExternalEtcd,
     NoLocalProcessError,
     find_etcd_binary,
-    find_etcdctl_binary,
 )
-
-# Names this module had before localetcd was split out of it, for code that imports them
-# from here (the ``as`` marks them re-exported).
-from .localetcd import CONTAINER_IMAGE as CONTAINER_IMAGE
-from .localetcd import ENV_ENDPOINTS as ENV_ENDPOINTS
-from .localetcd import ENV_ETCD_BIN as ENV_ETCD_BIN
-from .localetcd import ENV_ETCDCTL_BIN as ENV_ETCDCTL_BIN
 
 # tests/test_partition.py still imports it from here; it belongs to localetcd.health.
 from .localetcd.health import is_healthy as _is_healthy  # noqa: F401
@@ -86,20 +79,8 @@ try:  # pytest is optional: only the fixtures need it.
 except ImportError:  # pragma: no cover - exercised only without pytest
     pytest = None  # type: ignore[assignment]
 
-__all__ = [
-    "CLUSTER_RAFT_ARGS",
-    "DEFAULT_RAFT_ARGS",
-    "ContainerEtcd",
-    "EtcdCluster",
-    "EtcdLike",
-    "EtcdMember",
-    "EtcdNotFoundError",
-    "EtcdServer",
-    "EtcdctlError",
-    "ExternalEtcd",
-    "find_etcd_binary",
-    "find_etcdctl_binary",
-]
+__all__: list[str] = []
+__all__ += localetcd.__all__
 
 
 def _async_fixture(func: Callable[..., Any]) -> Any:

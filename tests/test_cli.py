@@ -24,7 +24,7 @@ import genesis_registry as gr
 import pytest
 from cli_process import CLI, Child, child_env, free_ports
 from conftest import etcd_keys, instance, make_connector
-from genesis_registry.testing import EtcdServer, find_etcdctl_binary
+from genesis_registry.localetcd import EtcdServer, find_etcdctl_binary
 
 ERROR_PREFIX = "genesis-registry: error: "
 #: In argument lists of parametrized tests: "--endpoints <the test etcd>".

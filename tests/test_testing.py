@@ -20,7 +20,9 @@ import grpc
 import pytest
 from conftest import etcd_keys, instance, wait_until
 from echo import EchoStub, instance_for
-from genesis_registry.testing import EtcdCluster, EtcdMember, EtcdServer, _is_healthy, _setpriv
+from genesis_registry.localetcd import EtcdCluster, EtcdMember, EtcdServer
+from genesis_registry.localetcd.health import is_healthy as _is_healthy
+from genesis_registry.localetcd.process import setpriv as _setpriv
 
 
 def status(cluster: EtcdCluster) -> list[dict]:

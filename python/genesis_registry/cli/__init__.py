@@ -1,0 +1,43 @@
+"""The ``genesis-registry`` command: a local etcd, a demo, and the registry from a shell.
+
+Installed as ``genesis-registry``; ``python -m genesis_registry`` runs the same command.
+``genesis-registry --help`` lists the commands and ``genesis-registry COMMAND --help`` gives
+each one's options and examples; the README's "Command line" section is the overview.
+
+Examples::
+
+    genesis-registry etcd &                                  # a local etcd on 127.0.0.1:2379
+    genesis-registry register --name greeter --id g1 --endpoint 127.0.0.1:50051 --meta zone=a &
+    genesis-registry list
+    genesis-registry get greeter --json | jq '.instances[].endpoints'
+    genesis-registry deregister greeter g1
+
+Modules: ``main`` (the entry point: dispatch and exit codes), ``parser`` (options and their
+defaults), ``client`` (list, get, watch, register, deregister), ``etcd`` (the local etcd),
+``demo`` (the tour), ``output`` (tables and the JSON shapes), ``exits`` (exit codes),
+``signals`` (Ctrl-C and SIGTERM as :class:`Interrupted`).
+"""
+
+from __future__ import annotations
+
+from .client import etcd_config
+from .exits import CliError
+from .main import main
+from .output import format_table
+from .parser import DEFAULT_ENDPOINTS, DEFAULT_NAMESPACE, ENV_ENDPOINTS, ENV_PASSWORD, build_parser, settle
+from .signals import Interrupted, stop_on_signals
+
+__all__ = [
+    "DEFAULT_ENDPOINTS",
+    "DEFAULT_NAMESPACE",
+    "ENV_ENDPOINTS",
+    "ENV_PASSWORD",
+    "CliError",
+    "Interrupted",
+    "build_parser",
+    "etcd_config",
+    "format_table",
+    "main",
+    "settle",
+    "stop_on_signals",
+]

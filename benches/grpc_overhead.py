@@ -22,7 +22,7 @@ from genesis_registry.testing import EtcdServer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from echo import EchoProcess
+from support.echo import EchoProcess
 
 UNARY = "/echo.Echo/Unary"
 

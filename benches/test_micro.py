@@ -15,7 +15,7 @@ import genesis_registry as gr
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from echo import EchoServer
+from support.echo import EchoServer
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from cli_process import CLI, Child, child_env, free_ports
+from support.cli_process import CLI, Child, child_env, free_ports
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
@@ -27,7 +27,7 @@ import logging, sys, types
 sys.path.insert(0, {tests!r})
 import grpc
 import genesis_registry as gr
-from echo import EchoServer
+from support.echo import EchoServer
 
 log = logging.getLogger("readme")
 conn = gr.EtcdConnector(gr.EtcdConfig(endpoints=[{endpoint!r}]))

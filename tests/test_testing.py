@@ -18,9 +18,10 @@ from pathlib import Path
 import genesis_registry as gr
 import grpc
 import pytest
-from conftest import etcd_keys, instance, wait_until
-from echo import EchoStub, instance_for
 from genesis_registry.testing import EtcdCluster, EtcdMember, EtcdServer, _is_healthy, _setpriv
+from support.echo import EchoStub, instance_for
+from support.etcd import etcd_keys, instance
+from support.wait import wait_until
 
 
 def status(cluster: EtcdCluster) -> list[dict]:

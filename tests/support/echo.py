@@ -31,7 +31,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import os
-import pathlib
 import selectors
 import signal
 import subprocess
@@ -47,6 +46,8 @@ from typing import Any
 import genesis_registry as gr
 import grpc
 import grpc.aio
+
+from support.paths import child_pythonpath
 
 __all__ = [
     "BIDI",
@@ -526,7 +527,8 @@ def instance_for(
 # A registered echo server in a child process
 # --------------------------------------------------------------------------
 
-SCRIPT = pathlib.Path(__file__).with_name("echo_process.py")
+#: The child, run as a module (``python -m``) with ``tests/`` on its ``PYTHONPATH``.
+CHILD_MODULE = "support.echo_process"
 
 
 def _reap_child(proc: subprocess.Popen[bytes]) -> None:
@@ -546,7 +548,7 @@ def _reap_child(proc: subprocess.Popen[bytes]) -> None:
 
 
 class EchoProcess:
-    """``tests/echo_process.py`` in a child process: an :class:`EchoServer` registered in etcd as
+    """``support.echo_process`` in a child process: an :class:`EchoServer` registered in etcd as
     an instance (id = ``name``) of ``service``. The constructor returns once the child printed
     ``READY <port>``, i.e. once the instance is registered; it raises RuntimeError (with the
     child's stderr) if the child exits or does not get there within ``timeout``.
@@ -581,7 +583,7 @@ class EchoProcess:
         self.service = service
         self.namespace = namespace
         endpoints = etcd_endpoints if isinstance(etcd_endpoints, str) else ",".join(etcd_endpoints)
-        cmd = [python, str(SCRIPT), "--name", name, "--endpoints", endpoints]
+        cmd = [python, "-m", CHILD_MODULE, "--name", name, "--endpoints", endpoints]
         cmd += ["--namespace", namespace, "--service", service, "--port", str(port)]
         if ttl is not None:
             cmd += ["--ttl", str(ttl)]
@@ -592,7 +594,7 @@ class EchoProcess:
         self.args = cmd
         # stderr goes to a file: a pipe nobody reads could fill up and block the child.
         self._stderr = tempfile.TemporaryFile()
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=child_pythonpath())
         self._proc = subprocess.Popen(
             cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self._stderr, env=env
         )

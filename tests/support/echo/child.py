@@ -1,6 +1,6 @@
 """An echo server (support.echo) registered in etcd, run as a child process by tests.
 
-    PYTHONPATH=tests python -m support.echo_process --name NAME --endpoints HOST:PORT[,...] --namespace NS \\
+    PYTHONPATH=tests python -m support.echo.child --name NAME --endpoints HOST:PORT[,...] --namespace NS \\
         --service SVC [--ttl SECONDS] [--weight W] [--port PORT] [--meta KEY=VALUE ...]
 
 Serves ``echo.Echo`` on 127.0.0.1 (``--port``, default any), registers itself as instance NAME of
@@ -22,7 +22,8 @@ import threading
 
 import genesis_registry as gr
 
-from support.echo import EchoServer, instance_for
+from support.echo.protocol import instance_for
+from support.echo.server import EchoServer
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

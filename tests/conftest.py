@@ -25,6 +25,7 @@ def namespace(registry_namespace: str) -> str:
 
 @pytest.fixture
 def connector(etcd_endpoints: list[str]) -> Iterator[gr.EtcdConnector]:
+    """A connected connector to the suite's etcd, closed after the test."""
     conn = make_connector(etcd_endpoints)
     yield conn
     conn.close()

@@ -18,11 +18,11 @@ from pathlib import Path
 
 import genesis_registry as gr
 import grpc
-from genesis_registry.testing import EtcdServer
+from genesis_registry.localetcd import EtcdServer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from echo import EchoProcess
+from support.echo import EchoProcess
 
 UNARY = "/echo.Echo/Unary"
 

@@ -16,7 +16,7 @@ import time
 import timeit
 
 import genesis_registry as gr
-from genesis_registry.testing import EtcdServer
+from genesis_registry.localetcd import EtcdServer
 
 
 def instances(n: int, name: str) -> list[gr.ServiceInstance]:

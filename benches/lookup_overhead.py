@@ -26,7 +26,7 @@ from collections.abc import Callable
 from typing import Any
 
 import genesis_registry as gr
-from genesis_registry.testing import EtcdServer
+from genesis_registry.localetcd import EtcdServer
 
 SERVICE = "lookup-svc"
 

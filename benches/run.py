@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import genesis_registry as gr
-from genesis_registry.testing import EtcdServer, find_etcd_binary, find_etcdctl_binary
+from genesis_registry.localetcd import EtcdServer, find_etcd_binary, find_etcdctl_binary
 
 HERE = Path(__file__).resolve().parent
 ETCD3_VENV = Path.home() / ".cache" / "genesis-registry" / "venv-etcd3"

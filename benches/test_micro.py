@@ -7,15 +7,11 @@ Under plain ``pytest`` (the test suite's smoke run) each runs once, untimed.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import genesis_registry as gr
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from echo import EchoServer
+from support.echo import EchoServer  # tests/ is on sys.path: pytest's pythonpath setting
 
 
 @pytest.fixture(scope="module")

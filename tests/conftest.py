@@ -1,56 +1,19 @@
 """Fixtures for the suite: a real etcd, connectors and registries on it, each test in its own
 namespace. The plugin genesis_registry.testing provides etcd_server, etcd_endpoints,
-registry_namespace, registry and async_registry; the names below are the suite's own."""
+registry_namespace, registry and async_registry; the names below are the suite's own.
+Fixtures only: what tests share besides fixtures is in the ``support`` package."""
 
 from __future__ import annotations
 
-import asyncio
-import inspect
-import json
-import time
-from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from collections.abc import Iterator
+from typing import Any
 
 import genesis_registry as gr
 import pytest
-from echo import EchoServer
-from genesis_registry.testing import EtcdServer
-from scenario import SCENARIOS, Scenario, write_report
-
-T = TypeVar("T")
-
-
-def wait_until(predicate: Callable[[], T], timeout: float = 10.0, message: str = "condition") -> T:
-    """Polls ``predicate`` until it returns something truthy, or fails after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout}s waiting for {message} (last value: {last!r})")
-
-
-def etcd_keys(etcd: Any, prefix: str) -> dict[str, tuple[bytes, int]]:
-    """Every key under ``prefix`` as etcd holds it now: key -> (value, lease id)."""
-    out = etcd.etcdctl("get", "--prefix", prefix, "-w", "json").stdout
-    data = json.loads(out)
-    import base64
-
-    return {
-        base64.b64decode(kv["key"]).decode(): (base64.b64decode(kv.get("value", "")), int(kv.get("lease", 0)))
-        for kv in data.get("kvs", [])
-    }
-
-
-def etcd_leases(etcd: Any) -> list[int]:
-    out = etcd.etcdctl("lease", "list", "-w", "json").stdout
-    return [int(lease["id"]) for lease in json.loads(out).get("leases") or []]
-
-
-def instance(id: str, name: str = "svc", port: int = 9000, **kw: Any) -> gr.ServiceInstance:
-    return gr.ServiceInstance(id=id, name=name, endpoints=[f"grpc://127.0.0.1:{port}"], **kw)
+from genesis_registry.localetcd import EtcdServer
+from support.echo import EchoServer
+from support.etcd import make_connector
+from support.scenario import SCENARIOS, Scenario, write_report
 
 
 @pytest.fixture
@@ -60,15 +23,9 @@ def namespace(registry_namespace: str) -> str:
     return registry_namespace
 
 
-def make_connector(endpoints: list[str], **kw: Any) -> gr.EtcdConnector:
-    config = gr.EtcdConfig(endpoints=endpoints, dial_timeout=kw.pop("dial_timeout", 5), **kw)
-    conn = gr.EtcdConnector(config)
-    conn.connect()
-    return conn
-
-
 @pytest.fixture
 def connector(etcd_endpoints: list[str]) -> Iterator[gr.EtcdConnector]:
+    """A connected connector to the suite's etcd, closed after the test."""
     conn = make_connector(etcd_endpoints)
     yield conn
     conn.close()
@@ -90,20 +47,6 @@ def areg(async_registry: gr.AsyncRegistry) -> gr.AsyncRegistry:
     return async_registry
 
 
-async def await_until(predicate: Callable[[], Any], timeout: float = 10.0, message: str = "condition") -> Any:
-    """``wait_until`` for asyncio: polls ``predicate`` (sync, or returning an awaitable)."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if inspect.isawaitable(last):
-            last = await last
-        if last:
-            return last
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"timed out after {timeout}s waiting for {message} (last value: {last!r})")
-
-
 @pytest.fixture
 def servers() -> Iterator[list[EchoServer]]:
     """Three running echo servers, s0 to s2."""
@@ -122,7 +65,7 @@ def own_etcd() -> Iterator[EtcdServer]:
 
 @pytest.fixture
 def scenario(request: pytest.FixtureRequest) -> Iterator[Scenario]:
-    """The record of a reliability scenario (see tests/scenario.py), printed at the end of the run."""
+    """The record of a reliability scenario (see tests/support/scenario.py), printed at the end of the run."""
     record = Scenario(request.node.nodeid)
     SCENARIOS.append(record)
     yield record

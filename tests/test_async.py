@@ -6,8 +6,9 @@ import asyncio
 
 import genesis_registry as gr
 import pytest
-from conftest import etcd_keys, instance, make_connector, wait_until
-from test_watch import apply, etcd_view
+from support.etcd import etcd_keys, instance, make_connector
+from support.views import apply, etcd_view
+from support.wait import wait_until
 
 
 async def test_register_get_deregister(areg, etcd_server, namespace):

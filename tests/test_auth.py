@@ -18,9 +18,9 @@ from typing import Any
 
 import genesis_registry as gr
 import pytest
-from conftest import wait_until
-from genesis_registry.testing import EtcdServer
-from scenario import Scenario
+from genesis_registry.localetcd import EtcdServer
+from support.scenario import Scenario
+from support.wait import wait_until
 
 ROOT = "root:r00t-Passw0rd"
 TOKEN_TTL = 2

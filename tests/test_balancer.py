@@ -11,8 +11,8 @@ import time
 import genesis_registry as gr
 import grpc
 import pytest
-from conftest import wait_until
-from echo import EchoProcess, EchoServer, EchoStub, instance_for, server_of
+from support.echo import EchoProcess, EchoServer, EchoStub, instance_for, server_of
+from support.wait import wait_until
 
 
 def spread(stub: EchoStub, calls: int) -> collections.Counter[str]:

@@ -15,8 +15,8 @@ import genesis_registry as gr
 import grpc
 import grpc.aio
 import pytest
-from conftest import await_until
-from echo import AsyncEchoServer, AsyncEchoStub, EchoProcess, EchoServer, instance_for, server_of
+from support.echo import AsyncEchoServer, AsyncEchoStub, EchoProcess, EchoServer, instance_for, server_of
+from support.wait import await_until
 
 READY = grpc.ChannelConnectivity.READY
 NAMES = ["s0", "s1", "s2"]

@@ -13,9 +13,10 @@ from collections.abc import Iterator
 import genesis_registry as gr
 import psutil
 import pytest
-from conftest import etcd_keys, etcd_leases, make_connector, wait_until
-from fault_tools import Churn, Clients
-from genesis_registry.testing import EtcdCluster
+from genesis_registry.localetcd import EtcdCluster
+from support.etcd import etcd_keys, etcd_leases, make_connector
+from support.faults import Churn, Clients
+from support.wait import wait_until
 
 #: How long the churn runs. 120 s in CI; a shorter local run may set GENESIS_CHURN_SECONDS.
 CHURN_SECONDS = float(os.environ.get("GENESIS_CHURN_SECONDS", "120"))

@@ -22,24 +22,12 @@ from typing import Any
 
 import genesis_registry as gr
 import pytest
-from cli_process import CLI, Child, child_env, free_ports
-from conftest import etcd_keys, instance, make_connector
 from genesis_registry.localetcd import EtcdServer, find_etcdctl_binary
+from support.cli_process import Child, assert_one_line_error, child_env, free_ports, run_cli
+from support.etcd import etcd_keys, instance, make_connector
 
-ERROR_PREFIX = "genesis-registry: error: "
 #: In argument lists of parametrized tests: "--endpoints <the test etcd>".
 ETCD = "@etcd"
-
-
-def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*CLI, *args],
-        env=env if env is not None else child_env(),
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 def search(pattern: str, text: str) -> re.Match[str]:
@@ -51,16 +39,6 @@ def search(pattern: str, text: str) -> re.Match[str]:
 def cells(line: str) -> list[str]:
     """The columns of a table line (separated by two spaces or more)."""
     return re.split(r"\s{2,}", line.strip())
-
-
-def assert_one_line_error(result: subprocess.CompletedProcess[str], *words: str) -> str:
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith(ERROR_PREFIX), result.stderr
-    assert "Traceback" not in result.stderr + result.stdout
-    for word in words:
-        assert word in lines[0], lines[0]
-    return lines[0]
 
 
 def pid_running(pid: int) -> bool:

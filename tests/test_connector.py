@@ -7,7 +7,7 @@ import time
 
 import genesis_registry as gr
 import pytest
-from conftest import instance
+from support.etcd import instance
 
 
 def dead_endpoint() -> str:
@@ -104,8 +104,8 @@ def test_auth_right_and_wrong_password(own_etcd, namespace):
 
 
 def test_expired_auth_tokens_are_refreshed_for_calls_and_watches(namespace):
-    from conftest import wait_until
-    from genesis_registry.testing import EtcdServer
+    from genesis_registry.localetcd import EtcdServer
+    from support.wait import wait_until
 
     with EtcdServer(extra_args=["--auth-token-ttl", "1"]) as etcd:
         etcd.etcdctl("user", "add", "root:pw")

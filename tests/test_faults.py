@@ -12,12 +12,20 @@ from collections.abc import Iterator
 
 import genesis_registry as gr
 import pytest
-from cli_process import Child
-from conftest import etcd_keys, etcd_leases, instance, make_connector, wait_until
-from fault_tools import Churn, Clients, Follower, leases_settle, retry_unavailable, watching_members
-from genesis_registry.testing import EtcdCluster
-from tcp_proxy import TcpProxy
-from test_watch import apply, etcd_view
+from genesis_registry.localetcd import EtcdCluster
+from support.cli_process import Child
+from support.etcd import etcd_keys, etcd_leases, instance, make_connector
+from support.faults import (
+    Churn,
+    Clients,
+    deregister,
+    leases_settle,
+    register,
+    watching_members,
+)
+from support.tcp_proxy import TcpProxy
+from support.views import Follower, apply, etcd_view
+from support.wait import wait_until
 
 
 @pytest.fixture
@@ -33,25 +41,6 @@ def clients(cluster: EtcdCluster, namespace: str) -> Iterator[Clients]:
     made = Clients(cluster.endpoints, namespace)
     yield made
     made.close()
-
-
-def register(reg: gr.Registry, inst: gr.ServiceInstance, timeout: float = 30) -> None:
-    """register() retried while etcd has no leader. A call that raised but whose effect the
-    registry kept (it finishes what it started) shows up in registered_ids()."""
-
-    def attempt() -> None:
-        if inst.id not in reg.registered_ids():
-            reg.register(inst)
-
-    retry_unavailable(attempt, timeout, f"register {inst.id}")
-
-
-def deregister(reg: gr.Registry, instance_id: str, timeout: float = 30) -> None:
-    def attempt() -> None:
-        if instance_id in reg.registered_ids():
-            reg.deregister(instance_id)
-
-    retry_unavailable(attempt, timeout, f"deregister {instance_id}")
 
 
 def revision(cluster: EtcdCluster) -> int:

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import genesis_registry as gr
 import pytest
-from conftest import etcd_keys, wait_until
+from support.etcd import etcd_keys
+from support.wait import wait_until
 
 GO = shutil.which("go")
 PROGRAM = Path(__file__).with_name("go") / "interop.go"

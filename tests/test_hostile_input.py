@@ -20,11 +20,11 @@ from typing import Any
 
 import genesis_registry as gr
 import pytest
-from conftest import wait_until
-from genesis_registry.testing import EtcdServer
+from genesis_registry.localetcd import EtcdServer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from scenario import Scenario
+from support.scenario import Scenario
+from support.wait import wait_until
 
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 #: etcd's default --max-request-bytes.

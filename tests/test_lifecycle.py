@@ -10,7 +10,7 @@ import threading
 
 import genesis_registry as gr
 import pytest
-from conftest import etcd_keys, instance
+from support.etcd import etcd_keys, instance
 
 PYTHON = sys.executable
 

@@ -9,7 +9,8 @@ import uuid
 
 import genesis_registry as gr
 import pytest
-from conftest import etcd_keys, instance, wait_until
+from support.etcd import etcd_keys, instance
+from support.wait import wait_until
 
 
 def registered_keys(etcd_server, connector, namespace: str, service: str) -> tuple[str, list[str]]:

@@ -10,11 +10,12 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from conftest import instance, wait_until
-from fault_tools import Clients, leases_settle, watch_streams, watching_members
-from genesis_registry.testing import EtcdCluster, EtcdMember, _is_healthy
-from netlab import Netlab, unavailable_reason
-from test_faults import deregister, register
+from genesis_registry.localetcd import EtcdCluster, EtcdMember
+from genesis_registry.localetcd.health import is_healthy as _is_healthy
+from support.etcd import instance
+from support.faults import Clients, deregister, leases_settle, register, watch_streams, watching_members
+from support.netlab import Netlab, unavailable_reason
+from support.wait import wait_until
 
 
 @pytest.fixture

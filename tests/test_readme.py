@@ -13,7 +13,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from cli_process import CLI, Child, child_env, free_ports
+from support.cli_process import CLI, Child, child_env, free_ports
+from support.paths import child_pythonpath
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
@@ -24,10 +25,9 @@ FRAGMENTS = re.findall(r"```python fragment\n(.*?)```", README.read_text(), flag
 
 PRELUDE = """
 import logging, sys, types
-sys.path.insert(0, {tests!r})
 import grpc
 import genesis_registry as gr
-from echo import EchoServer
+from support.echo import EchoServer
 
 log = logging.getLogger("readme")
 conn = gr.EtcdConnector(gr.EtcdConfig(endpoints=[{endpoint!r}]))
@@ -81,9 +81,10 @@ def test_the_readme_has_python_examples():
 
 @pytest.mark.parametrize("index", range(len(FRAGMENTS)))
 def test_readme_fragment_runs(index, etcd_endpoints, namespace):
-    prelude = PRELUDE.format(tests=str(Path(__file__).parent), endpoint=etcd_endpoints[0], namespace=namespace)
+    prelude = PRELUDE.format(endpoint=etcd_endpoints[0], namespace=namespace)
     code = prelude + FRAGMENTS[index] + EPILOGUE
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    env = dict(os.environ, PYTHONPATH=child_pythonpath())  # the prelude's echo servers are support's
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().endswith("fragment done"), result.stdout
 

@@ -9,9 +9,10 @@ from collections.abc import Iterator
 
 import genesis_registry as gr
 import pytest
-from conftest import etcd_keys, instance, make_connector, wait_until
-from tcp_proxy import TcpProxy
-from test_watch import apply, etcd_view
+from support.etcd import etcd_keys, instance, make_connector
+from support.tcp_proxy import TcpProxy
+from support.views import Follower, etcd_view
+from support.wait import wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -28,37 +29,6 @@ def pair(own_etcd, namespace) -> Iterator[tuple[gr.Registry, gr.Registry]]:
     watcher.close()
     writer_conn.close()
     watcher_conn.close()
-
-
-class Follower:
-    """Applies a watch's events to a dict on a thread, so its view can be compared; keeps the
-    events too unless ``keep_events`` is false (a long run would grow without bound)."""
-
-    def __init__(self, watch: gr.Watch, keep_events: bool = True) -> None:
-        self.watch = watch
-        self.keep_events = keep_events
-        self.view: dict[str, gr.ServiceInstance] = {}
-        self.events: list[gr.ServiceEvent] = []
-        self.count = 0
-        self._lock = threading.Lock()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        for event in self.watch:
-            with self._lock:
-                self.count += 1
-                if self.keep_events:
-                    self.events.append(event)
-                apply(self.view, event)
-
-    def snapshot(self) -> dict[str, gr.ServiceInstance]:
-        with self._lock:
-            return dict(self.view)
-
-    def stop(self) -> None:
-        self.watch.close()
-        self._thread.join(5)
 
 
 def converged(follower: Follower, registry: gr.Registry, etcd, namespace: str, expected_ids: list[str]):

@@ -10,7 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import genesis_registry as gr
 import pytest
-from conftest import etcd_keys, etcd_leases, instance, make_connector, wait_until
+from support.etcd import etcd_keys, etcd_leases, instance, make_connector
+from support.wait import wait_until
 
 
 def lease_ttl(etcd, lease_id: int) -> int:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from scenario import Scenario
+from support.scenario import Scenario
 
 
 def test_a_check_asserts_and_records_both_sides():

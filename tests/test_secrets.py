@@ -16,10 +16,9 @@ from collections.abc import Iterator
 
 import genesis_registry as gr
 import pytest
-from cli_process import Child, child_env
-from genesis_registry.testing import EtcdServer
-from scenario import Scenario
-from test_cli import run_cli
+from genesis_registry.localetcd import EtcdServer
+from support.cli_process import Child, child_env, run_cli
+from support.scenario import Scenario
 
 PASSWORD = "Zq9-Sekr1t-Pw-4471"
 WRONG = "Wx7-Wr0ng-Pw-9035"

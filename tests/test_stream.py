@@ -11,8 +11,8 @@ from typing import Any
 import genesis_registry as gr
 import grpc
 import pytest
-from conftest import await_until, wait_until
-from echo import AsyncEchoStub, EchoServer, EchoStub, instance_for
+from support.echo import AsyncEchoStub, EchoServer, EchoStub, instance_for
+from support.wait import await_until, wait_until
 
 LONG_STREAM = b"100000:50"  # a server stream that lasts far longer than any test
 
@@ -257,7 +257,7 @@ async def test_async_stop_leaves_no_task_or_stream(areg, servers):
 
 
 def test_a_failed_start_can_be_retried(own_etcd, namespace, servers):
-    from conftest import make_connector
+    from support.etcd import make_connector
 
     conn = make_connector(own_etcd.endpoints, request_timeout=1)
     reg = gr.Registry(conn, gr.Config(namespace=namespace))

@@ -18,11 +18,12 @@ from pathlib import Path
 import genesis_registry as gr
 import grpc
 import pytest
-from conftest import etcd_keys, instance, wait_until
-from echo import EchoStub, instance_for
 from genesis_registry.localetcd import EtcdCluster, EtcdMember, EtcdServer
 from genesis_registry.localetcd.health import is_healthy as _is_healthy
 from genesis_registry.localetcd.process import setpriv as _setpriv
+from support.echo import EchoStub, instance_for
+from support.etcd import etcd_keys, instance
+from support.wait import wait_until
 
 
 def status(cluster: EtcdCluster) -> list[dict]:
@@ -408,7 +409,7 @@ def test_a_local_etcd_never_outlives_the_process_that_started_it():
     code = textwrap.dedent(
         """
         import sys
-        from genesis_registry.testing import EtcdServer
+        from genesis_registry.localetcd import EtcdServer
 
         etcd = EtcdServer().start()
         print(etcd.pid, flush=True)

@@ -19,11 +19,11 @@ from dataclasses import dataclass
 import genesis_registry as gr
 import pytest
 import trustme
-from cli_process import child_env
-from conftest import etcd_keys, instance, wait_until
-from genesis_registry.testing import EtcdServer
-from scenario import Scenario
-from test_cli import assert_one_line_error, run_cli
+from genesis_registry.localetcd import EtcdServer
+from support.cli_process import assert_one_line_error, child_env, run_cli
+from support.etcd import etcd_keys, instance
+from support.scenario import Scenario
+from support.wait import wait_until
 
 
 @dataclass(frozen=True)

@@ -7,14 +7,9 @@ import threading
 
 import genesis_registry as gr
 import pytest
-from conftest import etcd_keys, instance, wait_until
-
-
-def apply(view: dict[str, gr.ServiceInstance], event: gr.ServiceEvent) -> None:
-    if event.type is gr.EventType.PUT:
-        view[event.service.id] = event.service
-    else:
-        view.pop(event.service.id, None)
+from support.etcd import instance
+from support.views import apply, etcd_view
+from support.wait import wait_until
 
 
 def drain(watch: gr.Watch, view: dict[str, gr.ServiceInstance], until, timeout: float = 10.0) -> None:
@@ -26,13 +21,6 @@ def _step(watch: gr.Watch, view: dict[str, gr.ServiceInstance]) -> bool:
     while (event := watch.get_nowait()) is not None:
         apply(view, event)
     return False
-
-
-def etcd_view(etcd, namespace: str, name: str = "svc") -> dict[str, gr.ServiceInstance]:
-    prefix = f"{namespace}/{name}/"
-    return {
-        key[len(prefix) :]: gr.ServiceInstance.from_json(value) for key, (value, _) in etcd_keys(etcd, prefix).items()
-    }
 
 
 def test_first_a_put_per_instance_sorted_then_live_changes(registry, second_registry):

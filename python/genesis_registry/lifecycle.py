@@ -28,7 +28,20 @@ _connectors: weakref.WeakSet[Closable] = weakref.WeakSet()
 
 
 def track(obj: Closable, *, connector: bool = False) -> None:
-    """Close ``obj`` at interpreter exit if it is still open then."""
+    """Close ``obj`` at interpreter exit if it is still open then. Held weakly: an object
+    collected before exit is simply forgotten.
+
+    >>> class Pool:
+    ...     def _close_at_exit(self):
+    ...         print("closed at exit")
+    >>> pool = Pool()
+    >>> track(pool)
+    >>> pool in _registries
+    True
+    >>> del pool
+    >>> len([obj for obj in _registries if isinstance(obj, Pool)])
+    0
+    """
     (_connectors if connector else _registries).add(obj)
 
 

@@ -21,7 +21,11 @@ __all__ = ["EventType", "ServiceEvent", "ServiceInstance"]
 
 
 class EventType(str, enum.Enum):
-    """What happened to an instance. Compares equal to its string value."""
+    """What happened to an instance. Compares equal to its string value.
+
+    >>> EventType.PUT == "PUT", str(EventType.DELETE)
+    (True, 'DELETE')
+    """
 
     PUT = "PUT"
     DELETE = "DELETE"
@@ -42,5 +46,9 @@ _EVENT_TYPES = {t.value: t for t in EventType}
 
 
 def event_from_core(kind: str, instance: ServiceInstance) -> ServiceEvent:
-    """A :class:`ServiceEvent` from the core's ``(kind, instance)`` pair."""
+    """A :class:`ServiceEvent` from the core's ``(kind, instance)`` pair.
+
+    >>> event_from_core("DELETE", ServiceInstance(id="user-1", name="user-service")).type
+    <EventType.DELETE: 'DELETE'>
+    """
     return ServiceEvent(_EVENT_TYPES[kind], instance)

@@ -5,6 +5,26 @@ records; one daemon thread per connector (:class:`LogPump`) forwards them to the
 ``logging`` module, with structured fields (service, instance_id, lease_id, revision, key)
 in ``extra=``. Metrics are OpenTelemetry observable instruments that read the core's
 counters when the SDK collects (:class:`RegistryMetrics`).
+
+A registry's records reach the logger it was given, with their fields as attributes:
+
+    >>> import logging
+    >>> class Registered(logging.Handler):
+    ...     seen = threading.Event()
+    ...     def emit(self, record):
+    ...         if record.getMessage().startswith("registered"):
+    ...             self.instance_id = record.instance_id
+    ...             self.seen.set()
+    >>> handler, logger = Registered(), logging.getLogger("example.observability")
+    >>> logger.addHandler(handler)
+    >>> logger.setLevel(logging.DEBUG)
+    >>> with gr.Registry(conn, reg.config, logger=logger) as logged:
+    ...     logged.register(gr.ServiceInstance(id="a", name="svc", endpoints=["grpc://127.0.0.1:9000"]))
+    ...     handler.seen.wait(10)
+    True
+    >>> handler.instance_id
+    'a'
+    >>> logger.removeHandler(handler)
 """
 
 from __future__ import annotations
@@ -29,7 +49,8 @@ _LEVELS = {
 
 class LogPump:
     """Forwards one connector's log records to loggers, each record to the logger of
-    the registry it is about (``origin``), or to the connector's logger."""
+    the registry it is about (``origin``), or to the connector's logger. The module's
+    example shows a record arriving."""
 
     def __init__(self, core: ConnectorCore, default_logger: logging.Logger) -> None:
         self._core = core
@@ -103,7 +124,20 @@ class RegistryMetrics:
     """Creates the observable instruments on an OpenTelemetry ``Meter`` for one registry.
 
     The instruments read ``stats()`` and ``service_stats()`` when the SDK collects; nothing is
-    recorded on the hot path.
+    recorded on the hot path. A registry given ``meter=`` creates them:
+
+    >>> from opentelemetry.sdk.metrics import MeterProvider
+    >>> from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    >>> reader = InMemoryMetricReader()
+    >>> meter = MeterProvider(metric_readers=[reader]).get_meter("example")
+    >>> with gr.Registry(conn, reg.config, meter=meter) as metered:
+    ...     metered.register(gr.ServiceInstance(id="a", name="svc", endpoints=["grpc://127.0.0.1:9000"]))
+    ...     data = reader.get_metrics_data()
+    >>> values = {metric.name: metric.data.data_points[0].value
+    ...           for resource in data.resource_metrics for scope in resource.scope_metrics
+    ...           for metric in scope.metrics}
+    >>> values["registry.registrations.total"], values["registry.instances.registered"]
+    (1, 1)
     """
 
     def __init__(

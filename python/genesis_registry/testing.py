@@ -68,9 +68,6 @@ from .localetcd import (
     find_etcd_binary,
 )
 
-# tests/test_partition.py still imports it from here; it belongs to localetcd.health.
-from .localetcd.health import is_healthy as _is_healthy  # noqa: F401
-
 if TYPE_CHECKING:
     import genesis_registry as _gr
 

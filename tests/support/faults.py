@@ -11,12 +11,22 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import genesis_registry as gr
-from conftest import etcd_keys, etcd_leases, instance, make_connector, wait_until
-from genesis_registry.testing import EtcdCluster, EtcdctlError
-from test_recovery import Follower
-from test_watch import etcd_view
+from genesis_registry.localetcd import EtcdCluster, EtcdctlError
 
-__all__ = ["Churn", "Clients", "Follower", "leases_settle", "retry_unavailable", "watch_streams", "watching_members"]
+from support.etcd import etcd_keys, etcd_leases, instance, make_connector
+from support.views import Follower, etcd_view
+from support.wait import wait_until
+
+__all__ = [
+    "Churn",
+    "Clients",
+    "deregister",
+    "leases_settle",
+    "register",
+    "retry_unavailable",
+    "watch_streams",
+    "watching_members",
+]
 
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 _STREAMS = re.compile(rb"^etcd_debugging_mvcc_watch_stream_total (\d+)", re.M)
@@ -57,6 +67,27 @@ def retry_unavailable(action: Callable[[], Any], timeout: float, what: str) -> A
 
     wait_until(attempt, timeout, what)
     return result[0]
+
+
+def register(reg: gr.Registry, inst: gr.ServiceInstance, timeout: float = 30) -> None:
+    """register() retried while etcd has no leader. A call that raised but whose effect the
+    registry kept (it finishes what it started) shows up in registered_ids()."""
+
+    def attempt() -> None:
+        if inst.id not in reg.registered_ids():
+            reg.register(inst)
+
+    retry_unavailable(attempt, timeout, f"register {inst.id}")
+
+
+def deregister(reg: gr.Registry, instance_id: str, timeout: float = 30) -> None:
+    """deregister() retried while etcd has no leader."""
+
+    def attempt() -> None:
+        if instance_id in reg.registered_ids():
+            reg.deregister(instance_id)
+
+    retry_unavailable(attempt, timeout, f"deregister {instance_id}")
 
 
 class Clients:

@@ -1,5 +1,6 @@
-"""The ``genesis-registry`` command in a child process, its output read line by line with
-deadlines: shared by the CLI tests and the README's command-line examples."""
+"""The ``genesis-registry`` command in a child process: run to completion (:func:`run_cli`), or
+kept running with its output read line by line with deadlines (:class:`Child`). Shared by the
+CLI, TLS and secrets tests and the README's command-line examples."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ from collections.abc import Callable
 from typing import Any
 
 CLI = [sys.executable, "-m", "genesis_registry"]
+#: How the command starts every error line it prints.
+ERROR_PREFIX = "genesis-registry: error: "
 
 
 def child_env(**extra: str) -> dict[str, str]:
@@ -25,6 +28,30 @@ def child_env(**extra: str) -> dict[str, str]:
     env["PYTHONUNBUFFERED"] = "1"
     env.update(extra)
     return env
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """The command with ``args``, run to completion in a child (stdin closed, output captured)."""
+    return subprocess.run(
+        [*CLI, *args],
+        env=env if env is not None else child_env(),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], *words: str) -> str:
+    """Asserts the command failed with exactly one error line (no traceback) holding every one
+    of ``words``; returns that line."""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(ERROR_PREFIX), result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    for word in words:
+        assert word in lines[0], lines[0]
+    return lines[0]
 
 
 class Child:

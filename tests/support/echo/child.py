@@ -1,6 +1,6 @@
-"""An echo server (tests/echo.py) registered in etcd, run as a child process by tests.
+"""An echo server (support.echo) registered in etcd, run as a child process by tests.
 
-    python tests/echo_process.py --name NAME --endpoints HOST:PORT[,...] --namespace NS \\
+    PYTHONPATH=tests python -m support.echo.child --name NAME --endpoints HOST:PORT[,...] --namespace NS \\
         --service SVC [--ttl SECONDS] [--weight W] [--port PORT] [--meta KEY=VALUE ...]
 
 Serves ``echo.Echo`` on 127.0.0.1 (``--port``, default any), registers itself as instance NAME of
@@ -9,7 +9,7 @@ exactly one line ``READY <port>`` to stdout. On SIGTERM or SIGINT, or when its p
 dies, it deregisters, closes the registry, the connector and the server, and exits 0. SIGKILL
 is a crash: the instance stays in etcd until its lease (``--ttl``) expires.
 
-Tests use it through ``echo.EchoProcess``.
+Tests use it through ``support.echo.EchoProcess``.
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ import signal
 import sys
 import threading
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
 import genesis_registry as gr
-from echo import EchoServer, instance_for
+
+from support.echo.protocol import instance_for
+from support.echo.server import EchoServer
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -443,6 +443,32 @@ def test_remove_deletes_any_instance(registry, second_registry, etcd_server, nam
         registry.remove("svc", "a/b")
 
 
+def test_deregister_with_service_removes_any_instance_of_it(registry, second_registry, etcd_server, namespace):
+    second_registry.register(instance("theirs"))
+    registry.register(instance("mine"))
+    etcd_server.etcdctl("put", f"{namespace}/svc/stale", instance("stale").to_json())
+    registry.deregister("stale", service="svc")
+    assert f"{namespace}/svc/stale" not in etcd_keys(etcd_server, namespace)
+    with pytest.raises(gr.ServiceNotFoundError, match=f"'stale' of service 'svc' at {namespace}/svc/stale"):
+        registry.deregister("stale", service="svc")
+    registry.deregister("mine", service="svc")  # one of ours: deregistered, so not written back
+    assert registry.registered_ids() == []
+    assert f"{namespace}/svc/mine" not in etcd_keys(etcd_server, namespace)
+    with pytest.raises(gr.ServiceNotFoundError):
+        registry.deregister("theirs")  # without service=: only ids this registry registered
+    registry.deregister("theirs", service="svc")
+    wait_until(lambda: f"{namespace}/svc/theirs" in etcd_keys(etcd_server, namespace), 10, "the owner to restore it")
+
+
+async def test_async_deregister_with_service_removes_any_instance_of_it(areg, etcd_server, namespace):
+    etcd_server.etcdctl("put", f"{namespace}/svc/stale", instance("stale").to_json())
+    await areg.deregister("stale", service="svc")
+    assert etcd_keys(etcd_server, namespace) == {}
+    with pytest.raises(gr.ServiceNotFoundError, match="'stale' of service 'svc'"):
+        await areg.deregister("stale", service="svc")
+    assert await areg.remove("svc", "stale") is False
+
+
 def test_service_stats_report_size_age_and_event_lag(registry, second_registry):
     second_registry.register(instance("x"))
     with registry.watch("svc") as watch:

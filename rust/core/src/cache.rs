@@ -11,13 +11,14 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use tokio::sync::Notify;
 
 use crate::instance::ServiceInstance;
+use crate::sync::lock;
 
 /// Where in etcd's history a snapshot or event sits. `epoch` grows when etcd's data is
 /// found reset (revisions start over), so positions stay ordered across a wipe.
@@ -155,10 +156,6 @@ impl std::fmt::Debug for ServiceCache {
             .field("instances", &self.snapshot.load().instances.len())
             .finish()
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl ServiceCache {

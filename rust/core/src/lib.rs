@@ -14,11 +14,13 @@ pub mod backoff;
 pub mod cache;
 pub mod connector;
 pub mod error;
+mod etcd;
 pub mod instance;
 pub mod lease;
 pub mod log_sink;
 pub mod registry;
 pub mod stats;
+pub mod sync;
 pub mod watch;
 
 pub use cache::{CacheStats, Event, EventKind, ServiceCache, Snapshot, Subscriber};

@@ -5,19 +5,21 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
 
 use crate::cache::{ServiceCache, Subscriber};
-use crate::connector::{Connector, EtcdAccess};
+use crate::connector::Connector;
 use crate::error::{Error, Result};
+use crate::etcd::{read_range, EtcdAccess};
 use crate::instance::{validate_segment, ServiceInstance};
 use crate::lease::{LeaseContext, LeasePool};
 use crate::log_sink::Level;
 use crate::stats::RegistryStats;
+use crate::sync::lock;
 
 /// etcd refuses requests above 1.5 MiB (`--max-request-bytes`); leave room for the
 /// request's own framing.
@@ -122,10 +124,6 @@ struct Inner {
     stats: Arc<RegistryStats>,
     closed: CancellationToken,
     close_done: OnceCell<()>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The result of a spawned operation.
@@ -467,44 +465,16 @@ impl Registry {
     pub async fn list_services(&self) -> Result<Vec<(String, u64)>> {
         self.check_open()?;
         let prefix = format!("{}/", self.inner.namespace);
-        let end = {
-            let mut end = prefix.clone().into_bytes();
-            *end.last_mut().expect("non-empty") += 1;
-            end
-        };
         let mut counts: std::collections::BTreeMap<String, u64> = std::collections::BTreeMap::new();
-        let mut from = prefix.clone().into_bytes();
-        let mut revision = 0;
-        loop {
-            let mut options =
-                etcd_client::GetOptions::new().with_range(end.clone()).with_keys_only().with_limit(1000);
-            if revision > 0 {
-                options = options.with_revision(revision);
+        let read = read_range(&self.inner.access, "list services", prefix.as_bytes(), true, |kv| {
+            let Ok(key) = std::str::from_utf8(kv.key()) else { return };
+            let Some((name, id)) = key[prefix.len()..].split_once('/') else { return };
+            if !name.is_empty() && !id.is_empty() && !id.contains('/') {
+                *counts.entry(name.to_string()).or_insert(0) += 1;
             }
-            let response = self
-                .unless_closed(self.inner.access.call("list services", |mut c| {
-                    let (from, options) = (from.clone(), options.clone());
-                    async move { c.get(from, Some(options)).await }
-                }))
-                .await?;
-            if revision == 0 {
-                revision = response.header().map_or(0, |h| h.revision());
-            }
-            for kv in response.kvs() {
-                let Ok(key) = std::str::from_utf8(kv.key()) else { continue };
-                let Some((name, id)) = key[prefix.len()..].split_once('/') else { continue };
-                if !name.is_empty() && !id.is_empty() && !id.contains('/') {
-                    *counts.entry(name.to_string()).or_insert(0) += 1;
-                }
-            }
-            match (response.more(), response.kvs().last()) {
-                (true, Some(last)) => {
-                    from = last.key().to_vec();
-                    from.push(0);
-                }
-                _ => return Ok(counts.into_iter().collect()),
-            }
-        }
+        });
+        self.unless_closed(read).await?;
+        Ok(counts.into_iter().collect())
     }
 
     /// Deletes the key of any instance of service `name`, registered here or not (an

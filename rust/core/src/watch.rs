@@ -17,8 +17,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use etcd_client::{
-    EventType, GetOptions, SortOrder, SortTarget, WatchOptions, WatchRequestSender, WatchResponse,
-    WatchResponseStream,
+    EventType, GetOptions, WatchOptions, WatchRequestSender, WatchResponse, WatchResponseStream,
 };
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
@@ -26,13 +25,12 @@ use tokio::time::Instant;
 
 use crate::backoff::Backoff;
 use crate::cache::{diff, Event, Position, ServiceCache};
-use crate::connector::EtcdAccess;
 use crate::error::{Error, Result};
+use crate::etcd::{read_range, EtcdAccess, Header};
 use crate::instance::ServiceInstance;
 use crate::log_sink::Level;
+use crate::sync::lock;
 
-/// Keys per page of a range read, so a large service never exceeds a message limit.
-const READ_PAGE: i64 = 1000;
 /// Range reads in flight at once (a data reset re-reads every watched service).
 const CONCURRENT_READS: usize = 16;
 
@@ -61,7 +59,7 @@ impl WatchHub {
     /// Registers one more holder of interest in `prefix` and returns its cache, which
     /// becomes ready once the first read completes.
     pub(crate) fn acquire(&self, name: &str, prefix: &str) -> Arc<ServiceCache> {
-        let mut interest = self.interest.lock().unwrap_or_else(|e| e.into_inner());
+        let mut interest = lock(&self.interest);
         *interest.entry(prefix.to_string()).or_insert(0) += 1;
         if let Some(cache) = self.services.load().get(prefix) {
             return Arc::clone(cache);
@@ -81,7 +79,7 @@ impl WatchHub {
 
     /// Drops one holder of interest; the last one ends the watch and closes its subscribers.
     pub(crate) fn release(&self, prefix: &str) {
-        let mut interest = self.interest.lock().unwrap_or_else(|e| e.into_inner());
+        let mut interest = lock(&self.interest);
         let Some(count) = interest.get_mut(prefix) else { return };
         *count -= 1;
         if *count > 0 {
@@ -108,22 +106,7 @@ struct ReadResult {
     malformed: Vec<(String, String)>,
 }
 
-#[derive(Debug, Clone, Copy, Default)]
-struct Header {
-    cluster_id: u64,
-    revision: i64,
-    raft_term: u64,
-}
-
 impl Header {
-    fn of(header: Option<&etcd_client::ResponseHeader>) -> Self {
-        header.map_or_else(Header::default, |h| Header {
-            cluster_id: h.cluster_id(),
-            revision: h.revision(),
-            raft_term: h.raft_term(),
-        })
-    }
-
     /// Whether `self` comes from a different history than `seen` (the highest seen so
     /// far): another cluster, or revision or raft term going backwards, which a living
     /// cluster never does. Wiped data usually shows one of these; a wiped cluster that
@@ -848,56 +831,19 @@ async fn read_prefix(
     name: &str,
     prefix: &str,
 ) -> Result<(Header, BTreeMap<String, Arc<ServiceInstance>>, Vec<(String, String)>)> {
-    let range_end = prefix_range_end(prefix.as_bytes());
     let mut instances = BTreeMap::new();
     let mut malformed = Vec::new();
-    let mut from: Vec<u8> = prefix.as_bytes().to_vec();
-    let mut pinned: Option<Header> = None;
-    loop {
-        let mut options = GetOptions::new()
-            .with_range(range_end.clone())
-            .with_limit(READ_PAGE)
-            .with_sort(SortTarget::Key, SortOrder::Ascend);
-        if let Some(header) = pinned {
-            options = options.with_revision(header.revision);
-        }
-        let response = access
-            .call("read service instances", |mut c| {
-                let (from, options) = (from.clone(), options.clone());
-                async move { c.get(from, Some(options)).await }
-            })
-            .await?;
-        let header = pinned.unwrap_or_else(|| Header::of(response.header()));
-        pinned = Some(header);
-        for kv in response.kvs() {
-            let Some(id) = instance_id(prefix, kv.key()) else { continue };
-            match decode_instance(name, id, kv.value()) {
-                Ok(instance) => {
-                    instances.insert(id.to_string(), Arc::new(instance));
-                }
-                Err(reason) => malformed.push((String::from_utf8_lossy(kv.key()).into_owned(), reason)),
+    let header = read_range(access, "read service instances", prefix.as_bytes(), false, |kv| {
+        let Some(id) = instance_id(prefix, kv.key()) else { return };
+        match decode_instance(name, id, kv.value()) {
+            Ok(instance) => {
+                instances.insert(id.to_string(), Arc::new(instance));
             }
+            Err(reason) => malformed.push((String::from_utf8_lossy(kv.key()).into_owned(), reason)),
         }
-        match (response.more(), response.kvs().last()) {
-            (true, Some(last)) => {
-                from = last.key().to_vec();
-                from.push(0);
-            }
-            _ => return Ok((header, instances, malformed)),
-        }
-    }
-}
-
-/// The end of the key range holding every key that starts with `prefix`.
-fn prefix_range_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    vec![0]
+    })
+    .await?;
+    Ok((header, instances, malformed))
 }
 
 async fn next_message(
@@ -950,12 +896,5 @@ mod tests {
         assert!(err.contains("\"user\"") && err.contains("\"order\""), "{err}");
         assert!(decode_instance("user", "u-1", b"garbage").is_err());
         assert!(decode_instance("user", "u-1", br#"{"id":"u-1"}"#).is_ok());
-    }
-
-    #[test]
-    fn prefix_range_end_increments_the_last_byte() {
-        assert_eq!(prefix_range_end(b"/a/"), b"/a0".to_vec());
-        assert_eq!(prefix_range_end(b"a\xff"), b"b".to_vec());
-        assert_eq!(prefix_range_end(b"\xff\xff"), vec![0]);
     }
 }

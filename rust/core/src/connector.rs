@@ -11,7 +11,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, Status};
 use crate::etcd::{classify, worth_retrying, EtcdAccess, MAX_IN_FLIGHT};
 use crate::instance::split_endpoint;
 use crate::log_sink::LogSink;
@@ -41,7 +41,7 @@ impl fmt::Debug for TlsConfig {
 }
 
 #[derive(Clone)]
-pub struct ConnectorConfig {
+pub struct EtcdConfig {
     /// `host:port`, optionally prefixed with `http://` or `https://`.
     pub endpoints: Vec<String>,
     /// How long `connect()` may take to prove the cluster answers.
@@ -53,9 +53,9 @@ pub struct ConnectorConfig {
     pub tls: Option<TlsConfig>,
 }
 
-impl fmt::Debug for ConnectorConfig {
+impl fmt::Debug for EtcdConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ConnectorConfig")
+        f.debug_struct("EtcdConfig")
             .field("endpoints", &self.endpoints)
             .field("dial_timeout", &self.dial_timeout)
             .field("request_timeout", &self.request_timeout)
@@ -66,7 +66,7 @@ impl fmt::Debug for ConnectorConfig {
     }
 }
 
-impl ConnectorConfig {
+impl EtcdConfig {
     /// Checks the configuration and returns the endpoints without their scheme.
     fn normalized_endpoints(&self) -> Result<Vec<String>> {
         if self.endpoints.is_empty() {
@@ -161,7 +161,7 @@ impl ConnectorConfig {
 }
 
 struct Shared {
-    config: ConnectorConfig,
+    config: EtcdConfig,
     endpoints: Vec<String>,
     access: ArcSwapOption<EtcdAccess>,
     connecting: tokio::sync::Mutex<()>,
@@ -181,13 +181,13 @@ impl Drop for Shared {
 /// Owns one etcd client (one balanced channel over all endpoints) and the watch hub
 /// that every registry on this connector shares. Cheap to clone.
 #[derive(Clone)]
-pub struct Connector {
+pub struct EtcdConnector {
     shared: Arc<Shared>,
 }
 
-impl fmt::Debug for Connector {
+impl fmt::Debug for EtcdConnector {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Connector")
+        f.debug_struct("EtcdConnector")
             .field("endpoints", &self.shared.endpoints)
             .field("connected", &self.is_connected())
             .field("closed", &self.is_closed())
@@ -195,8 +195,8 @@ impl fmt::Debug for Connector {
     }
 }
 
-impl Connector {
-    pub fn new(config: ConnectorConfig) -> Result<Self> {
+impl EtcdConnector {
+    pub fn new(config: EtcdConfig) -> Result<Self> {
         let endpoints = config.normalized_endpoints()?;
         Ok(Self {
             shared: Arc::new(Shared {
@@ -295,7 +295,7 @@ impl Connector {
         match probe {
             Ok(_) => {}
             // The cluster answered; this user may just not be allowed to ask for status.
-            Err(Error::Authentication(m)) if m.contains("permission denied") => {}
+            Err(Error::Authentication(m)) if m.message.contains("permission denied") => {}
             Err(e) => return Err(naming_the_user(unreachable_error(e, &endpoints_text, budget), config)),
         }
         shared.access.store(Some(Arc::new(access)));
@@ -334,10 +334,10 @@ impl Connector {
 
 /// Credentials refused at connect: say whose, since the cause is usually the wrong user or
 /// password in a deployment's configuration (the password itself is never shown).
-fn naming_the_user(err: Error, config: &ConnectorConfig) -> Error {
+fn naming_the_user(err: Error, config: &EtcdConfig) -> Error {
     match (err, &config.username) {
-        (Error::Authentication(m), Some(user)) if m.contains("user name or password") => {
-            Error::Authentication(format!("{m} (user {user:?})"))
+        (Error::Authentication(m), Some(user)) if m.message.contains("user name or password") => {
+            Error::Authentication(Status::new(format!("{m} (user {user:?})"), m.code))
         }
         (other, _) => other,
     }
@@ -345,10 +345,13 @@ fn naming_the_user(err: Error, config: &ConnectorConfig) -> Error {
 
 fn unreachable_error(err: Error, endpoints: &str, budget: Duration) -> Error {
     match err {
-        Error::Unavailable(m) => Error::Unavailable(format!(
-            "etcd at {endpoints} did not answer within the dial timeout ({budget:?}): {m}"
+        Error::Unavailable(m) => Error::Unavailable(Status::new(
+            format!("etcd at {endpoints} did not answer within the dial timeout ({budget:?}): {m}"),
+            m.code,
         )),
-        Error::CertificateRefused(m) => Error::CertificateRefused(format!("etcd at {endpoints}: {m}")),
+        Error::CertificateRefused(m) => {
+            Error::CertificateRefused(Status::new(format!("etcd at {endpoints}: {m}"), m.code))
+        }
         other => other,
     }
 }
@@ -357,8 +360,8 @@ fn unreachable_error(err: Error, endpoints: &str, budget: Duration) -> Error {
 mod tests {
     use super::*;
 
-    fn config(endpoints: &[&str]) -> ConnectorConfig {
-        ConnectorConfig {
+    fn config(endpoints: &[&str]) -> EtcdConfig {
+        EtcdConfig {
             endpoints: endpoints.iter().map(|s| s.to_string()).collect(),
             dial_timeout: Duration::from_secs(1),
             request_timeout: Duration::from_secs(1),

@@ -66,7 +66,7 @@ impl LeaseContext {
 
 /// The TTL as etcd takes it: whole seconds, rounded up so an instance never expires
 /// sooner than asked.
-fn grant_seconds(ttl: Duration) -> i64 {
+pub(crate) fn grant_seconds(ttl: Duration) -> i64 {
     (ttl.as_secs_f64().ceil() as i64).max(1)
 }
 

@@ -1,6 +1,6 @@
 //! The core of genesis-registry: everything that talks to etcd, with no Python in it.
 //!
-//! - [`connector::Connector`] owns the etcd client (endpoints, auth, TLS, retries).
+//! - [`connector::EtcdConnector`] owns the etcd client (endpoints, auth, TLS, retries).
 //! - [`registry::Registry`] registers instances on shared leases ([`lease`]) and serves
 //!   discovery from per-service snapshots ([`cache`]) that the connector's watch hub
 //!   ([`watch`]) keeps current.
@@ -23,8 +23,8 @@ pub mod stats;
 pub mod sync;
 pub mod watch;
 
-pub use cache::{CacheStats, Event, EventKind, ServiceCache, Snapshot, Subscriber};
-pub use connector::{Connector, ConnectorConfig, TlsConfig};
+pub use cache::{CacheStats, Event, EventKind, ServiceCache, Snapshot, Watch};
+pub use connector::{EtcdConfig, EtcdConnector, TlsConfig};
 pub use error::{Error, Result};
 pub use instance::{endpoint_target, ServiceInstance};
 pub use log_sink::{Level, LogRecord, LogSink};

@@ -1,6 +1,6 @@
 //! The registry: registration on shared leases, discovery from the watch hub's caches.
 //!
-//! A registry borrows a connected [`Connector`] and never closes it. Several registries
+//! A registry borrows a connected [`EtcdConnector`] and never closes it. Several registries
 //! may share one connector (and so one watch stream and one cache per service).
 
 use std::collections::HashMap;
@@ -11,12 +11,12 @@ use std::time::Duration;
 use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
 
-use crate::cache::{ServiceCache, Subscriber};
-use crate::connector::Connector;
-use crate::error::{Error, Result};
+use crate::cache::{ServiceCache, Watch};
+use crate::connector::EtcdConnector;
+use crate::error::{Error, Result, Status};
 use crate::etcd::{read_range, EtcdAccess};
 use crate::instance::{validate_segment, ServiceInstance};
-use crate::lease::{LeaseContext, LeasePool};
+use crate::lease::{grant_seconds, LeaseContext, LeasePool};
 use crate::log_sink::Level;
 use crate::stats::RegistryStats;
 use crate::sync::lock;
@@ -112,7 +112,7 @@ struct Registration {
 
 struct Inner {
     id: u64,
-    connector: Connector,
+    connector: EtcdConnector,
     access: Arc<EtcdAccess>,
     namespace: String,
     config: RegistryConfig,
@@ -120,7 +120,7 @@ struct Inner {
     leases: LeasePool,
     /// Services this registry holds interest in, by name.
     services: Mutex<HashMap<String, Arc<ServiceCache>>>,
-    subscribers: Mutex<Vec<Weak<Subscriber>>>,
+    subscribers: Mutex<Vec<Weak<Watch>>>,
     stats: Arc<RegistryStats>,
     closed: CancellationToken,
     close_done: OnceCell<()>,
@@ -131,7 +131,7 @@ async fn join<T>(task: tokio::task::JoinHandle<Result<T>>) -> Result<T> {
     match task.await {
         Ok(result) => result,
         Err(e) if e.is_cancelled() => Err(Error::Closed("runtime".into())),
-        Err(e) => Err(Error::Etcd(format!("internal error: {e}"))),
+        Err(e) => Err(Error::Etcd(format!("internal error: {e}").into())),
     }
 }
 
@@ -168,7 +168,7 @@ impl std::fmt::Debug for Registry {
 
 impl Registry {
     /// A registry over a connected connector.
-    pub fn new(connector: &Connector, config: RegistryConfig) -> Result<Self> {
+    pub fn new(connector: &EtcdConnector, config: RegistryConfig) -> Result<Self> {
         let namespace = config.validated_namespace()?;
         let access = connector.access()?;
         let id = NEXT_REGISTRY_ID.fetch_add(1, Ordering::Relaxed);
@@ -212,7 +212,7 @@ impl Registry {
         &self.inner.config
     }
 
-    pub fn connector(&self) -> &Connector {
+    pub fn connector(&self) -> &EtcdConnector {
         &self.inner.connector
     }
 
@@ -269,6 +269,12 @@ impl Registry {
             )));
         }
         Ok(ttl)
+    }
+
+    /// The lease TTL in whole seconds a registration with `ttl` is granted: the
+    /// effective TTL rounded up, as the lease pool asks etcd for it.
+    pub fn lease_seconds(&self, ttl: Option<Duration>) -> Result<i64> {
+        self.effective_ttl(ttl).map(grant_seconds)
     }
 
     /// Registers `instance` under `<namespace>/<name>/<id>` and keeps it alive until
@@ -344,13 +350,17 @@ impl Registry {
             let lease_id = attached.map_err(|e| match (e, instances.as_slice()) {
                 // etcd's "permission denied" names no key; a role is a key prefix, so the
                 // key is what tells the user which permission is missing.
-                (Error::Authentication(m), [one]) => {
-                    Error::Authentication(format!("cannot register {}: {m}", this.key_of(&one.name, &one.id)))
-                }
-                (Error::Authentication(m), [first, ..]) => Error::Authentication(format!(
-                    "cannot register {} instances (the first at {}): {m}",
-                    instances.len(),
-                    this.key_of(&first.name, &first.id)
+                (Error::Authentication(m), [one]) => Error::Authentication(Status::new(
+                    format!("cannot register {}: {m}", this.key_of(&one.name, &one.id)),
+                    m.code,
+                )),
+                (Error::Authentication(m), [first, ..]) => Error::Authentication(Status::new(
+                    format!(
+                        "cannot register {} instances (the first at {}): {m}",
+                        instances.len(),
+                        this.key_of(&first.name, &first.id)
+                    ),
+                    m.code,
                 )),
                 (other, _) => other,
             })?;
@@ -451,9 +461,9 @@ impl Registry {
         let ready = self.unless_closed(async {
             tokio::time::timeout(timeout, cache.wait_ready()).await.unwrap_or_else(|_| {
                 let cause = cache.last_error().map(|e| format!(": {e}")).unwrap_or_default();
-                Err(Error::Unavailable(format!(
-                    "could not read service {name:?} from etcd within {timeout:?}{cause}"
-                )))
+                Err(Error::Unavailable(
+                    format!("could not read service {name:?} from etcd within {timeout:?}{cause}").into(),
+                ))
             })
         });
         ready.await?;
@@ -514,7 +524,7 @@ impl Registry {
     /// Events of service `name`: first a PUT per current instance (sorted by id), then
     /// changes. `capacity` bounds the queue; a subscriber that falls further behind is
     /// resynced from the snapshot.
-    pub async fn watch(&self, name: &str, capacity: usize) -> Result<Arc<Subscriber>> {
+    pub async fn watch(&self, name: &str, capacity: usize) -> Result<Arc<Watch>> {
         let cache = self.service(name).await?;
         let subscriber = cache.subscribe(capacity);
         let mut subscribers = lock(&self.inner.subscribers);

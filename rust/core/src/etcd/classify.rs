@@ -1,24 +1,45 @@
 //! How etcd-client's errors become the core's: by gRPC status code, by the few etcd
 //! messages that matter, and by the TLS failures that retrying cannot fix.
 
-use crate::error::Error;
+use crate::error::{Code, Error, Status};
 
-/// Maps an etcd-client error onto the core's error enum, naming the operation.
+/// Maps an etcd-client error onto the core's error enum, naming the operation; an
+/// error etcd answered with a gRPC status keeps its code.
 pub(crate) fn classify(err: etcd_client::Error, what: &str) -> Error {
-    use tonic::Code;
+    let code = match &err {
+        etcd_client::Error::GRpcStatus(status) => Some(status.code()),
+        _ => None,
+    };
     if let Some(refused) = certificate_failure(&err, what) {
-        return refused;
+        return with_code(refused, code);
     }
+    with_code(classify_message(err, what), code)
+}
+
+/// `error` with etcd's status code, for the variants that carry one.
+fn with_code(error: Error, code: Option<Code>) -> Error {
+    let keep = |s: Status| Status { code, ..s };
+    match error {
+        Error::LeaseExpired(s) => Error::LeaseExpired(keep(s)),
+        Error::Unavailable(s) => Error::Unavailable(keep(s)),
+        Error::Authentication(s) => Error::Authentication(keep(s)),
+        Error::CertificateRefused(s) => Error::CertificateRefused(keep(s)),
+        Error::Etcd(s) => Error::Etcd(keep(s)),
+        other => other,
+    }
+}
+
+fn classify_message(err: etcd_client::Error, what: &str) -> Error {
     match err {
         etcd_client::Error::GRpcStatus(status) => {
             let msg = status.message();
             match status.code() {
                 Code::Unavailable | Code::DeadlineExceeded | Code::Aborted | Code::Cancelled => {
-                    Error::Unavailable(format!("{what}: etcd unavailable: {}", describe_status(&status)))
+                    Error::Unavailable(format!("{what}: etcd unavailable: {}", describe_status(&status)).into())
                 }
                 // etcd's back-pressure when its apply loop lags: retry after a pause.
                 _ if msg.contains("too many requests") => {
-                    Error::Unavailable(format!("{what}: etcd is overloaded: {msg}"))
+                    Error::Unavailable(format!("{what}: etcd is overloaded: {msg}").into())
                 }
                 // etcd's --max-request-bytes, or the gRPC message limit just above it: the
                 // same request fails on every member, so say what is too large instead.
@@ -32,43 +53,43 @@ pub(crate) fn classify(err: etcd_client::Error, what: &str) -> Error {
                 // missed it on the read behind a first get_service.
                 _ if msg.contains("user name is empty") => Error::Authentication(format!(
                     "{what}: etcd requires authentication but no user name was given (set username and password)"
-                )),
+                ).into()),
                 Code::Unknown | Code::Internal if is_transport_message(msg) => {
-                    Error::Unavailable(format!("{what}: etcd unavailable: {}", describe_status(&status)))
+                    Error::Unavailable(format!("{what}: etcd unavailable: {}", describe_status(&status)).into())
                 }
                 Code::Unauthenticated => {
-                    Error::Authentication(format!("{what}: etcd rejected the credentials: {msg}"))
+                    Error::Authentication(format!("{what}: etcd rejected the credentials: {msg}").into())
                 }
                 Code::PermissionDenied => {
-                    Error::Authentication(format!("{what}: permission denied by etcd: {msg}"))
+                    Error::Authentication(format!("{what}: permission denied by etcd: {msg}").into())
                 }
                 Code::InvalidArgument if msg.contains("authentication failed") => Error::Authentication(
-                    format!("{what}: authentication failed: invalid user name or password"),
+                    format!("{what}: authentication failed: invalid user name or password").into(),
                 ),
                 Code::FailedPrecondition if msg.contains("authentication is not enabled") => {
                     Error::Authentication(format!(
                         "{what}: credentials were given but authentication is not enabled on this etcd cluster"
-                    ))
+                    ).into())
                 }
                 Code::NotFound if msg.contains("lease not found") => {
-                    Error::LeaseExpired(format!("{what}: {msg}"))
+                    Error::LeaseExpired(format!("{what}: {msg}").into())
                 }
-                _ => Error::Etcd(format!("{what}: {}", describe_status(&status))),
+                _ => Error::Etcd(format!("{what}: {}", describe_status(&status)).into()),
             }
         }
         etcd_client::Error::TransportError(e) => {
-            Error::Unavailable(format!("{what}: cannot reach etcd: {}", error_chain(&e)))
+            Error::Unavailable(format!("{what}: cannot reach etcd: {}", error_chain(&e)).into())
         }
         etcd_client::Error::IoError(e) => {
-            Error::Unavailable(format!("{what}: cannot reach etcd: {}", error_chain(&e)))
+            Error::Unavailable(format!("{what}: cannot reach etcd: {}", error_chain(&e)).into())
         }
         etcd_client::Error::LeaseKeepAliveError(m) if m.contains("not found") => {
-            Error::LeaseExpired(format!("{what}: {m}"))
+            Error::LeaseExpired(format!("{what}: {m}").into())
         }
         etcd_client::Error::InvalidUri(e) => {
             Error::InvalidConfig(format!("{what}: invalid etcd endpoint: {e}"))
         }
-        other => Error::Etcd(format!("{what}: {}", error_chain(&other))),
+        other => Error::Etcd(format!("{what}: {}", error_chain(&other)).into()),
     }
 }
 
@@ -110,7 +131,7 @@ fn certificate_failure(err: &etcd_client::Error, what: &str) -> Option<Error> {
     } else {
         return None;
     };
-    Some(Error::CertificateRefused(format!("{what}: {TLS_REFUSED}: {hint}: {cause}")))
+    Some(Error::CertificateRefused(format!("{what}: {TLS_REFUSED}: {hint}: {cause}").into()))
 }
 
 fn is_transport_message(msg: &str) -> bool {
@@ -164,7 +185,7 @@ mod tests {
     fn status_codes_map_to_errors() {
         let unavailable = classify(tonic::Status::unavailable("etcdserver: no leader").into(), "put");
         assert!(
-            matches!(unavailable, Error::Unavailable(ref m) if m.contains("no leader") && m.starts_with("put"))
+            matches!(unavailable, Error::Unavailable(ref m) if m.message.contains("no leader") && m.message.starts_with("put"))
         );
         let auth = classify(
             tonic::Status::invalid_argument("etcdserver: authentication failed, invalid user ID or password")
@@ -174,12 +195,33 @@ mod tests {
         assert!(matches!(auth, Error::Authentication(_)));
         let anonymous =
             classify(tonic::Status::invalid_argument("etcdserver: user name is empty").into(), "list");
-        assert!(matches!(anonymous, Error::Authentication(ref m) if m.contains("no user name")));
+        assert!(matches!(anonymous, Error::Authentication(ref m) if m.message.contains("no user name")));
         let lease = classify(tonic::Status::not_found("etcdserver: requested lease not found").into(), "put");
         assert!(matches!(lease, Error::LeaseExpired(_)));
         let denied =
             classify(tonic::Status::permission_denied("etcdserver: permission denied").into(), "put");
-        assert!(matches!(denied, Error::Authentication(ref m) if m.contains("permission denied")));
+        assert!(matches!(denied, Error::Authentication(ref m) if m.message.contains("permission denied")));
+    }
+
+    #[test]
+    fn errors_from_a_status_keep_its_code_and_others_have_none() {
+        let cases = [
+            (tonic::Status::unavailable("etcdserver: no leader"), Code::Unavailable),
+            (tonic::Status::permission_denied("etcdserver: permission denied"), Code::PermissionDenied),
+            (tonic::Status::unauthenticated("etcdserver: invalid auth token"), Code::Unauthenticated),
+            (tonic::Status::not_found("etcdserver: requested lease not found"), Code::NotFound),
+            (tonic::Status::invalid_argument("etcdserver: user name is empty"), Code::InvalidArgument),
+            (tonic::Status::unavailable("invalid peer certificate: UnknownIssuer"), Code::Unavailable),
+            (tonic::Status::data_loss("etcdserver: corrupt"), Code::DataLoss),
+        ];
+        for (status, code) in cases {
+            let error = classify(status.into(), "put");
+            assert_eq!(error.code(), Some(code), "{error}");
+        }
+        let keep_alive =
+            classify(etcd_client::Error::LeaseKeepAliveError("lease not found".into()), "keep-alive");
+        assert!(matches!(keep_alive, Error::LeaseExpired(_)) && keep_alive.code().is_none());
+        assert_eq!(Error::InvalidTtl("0s".into()).code(), None);
     }
 
     #[test]
@@ -187,7 +229,7 @@ mod tests {
         let untrusted =
             classify(tonic::Status::unavailable("invalid peer certificate: UnknownIssuer").into(), "connect");
         assert!(
-            matches!(untrusted, Error::CertificateRefused(ref m) if m.contains("not trusted") && m.contains("UnknownIssuer")),
+            matches!(untrusted, Error::CertificateRefused(ref m) if m.message.contains("not trusted") && m.message.contains("UnknownIssuer")),
             "{untrusted}"
         );
         assert!(!untrusted.is_retryable());
@@ -201,11 +243,14 @@ mod tests {
             .into(),
             "connect",
         );
-        assert!(matches!(name, Error::CertificateRefused(ref m) if m.contains("server_name")), "{name}");
+        assert!(
+            matches!(name, Error::CertificateRefused(ref m) if m.message.contains("server_name")),
+            "{name}"
+        );
         let refused =
             classify(tonic::Status::unavailable("received fatal alert: BadCertificate").into(), "connect");
         assert!(
-            matches!(refused, Error::CertificateRefused(ref m) if m.contains("client certificate")),
+            matches!(refused, Error::CertificateRefused(ref m) if m.message.contains("client certificate")),
             "{refused}"
         );
         // A handshake cut short is not a certificate problem: it may be a member restarting.

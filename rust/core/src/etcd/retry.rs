@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::classify::classify;
 use crate::backoff::Backoff;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, Status};
 
 /// How long one attempt of a call may go unanswered before it is abandoned and retried:
 /// a third of the call's budget, at least 1 s and at most 3 s (never more than the budget).
@@ -57,15 +57,19 @@ where
         let err = match attempt {
             Ok(Ok(Ok(value))) => return Ok(value),
             Ok(Ok(Err(e))) => classify(e, what),
-            Ok(Err(_)) => Error::Unavailable(format!("{what}: no answer from etcd within {per_attempt:?}")),
+            Ok(Err(_)) => {
+                Error::Unavailable(format!("{what}: no answer from etcd within {per_attempt:?}").into())
+            }
             Err(_) => {
                 return Err(match last {
                     // Every member tried refused its certificate: that, not a timeout, is the news.
                     Some(e @ Error::CertificateRefused(_)) => e,
-                    Some(e) => Error::Unavailable(format!("{e} (gave up after {budget:?})")),
-                    None => Error::Unavailable(format!(
-                        "{what}: no answer from etcd within {budget:?} (queued or in flight)"
-                    )),
+                    Some(e) => {
+                        Error::Unavailable(Status::new(format!("{e} (gave up after {budget:?})"), e.code()))
+                    }
+                    None => Error::Unavailable(
+                        format!("{what}: no answer from etcd within {budget:?} (queued or in flight)").into(),
+                    ),
                 });
             }
         };
@@ -150,7 +154,7 @@ mod tests {
         )
         .await;
         match result {
-            Err(Error::Unavailable(m)) => assert!(m.starts_with("put: no answer from etcd"), "{m}"),
+            Err(Error::Unavailable(m)) => assert!(m.message.starts_with("put: no answer from etcd"), "{m}"),
             other => panic!("expected Unavailable, got {other:?}"),
         }
     }

@@ -156,16 +156,6 @@ mod tests {
     // Go 1.19 writes \b and \f as \u0008 and \u000c; Go 1.22 and later write
     // the short forms, which is what is expected here.
 
-    fn seed_instance() -> ServiceInstance {
-        instance(
-            "user-service-001",
-            "user-service",
-            "1.0.0",
-            &[("region", "us-west-1"), ("zone", "zone-a"), ("weight", "100")],
-            &["grpc://192.168.1.100:8080"],
-        )
-    }
-
     #[test]
     fn encodes_the_seed_example_like_go() {
         assert_eq!(

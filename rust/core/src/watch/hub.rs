@@ -367,7 +367,7 @@ async fn wait_opening(opening: &mut Option<tokio::task::JoinHandle<Result<Opened
     match opening.as_mut() {
         Some(handle) => match handle.await {
             Ok(result) => result,
-            Err(e) => Err(Error::Etcd(format!("opening the watch stream failed: {e}"))),
+            Err(e) => Err(Error::Etcd(format!("opening the watch stream failed: {e}").into())),
         },
         None => std::future::pending().await,
     }

@@ -908,17 +908,23 @@ mod tests {
         assert!(messages(&log).iter().any(|m| m.contains("fell behind compaction")));
     }
 
-    #[test]
-    fn a_refusal_on_an_aged_stream_reopens_it_with_a_fresh_token() {
-        let (mut state, _, _) = state();
-        watched_at(&mut state, 10, &[]);
+    /// A watched PREFIX on a stream opened now, and etcd's refusal of that watch.
+    fn refused_watch(state: &mut HubState) -> (Instant, Reply<'static>) {
+        watched_at(state, 10, &[]);
         let opened_at = Instant::now();
-        let id = open(&mut state, opened_at);
+        let id = open(state, opened_at);
         let refused = Reply {
             canceled: true,
             cancel_reason: "etcdserver: permission denied",
             ..reply(id, 10, Vec::new())
         };
+        (opened_at, refused)
+    }
+
+    #[test]
+    fn a_refusal_on_an_aged_stream_reopens_it_with_a_fresh_token() {
+        let (mut state, _, _) = state();
+        let (opened_at, refused) = refused_watch(&mut state);
         let later = opened_at + TOKEN_SUSPECT_AGE;
         assert_eq!(state.on_reply(&refused, later), ReplyAction::ReopenWithFreshToken);
         let start = state.open_stream().unwrap();
@@ -929,14 +935,7 @@ mod tests {
     #[test]
     fn a_refusal_on_a_young_stream_is_retried_with_backoff() {
         let (mut state, log, _) = state();
-        watched_at(&mut state, 10, &[]);
-        let opened_at = Instant::now();
-        let id = open(&mut state, opened_at);
-        let refused = Reply {
-            canceled: true,
-            cancel_reason: "etcdserver: permission denied",
-            ..reply(id, 10, Vec::new())
-        };
+        let (opened_at, refused) = refused_watch(&mut state);
         match state.on_reply(&refused, opened_at) {
             ReplyAction::Reread(prefix, delay) => {
                 assert_eq!(prefix, PREFIX);
@@ -997,8 +996,17 @@ mod tests {
         assert!(state.pending_creates().is_empty(), "no stream yet");
         let order = ServiceCache::new("order", "/genesis/services/order/");
         state.watch(order);
+        let reading = state.begin_read("/genesis/services/order/").unwrap();
         open(&mut state, Instant::now());
-        read(&mut state, "/genesis/services/order/", header(12, 2), &[]).unwrap();
+        let result = ReadResult {
+            prefix: "/genesis/services/order/".into(),
+            baseline: reading.baseline,
+            ticket: reading.ticket,
+            header: header(12, 2),
+            instances: BTreeMap::new(),
+            malformed: Vec::new(),
+        };
+        state.on_read(result).unwrap();
         let creates = state.pending_creates();
         assert_eq!(creates.len(), 1);
         assert_eq!((creates[0].0.as_str(), creates[0].1), ("/genesis/services/order/", 12));

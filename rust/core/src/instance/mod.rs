@@ -1,5 +1,5 @@
 //! The service instance record and its validation rules; the endpoint grammar
-//! ([`endpoint`]), and the wire format: Go's JSON written ([`encode`]) and read ([`decode`]).
+//! (`endpoint.rs`), and the wire format: Go's JSON written (`encode.rs`) and read (`decode.rs`).
 //!
 //! Each registered instance is stored in etcd as one JSON value at
 //! `<namespace>/<name>/<id>`. Go services read and write the same keys with

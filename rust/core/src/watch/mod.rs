@@ -12,8 +12,8 @@
 //! published as events, so every view ends exact.
 
 //!
-//! [`state`] holds every decision (phases, resume revisions, compaction, resets,
-//! liveness) and is tested without etcd; [`hub`] is the task that talks to etcd and
+//! `state.rs` holds every decision (phases, resume revisions, compaction, resets,
+//! liveness) and is tested without etcd; `hub.rs` is the task that talks to etcd and
 //! carries those decisions out. This file is the handle the connector owns.
 
 mod hub;

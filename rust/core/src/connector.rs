@@ -11,7 +11,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
-use crate::error::{Error, Result, Status};
+use crate::error::{Code, Error, Result, Status};
 use crate::etcd::{classify, worth_retrying, EtcdAccess, MAX_IN_FLIGHT};
 use crate::instance::split_endpoint;
 use crate::log_sink::LogSink;
@@ -295,7 +295,7 @@ impl EtcdConnector {
         match probe {
             Ok(_) => {}
             // The cluster answered; this user may just not be allowed to ask for status.
-            Err(Error::Authentication(m)) if m.message.contains("permission denied") => {}
+            Err(Error::Authentication(Status { code: Some(Code::PermissionDenied), .. })) => {}
             Err(e) => return Err(naming_the_user(unreachable_error(e, &endpoints_text, budget), config)),
         }
         shared.access.store(Some(Arc::new(access)));

@@ -78,10 +78,13 @@ fn repr(value: &Bound<'_, PyAny>) -> String {
 fn string_arg(name: &str, value: &Bound<'_, PyAny>) -> PyResult<String> {
     match value.cast::<PyString>() {
         Ok(text) => text.to_str().map(str::to_owned).map_err(|_| {
-            to_py_err(Error::InvalidInstance(format!(
-                "{name} must be valid Unicode text (got {}, which holds a lone surrogate)",
-                repr(value)
-            )))
+            to_py_err(Error::InvalidInstance(
+                format!(
+                    "{name} must be valid Unicode text (got {}, which holds a lone surrogate)",
+                    repr(value)
+                )
+                .into(),
+            ))
         }),
         Err(_) => Err(PyTypeError::new_err(format!(
             "{name} must be a str, not {} ({})",

@@ -10,8 +10,8 @@ pub use tonic::Code;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// What etcd said: the message (naming the operation), and the gRPC status code when
-/// the failure came with one (a timeout or an unreachable member has none).
+/// An error's message, and the gRPC status code when etcd answered with one (a timeout,
+/// an unreachable member or a value found invalid here has none).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Status {
     pub message: String,
@@ -47,7 +47,7 @@ pub enum Error {
     /// A configuration value is unusable (namespace, endpoints, timeouts, TLS files).
     InvalidConfig(String),
     /// A service instance (or one of its fields) is not valid for registration.
-    InvalidInstance(String),
+    InvalidInstance(Status),
     /// A TTL below the one-second minimum or otherwise unusable.
     InvalidTtl(String),
     /// The id is already registered in this registry.
@@ -78,7 +78,8 @@ impl Error {
     /// The gRPC status code etcd answered with, for errors that came from etcd with one.
     pub fn code(&self) -> Option<Code> {
         match self {
-            Error::LeaseExpired(s)
+            Error::InvalidInstance(s)
+            | Error::LeaseExpired(s)
             | Error::Unavailable(s)
             | Error::Authentication(s)
             | Error::CertificateRefused(s)
@@ -96,8 +97,9 @@ impl Error {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Error::InvalidConfig(m) | Error::InvalidInstance(m) | Error::InvalidTtl(m) => f.write_str(m),
-            Error::LeaseExpired(s)
+            Error::InvalidConfig(m) | Error::InvalidTtl(m) => f.write_str(m),
+            Error::InvalidInstance(s)
+            | Error::LeaseExpired(s)
             | Error::Unavailable(s)
             | Error::Authentication(s)
             | Error::CertificateRefused(s)

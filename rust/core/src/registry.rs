@@ -297,10 +297,9 @@ impl Registry {
         for instance in &instances {
             instance.validate()?;
             if !ids.insert(instance.id.as_str()) {
-                return Err(Error::InvalidInstance(format!(
-                    "service instance {:?} appears twice in one registration",
-                    instance.id
-                )));
+                return Err(Error::InvalidInstance(
+                    format!("service instance {:?} appears twice in one registration", instance.id).into(),
+                ));
             }
             let key = self.key_of(&instance.name, &instance.id);
             let value = instance.to_json();
@@ -309,7 +308,7 @@ impl Registry {
                     "service instance {:?} encodes to {} bytes; etcd accepts at most {MAX_VALUE_BYTES} per value",
                     instance.id,
                     key.len() + value.len()
-                )));
+                ).into()));
             }
             entries.push((key, value));
         }

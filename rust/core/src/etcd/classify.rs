@@ -20,6 +20,7 @@ pub(crate) fn classify(err: etcd_client::Error, what: &str) -> Error {
 fn with_code(error: Error, code: Option<Code>) -> Error {
     let keep = |s: Status| Status { code, ..s };
     match error {
+        Error::InvalidInstance(s) => Error::InvalidInstance(keep(s)),
         Error::LeaseExpired(s) => Error::LeaseExpired(keep(s)),
         Error::Unavailable(s) => Error::Unavailable(keep(s)),
         Error::Authentication(s) => Error::Authentication(keep(s)),
@@ -47,7 +48,7 @@ fn classify_message(err: etcd_client::Error, what: &str) -> Error {
                     Error::InvalidInstance(format!(
                         "{what}: etcd refused the request as too large ({msg}); an instance must encode \
                          to less than etcd's --max-request-bytes"
-                    ))
+                    ).into())
                 }
                 // Matched on the message whatever the code: an arm limited to InvalidArgument
                 // missed it on the read behind a first get_service.
@@ -213,6 +214,7 @@ mod tests {
             (tonic::Status::invalid_argument("etcdserver: user name is empty"), Code::InvalidArgument),
             (tonic::Status::unavailable("invalid peer certificate: UnknownIssuer"), Code::Unavailable),
             (tonic::Status::data_loss("etcdserver: corrupt"), Code::DataLoss),
+            (tonic::Status::invalid_argument("etcdserver: request is too large"), Code::InvalidArgument),
         ];
         for (status, code) in cases {
             let error = classify(status.into(), "put");

@@ -41,9 +41,9 @@ impl ServiceInstance {
     pub fn from_json(data: &[u8]) -> Result<ServiceInstance> {
         let text = go_string_semantics(data);
         if exceeds_go_nesting(text.as_bytes()) {
-            return Err(Error::InvalidInstance(format!(
-                "invalid service instance JSON: nested deeper than {GO_MAX_NESTING} levels"
-            )));
+            return Err(Error::InvalidInstance(
+                format!("invalid service instance JSON: nested deeper than {GO_MAX_NESTING} levels").into(),
+            ));
         }
         let mut json = serde_json::Deserializer::from_str(&text);
         let instance = json.deserialize_any(InstanceVisitor).map_err(json_error)?;
@@ -53,7 +53,7 @@ impl ServiceInstance {
 }
 
 fn json_error(err: serde_json::Error) -> Error {
-    Error::InvalidInstance(format!("invalid service instance JSON: {err}"))
+    Error::InvalidInstance(format!("invalid service instance JSON: {err}").into())
 }
 
 /// Rewrites the input so that `serde_json`, which is strict about text, decodes

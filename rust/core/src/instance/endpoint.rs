@@ -28,7 +28,9 @@ const UNSUPPORTED_SCHEME: &str =
 /// [`Error::InvalidInstance`] showing the endpoint and saying what is wrong.
 pub fn validate_endpoint(endpoint: &str) -> Result<()> {
     parse_endpoint(endpoint).map(drop).map_err(|problem| {
-        Error::InvalidInstance(format!("invalid service instance: endpoint {} {problem}", shown(endpoint)))
+        Error::InvalidInstance(
+            format!("invalid service instance: endpoint {} {problem}", shown(endpoint)).into(),
+        )
     })
 }
 

@@ -75,10 +75,13 @@ impl ServiceInstance {
         validate_segment("id", &self.id)?;
         validate_segment("name", &self.name)?;
         if self.endpoints.is_empty() {
-            return Err(Error::InvalidInstance(format!(
-                "invalid service instance: at least one endpoint is required (instance {} has none)",
-                shown(&self.id)
-            )));
+            return Err(Error::InvalidInstance(
+                format!(
+                    "invalid service instance: at least one endpoint is required (instance {} has none)",
+                    shown(&self.id)
+                )
+                .into(),
+            ));
         }
         self.endpoints.iter().try_for_each(|e| validate_endpoint(e))
     }
@@ -97,11 +100,14 @@ pub fn validate_segment(what: &str, value: &str) -> Result<()> {
     let problem = if value.is_empty() {
         "must not be empty"
     } else if value.len() > MAX_SEGMENT_LEN {
-        return Err(Error::InvalidInstance(format!(
-            "invalid service instance: {what} must be at most {MAX_SEGMENT_LEN} bytes (got {} bytes: {})",
-            value.len(),
-            shown(value)
-        )));
+        return Err(Error::InvalidInstance(
+            format!(
+                "invalid service instance: {what} must be at most {MAX_SEGMENT_LEN} bytes (got {} bytes: {})",
+                value.len(),
+                shown(value)
+            )
+            .into(),
+        ));
     } else if value.chars().any(char::is_control) {
         "must not contain control characters"
     } else if value.contains('/') {
@@ -111,7 +117,9 @@ pub fn validate_segment(what: &str, value: &str) -> Result<()> {
     } else {
         return Ok(());
     };
-    Err(Error::InvalidInstance(format!("invalid service instance: {what} {problem} (got {})", shown(value))))
+    Err(Error::InvalidInstance(
+        format!("invalid service instance: {what} {problem} (got {})", shown(value)).into(),
+    ))
 }
 
 /// `value` quoted and escaped for an error message, shortened if huge.
@@ -130,6 +138,7 @@ pub(crate) fn shown(value: &str) -> String {
 #[cfg(test)]
 pub(crate) mod fixtures {
     use super::*;
+    use crate::error::Status;
 
     pub(crate) fn instance(
         id: &str,
@@ -161,7 +170,7 @@ pub(crate) mod fixtures {
         let input = input.as_ref();
         match ServiceInstance::from_json(input) {
             Ok(decoded) => panic!("{:?} should be refused, got {decoded:?}", String::from_utf8_lossy(input)),
-            Err(Error::InvalidInstance(message)) => {
+            Err(Error::InvalidInstance(Status { message, .. })) => {
                 assert!(message.starts_with("invalid service instance JSON: "), "{message}");
                 message
             }
@@ -182,7 +191,7 @@ pub(crate) mod fixtures {
 
     pub(crate) fn invalid_message(result: Result<()>) -> String {
         match result {
-            Err(Error::InvalidInstance(message)) => {
+            Err(Error::InvalidInstance(Status { message, .. })) => {
                 assert!(message.starts_with("invalid service instance: "), "{message}");
                 message
             }

@@ -41,6 +41,7 @@ lint: install
 	$(VENV)/bin/ruff check python tests benches
 	$(VENV)/bin/ruff format --check python tests benches
 	$(VENV)/bin/mypy
+	$(PY) -m mypy.stubtest genesis_registry._core
 
 rust-test:
 	cargo test --release -p genesis-registry-core

@@ -3,13 +3,15 @@
 This file is the documented boundary between Rust and Python: every class, method,
 getter and function the bindings in ``rust/py/*.rs`` define (registered in
 ``rust/lib.rs``), with the exact argument names, defaults and return types. Keep it in
-step with the Rust code; ``python -m mypy.stubtest genesis_registry._core`` checks it.
+step with the Rust code; ``make lint`` checks it (``python -m mypy.stubtest genesis_registry._core``).
 
 Conventions of the bindings:
 
 * Durations are ``float`` seconds here; ``timedelta`` is converted in the Python layer.
 * Errors are the classes of ``genesis_registry.errors`` (``InvalidConfigError``,
-  ``InvalidServiceInstanceError``, ``RegistryClosedError``...), raised from Rust.
+  ``InvalidServiceInstanceError``, ``RegistryClosedError``...), handed to the core by
+  ``_register_errors`` and raised from Rust; one etcd answered with a gRPC status carries
+  it as ``code``.
 * Blocking calls release the GIL and wake every 100 ms for signals (Ctrl-C).
 * ``*_async`` methods return an awaitable (an ``asyncio.Future`` of the running loop)
   completed by the Rust runtime.
@@ -20,15 +22,21 @@ from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Literal, TypedDict, final
 
+from grpc import StatusCode
+
+from .errors import RegistryError
+
 __all__ = [
-    "ConnectorCore",
+    "EtcdConnectorCore",
     "RegistryCore",
     "ServiceInstance",
     "WatchCore",
     "__version__",
+    "_register_errors",
     "_reset_after_fork",
     "_shutdown_runtime",
     "effective_namespace",
+    "endpoint_target",
 ]
 
 __version__: str
@@ -150,7 +158,7 @@ class ServiceInstance:
         """The instance itself (it is immutable)."""
 
 @final
-class ConnectorCore:
+class EtcdConnectorCore:
     """The connection to one etcd cluster, shared by the registries built on it."""
 
     def __new__(
@@ -165,7 +173,7 @@ class ConnectorCore:
         tls_key: bytes | None = None,
         tls_server_name: str | None = None,
         tls: bool = False,
-    ) -> ConnectorCore:
+    ) -> EtcdConnectorCore:
         """Validate the settings (``InvalidConfigError``) without connecting; TLS files are PEM contents."""
 
     def connect(self) -> None:
@@ -182,11 +190,11 @@ class ConnectorCore:
         """The cluster members, as ``host:port``."""
 
     @property
-    def is_connected(self) -> bool:
+    def connected(self) -> bool:
         """Whether ``connect()`` succeeded and the connector is not closed."""
 
     @property
-    def is_closed(self) -> bool:
+    def closed(self) -> bool:
         """Whether ``close()`` was called."""
 
     def drain_logs(self, timeout: float) -> list[_LogRecord] | None:
@@ -201,7 +209,7 @@ class RegistryCore:
 
     def __new__(
         cls,
-        connector: ConnectorCore,
+        connector: EtcdConnectorCore,
         namespace: str,
         default_ttl: float,
         retry_interval: float,
@@ -225,6 +233,10 @@ class RegistryCore:
 
     def effective_ttl(self, ttl: float | None = None) -> float:
         """The TTL in seconds a registration with ``ttl`` gets; raises ``InvalidTTLError``."""
+
+    def lease_seconds(self, ttl: float | None = None) -> int:
+        """The lease TTL in whole seconds a registration with ``ttl`` is granted (the effective
+        TTL rounded up, as the lease is asked of etcd); raises ``InvalidTTLError``."""
 
     def register(self, instance: ServiceInstance, ttl: float | None = None) -> None:
         """Register ``instance`` (validated) and keep it alive; ``ttl`` None means ``default_ttl``."""
@@ -320,6 +332,24 @@ def effective_namespace(namespace: str) -> str:
 def endpoint_target(endpoint: str) -> str | None:
     """The gRPC target (``host:port``, IPv6 in brackets) of an instance endpoint such as
     ``grpc://10.0.0.1:9001``, or None when registration would refuse the endpoint."""
+
+def _register_errors(
+    *,
+    registry_error: type[RegistryError],
+    invalid_config: type[RegistryError],
+    invalid_instance: type[RegistryError],
+    invalid_ttl: type[RegistryError],
+    already_registered: type[RegistryError],
+    not_found: type[RegistryError],
+    closed: type[RegistryError],
+    lease_expired: type[RegistryError],
+    unavailable: type[RegistryError],
+    authentication: type[RegistryError],
+    status_codes: dict[int, StatusCode],
+) -> None:
+    """Called once by ``genesis_registry.errors`` at import: the class the core raises for
+    each kind of error (each must derive from ``registry_error``, else ``TypeError``), and
+    the ``grpc.StatusCode`` of each status code number, for ``RegistryError.code``."""
 
 def _reset_after_fork() -> None:
     """In a forked child: forget the parent's runtime; objects from before the fork stop working."""

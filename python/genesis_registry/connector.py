@@ -30,7 +30,7 @@ class EtcdConnector:
             raise InvalidConfigError(f"config must be an EtcdConfig, not {type(config).__name__}")
         self._config = config
         ca, cert, key = config.tls.read() if config.tls is not None else (None, None, None)
-        self._core = _core.ConnectorCore(
+        self._core = _core.EtcdConnectorCore(
             list(config.endpoints),
             config.dial_timeout,
             config.request_timeout,
@@ -61,11 +61,11 @@ class EtcdConnector:
 
     @property
     def connected(self) -> bool:
-        return self._core.is_connected
+        return self._core.connected
 
     @property
     def closed(self) -> bool:
-        return self._core.is_closed
+        return self._core.closed
 
     def connect(self) -> None:
         """Connect, proving the cluster answers with a leader within ``dial_timeout``.

@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ._core import ConnectorCore
+    from ._core import EtcdConnectorCore
 
 __all__ = ["METRICS", "LogPump", "RegistryMetrics"]
 
@@ -52,7 +52,7 @@ class LogPump:
     the registry it is about (``origin``), or to the connector's logger. The module's
     example shows a record arriving."""
 
-    def __init__(self, core: ConnectorCore, default_logger: logging.Logger) -> None:
+    def __init__(self, core: EtcdConnectorCore, default_logger: logging.Logger) -> None:
         self._core = core
         self._default = default_logger
         self._routes: dict[int, logging.Logger] = {}

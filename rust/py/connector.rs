@@ -1,9 +1,9 @@
-//! `ConnectorCore`: the connector for Python, plus the drain its log thread reads.
+//! `EtcdConnectorCore`: the connector for Python, plus the drain its log thread reads.
 
 use std::time::Duration;
 
 use genesis_registry_core::log_sink::Drained;
-use genesis_registry_core::{Connector, ConnectorConfig, Level, TlsConfig};
+use genesis_registry_core::{EtcdConfig, EtcdConnector, Level, TlsConfig};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
@@ -27,21 +27,21 @@ fn level_name(level: Level) -> &'static str {
     }
 }
 
-#[pyclass(frozen, name = "ConnectorCore", module = "genesis_registry._core")]
-pub struct PyConnector {
-    pub(crate) core: Connector,
+#[pyclass(frozen, module = "genesis_registry._core")]
+pub struct EtcdConnectorCore {
+    pub(crate) core: EtcdConnector,
     pub(crate) created_in: u64,
 }
 
-impl PyConnector {
-    pub(crate) fn check(&self) -> PyResult<&Connector> {
+impl EtcdConnectorCore {
+    pub(crate) fn check(&self) -> PyResult<&EtcdConnector> {
         runtime::ensure_same_process(self.created_in, "EtcdConnector")?;
         Ok(&self.core)
     }
 }
 
 #[pymethods]
-impl PyConnector {
+impl EtcdConnectorCore {
     #[new]
     #[pyo3(signature = (endpoints, dial_timeout, request_timeout, username=None, password=None,
                         tls_ca=None, tls_cert=None, tls_key=None, tls_server_name=None, tls=false))]
@@ -64,7 +64,7 @@ impl PyConnector {
             key_pem: tls_key,
             server_name: tls_server_name,
         });
-        let config = ConnectorConfig {
+        let config = EtcdConfig {
             endpoints,
             dial_timeout: seconds("dial_timeout", dial_timeout)?,
             request_timeout: seconds("request_timeout", request_timeout)?,
@@ -72,7 +72,7 @@ impl PyConnector {
             password,
             tls,
         };
-        Ok(Self { core: Connector::new(config).into_py_result()?, created_in: runtime::generation() })
+        Ok(Self { core: EtcdConnector::new(config).into_py_result()?, created_in: runtime::generation() })
     }
 
     /// Blocks until the cluster answers or the dial timeout passes.
@@ -99,12 +99,12 @@ impl PyConnector {
     }
 
     #[getter]
-    fn is_connected(&self) -> bool {
+    fn connected(&self) -> bool {
         self.core.is_connected()
     }
 
     #[getter]
-    fn is_closed(&self) -> bool {
+    fn closed(&self) -> bool {
         self.core.is_closed()
     }
 

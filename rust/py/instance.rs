@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use genesis_registry_core::ServiceInstance;
+use genesis_registry_core as core;
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::pyclass::CompareOp;
@@ -17,15 +17,15 @@ use genesis_registry_core::Error;
 static MAPPING_PROXY: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
 /// One instance of a service: what is stored at `<namespace>/<name>/<id>`.
-#[pyclass(frozen, name = "ServiceInstance", module = "genesis_registry")]
-pub struct PyServiceInstance {
-    pub(crate) inner: Arc<ServiceInstance>,
+#[pyclass(frozen, module = "genesis_registry")]
+pub struct ServiceInstance {
+    pub(crate) inner: Arc<core::ServiceInstance>,
     metadata: PyOnceLock<Py<PyAny>>,
     endpoints: PyOnceLock<Py<PyTuple>>,
 }
 
-impl PyServiceInstance {
-    pub fn wrap(inner: Arc<ServiceInstance>) -> Self {
+impl ServiceInstance {
+    pub fn wrap(inner: Arc<core::ServiceInstance>) -> Self {
         Self { inner, metadata: PyOnceLock::new(), endpoints: PyOnceLock::new() }
     }
 }
@@ -78,10 +78,13 @@ fn repr(value: &Bound<'_, PyAny>) -> String {
 fn string_arg(name: &str, value: &Bound<'_, PyAny>) -> PyResult<String> {
     match value.cast::<PyString>() {
         Ok(text) => text.to_str().map(str::to_owned).map_err(|_| {
-            to_py_err(Error::InvalidInstance(format!(
-                "{name} must be valid Unicode text (got {}, which holds a lone surrogate)",
-                repr(value)
-            )))
+            to_py_err(Error::InvalidInstance(
+                format!(
+                    "{name} must be valid Unicode text (got {}, which holds a lone surrogate)",
+                    repr(value)
+                )
+                .into(),
+            ))
         }),
         Err(_) => Err(PyTypeError::new_err(format!(
             "{name} must be a str, not {} ({})",
@@ -92,7 +95,7 @@ fn string_arg(name: &str, value: &Bound<'_, PyAny>) -> PyResult<String> {
 }
 
 #[pymethods]
-impl PyServiceInstance {
+impl ServiceInstance {
     /// Build an instance. Nothing is validated here beyond types; `register()` checks
     /// the values (so values read from etcd, whatever they hold, can always be shown).
     ///
@@ -111,7 +114,7 @@ impl PyServiceInstance {
             Some(v) if !v.is_none() => string_arg("version", v)?,
             _ => String::new(),
         };
-        Ok(Self::wrap(Arc::new(ServiceInstance {
+        Ok(Self::wrap(Arc::new(core::ServiceInstance {
             id: string_arg("id", id)?,
             name: string_arg("name", name)?,
             version,
@@ -176,17 +179,17 @@ impl PyServiceInstance {
     #[classmethod]
     fn from_json(_cls: &Bound<'_, pyo3::types::PyType>, data: &Bound<'_, PyAny>) -> PyResult<Self> {
         let decoded = if let Ok(bytes) = data.cast::<PyBytes>() {
-            ServiceInstance::from_json(bytes.as_bytes())
+            core::ServiceInstance::from_json(bytes.as_bytes())
         } else if let Ok(text) = data.cast::<PyString>() {
             match text.to_str() {
-                Ok(text) => ServiceInstance::from_json(text.as_bytes()),
+                Ok(text) => core::ServiceInstance::from_json(text.as_bytes()),
                 Err(_) => Err(Error::InvalidInstance(
                     "invalid service instance JSON: the str holds a lone surrogate, which is not Unicode text"
                         .into(),
                 )),
             }
         } else if let Ok(bytes) = data.extract::<Vec<u8>>() {
-            ServiceInstance::from_json(&bytes)
+            core::ServiceInstance::from_json(&bytes)
         } else {
             return Err(PyTypeError::new_err(format!(
                 "from_json() takes bytes or str, not {}",
@@ -232,7 +235,7 @@ impl PyServiceInstance {
         metadata: Option<&Bound<'_, PyAny>>,
         endpoints: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
-        let mut inner = ServiceInstance::clone(&self.inner);
+        let mut inner = core::ServiceInstance::clone(&self.inner);
         if let Some(id) = id {
             inner.id = string_arg("id", id)?;
         }
@@ -265,7 +268,7 @@ impl PyServiceInstance {
 
     fn __richcmp__(&self, other: &Bound<'_, PyAny>, op: CompareOp) -> PyResult<Py<PyAny>> {
         let py = other.py();
-        let Ok(other) = other.cast::<PyServiceInstance>() else {
+        let Ok(other) = other.cast::<ServiceInstance>() else {
             return Ok(py.NotImplemented());
         };
         let result = op.matches(self.inner.as_ref().cmp(other.get().inner.as_ref()));

@@ -10,11 +10,11 @@ use genesis_registry_core::{Registry, RegistryConfig, ServiceCache};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 
-use crate::py::connector::{seconds, PyConnector};
+use crate::py::connector::{seconds, EtcdConnectorCore};
 use crate::py::errors::{closed_error, to_py_err, IntoPyResult};
-use crate::py::instance::PyServiceInstance;
+use crate::py::instance::ServiceInstance;
 use crate::py::runtime;
-use crate::py::watch::PyWatch;
+use crate::py::watch::WatchCore;
 
 type Views = HashMap<String, Arc<ServiceView>, foldhash::fast::RandomState>;
 
@@ -44,12 +44,12 @@ impl ServiceView {
             }
         }
         let previous = self.tuple.load_full();
-        let old: Vec<Bound<'_, PyServiceInstance>> = match previous.as_deref() {
+        let old: Vec<Bound<'_, ServiceInstance>> = match previous.as_deref() {
             Some(cached) => cached
                 .tuple
                 .bind(py)
                 .iter()
-                .filter_map(|item| item.cast_into::<PyServiceInstance>().ok())
+                .filter_map(|item| item.cast_into::<ServiceInstance>().ok())
                 .collect(),
             None => Vec::new(),
         };
@@ -63,7 +63,7 @@ impl ServiceView {
                 Some(o) if Arc::ptr_eq(&o.get().inner, instance) => {
                     items.push(old.next().expect("peeked").into_any());
                 }
-                _ => items.push(Bound::new(py, PyServiceInstance::wrap(Arc::clone(instance)))?.into_any()),
+                _ => items.push(Bound::new(py, ServiceInstance::wrap(Arc::clone(instance)))?.into_any()),
             }
         }
         let tuple = PyTuple::new(py, items)?.unbind();
@@ -75,8 +75,8 @@ impl ServiceView {
     }
 }
 
-#[pyclass(frozen, name = "RegistryCore", module = "genesis_registry._core")]
-pub struct PyRegistry {
+#[pyclass(frozen, module = "genesis_registry._core")]
+pub struct RegistryCore {
     core: Registry,
     /// Services read so far, by name. Copy-on-write: `get_service` never locks.
     views: ArcSwap<Views>,
@@ -101,7 +101,7 @@ fn optional_ttl(ttl: Option<f64>) -> PyResult<Option<Duration>> {
     }
 }
 
-impl PyRegistry {
+impl RegistryCore {
     fn check(&self) -> PyResult<&Registry> {
         runtime::ensure_same_process(self.created_in, "Registry")?;
         if self.core.is_closed() {
@@ -127,10 +127,10 @@ impl PyRegistry {
 }
 
 #[pymethods]
-impl PyRegistry {
+impl RegistryCore {
     #[new]
     fn new(
-        connector: &PyConnector,
+        connector: &EtcdConnectorCore,
         namespace: String,
         default_ttl: f64,
         retry_interval: f64,
@@ -169,8 +169,15 @@ impl PyRegistry {
         self.core.effective_ttl(optional_ttl(ttl)?).into_py_result().map(|d| d.as_secs_f64())
     }
 
+    /// The lease TTL in whole seconds a registration with `ttl` is granted (the effective
+    /// TTL rounded up); raises InvalidTTLError like `effective_ttl`.
+    #[pyo3(signature = (ttl=None))]
+    fn lease_seconds(&self, ttl: Option<f64>) -> PyResult<i64> {
+        self.core.lease_seconds(optional_ttl(ttl)?).into_py_result()
+    }
+
     #[pyo3(signature = (instance, ttl=None))]
-    fn register(&self, py: Python<'_>, instance: &PyServiceInstance, ttl: Option<f64>) -> PyResult<()> {
+    fn register(&self, py: Python<'_>, instance: &ServiceInstance, ttl: Option<f64>) -> PyResult<()> {
         let core = self.check()?.clone();
         let (instance, ttl) = (instance.inner.as_ref().clone(), optional_ttl(ttl)?);
         runtime::block_on(py, async move { core.register(instance, ttl).await })?.into_py_result()
@@ -180,7 +187,7 @@ impl PyRegistry {
     fn register_async<'py>(
         &self,
         py: Python<'py>,
-        instance: &PyServiceInstance,
+        instance: &ServiceInstance,
         ttl: Option<f64>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let core = self.check()?.clone();
@@ -192,7 +199,7 @@ impl PyRegistry {
     fn register_many(
         &self,
         py: Python<'_>,
-        instances: Vec<PyRef<'_, PyServiceInstance>>,
+        instances: Vec<PyRef<'_, ServiceInstance>>,
         ttl: Option<f64>,
     ) -> PyResult<()> {
         let core = self.check()?.clone();
@@ -205,7 +212,7 @@ impl PyRegistry {
     fn register_many_async<'py>(
         &self,
         py: Python<'py>,
-        instances: Vec<PyRef<'_, PyServiceInstance>>,
+        instances: Vec<PyRef<'_, ServiceInstance>>,
         ttl: Option<f64>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let core = self.check()?.clone();
@@ -300,11 +307,11 @@ impl PyRegistry {
     /// Events of service `name` (first a PUT per instance, sorted by id); blocks for the
     /// service's first read.
     #[pyo3(signature = (name, capacity=1024))]
-    fn watch(&self, py: Python<'_>, name: String, capacity: usize) -> PyResult<PyWatch> {
+    fn watch(&self, py: Python<'_>, name: String, capacity: usize) -> PyResult<WatchCore> {
         let core = self.check()?.clone();
         let subscriber =
             runtime::block_on(py, async move { core.watch(&name, capacity).await })?.into_py_result()?;
-        Ok(PyWatch { subscriber, created_in: self.created_in })
+        Ok(WatchCore { subscriber, created_in: self.created_in })
     }
 
     #[pyo3(signature = (name, capacity=1024))]
@@ -317,7 +324,7 @@ impl PyRegistry {
         let core = self.check()?.clone();
         let created_in = self.created_in;
         runtime::into_awaitable(py, async move {
-            core.watch(&name, capacity).await.map(|subscriber| PyWatch { subscriber, created_in })
+            core.watch(&name, capacity).await.map(|subscriber| WatchCore { subscriber, created_in })
         })
     }
 

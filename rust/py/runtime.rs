@@ -15,6 +15,8 @@ use pyo3_async_runtimes::TaskLocals;
 use tokio::runtime::{Handle, Runtime};
 use tokio::sync::OnceCell;
 
+use genesis_registry_core::sync::lock;
+
 use crate::py::errors::closed_error;
 
 static RUNTIME: Mutex<Option<Arc<Runtime>>> = Mutex::new(None);
@@ -33,7 +35,7 @@ fn worker_threads() -> usize {
 }
 
 pub fn handle() -> Handle {
-    let mut runtime = RUNTIME.lock().unwrap_or_else(|e| e.into_inner());
+    let mut runtime = lock(&RUNTIME);
     let runtime = runtime.get_or_insert_with(|| {
         Arc::new(
             tokio::runtime::Builder::new_multi_thread()
@@ -66,7 +68,7 @@ pub fn ensure_same_process(created_in: u64, what: &str) -> PyResult<()> {
 /// here, so dropping it would wait forever) and start afresh on next use.
 #[pyfunction]
 pub fn _reset_after_fork() {
-    let mut runtime = RUNTIME.lock().unwrap_or_else(|e| e.into_inner());
+    let mut runtime = lock(&RUNTIME);
     if let Some(old) = runtime.take() {
         std::mem::forget(old);
     }
@@ -77,7 +79,7 @@ pub fn _reset_after_fork() {
 /// Called at interpreter exit after every registry and connector was closed.
 #[pyfunction]
 pub fn _shutdown_runtime(py: Python<'_>, timeout: f64) {
-    let taken = RUNTIME.lock().unwrap_or_else(|e| e.into_inner()).take();
+    let taken = lock(&RUNTIME).take();
     if let Some(runtime) = taken {
         match Arc::try_unwrap(runtime) {
             Ok(runtime) => py.detach(|| runtime.shutdown_timeout(Duration::from_secs_f64(timeout.max(0.0)))),

@@ -3,28 +3,28 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use genesis_registry_core::{Event, Subscriber};
+use genesis_registry_core::{Event, Watch};
 use pyo3::exceptions::PyTimeoutError;
 use pyo3::prelude::*;
 
 use crate::py::connector::seconds;
-use crate::py::instance::PyServiceInstance;
+use crate::py::instance::ServiceInstance;
 use crate::py::runtime;
 
 /// (event type, instance) as handed to Python.
-pub(crate) type PyEvent = (&'static str, PyServiceInstance);
+pub(crate) type PyEvent = (&'static str, ServiceInstance);
 
 fn to_py_event(event: Event) -> PyEvent {
-    (event.kind.as_str(), PyServiceInstance::wrap(event.instance))
+    (event.kind.as_str(), ServiceInstance::wrap(event.instance))
 }
 
-#[pyclass(frozen, name = "WatchCore", module = "genesis_registry._core")]
-pub struct PyWatch {
-    pub(crate) subscriber: Arc<Subscriber>,
+#[pyclass(frozen, module = "genesis_registry._core")]
+pub struct WatchCore {
+    pub(crate) subscriber: Arc<Watch>,
     pub(crate) created_in: u64,
 }
 
-impl Drop for PyWatch {
+impl Drop for WatchCore {
     /// A watch dropped without `close()` (an `async for` left with `break`) stops
     /// receiving events, instead of queueing them forever.
     fn drop(&mut self) {
@@ -33,7 +33,7 @@ impl Drop for PyWatch {
 }
 
 #[pymethods]
-impl PyWatch {
+impl WatchCore {
     /// The next event, waiting up to `timeout` seconds (forever when None); None once
     /// the watch is closed. Raises TimeoutError when the time runs out.
     #[pyo3(signature = (timeout=None))]

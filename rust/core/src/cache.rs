@@ -2,7 +2,7 @@
 //!
 //! The watch hub is the single writer of each [`ServiceCache`]: it publishes a new
 //! immutable [`Snapshot`] per event batch (arc-swap), then hands the batch's events to
-//! every [`Subscriber`]. Readers load the current snapshot without locking.
+//! every [`Watch`]. Readers load the current snapshot without locking.
 //!
 //! A subscriber's queue is bounded. When it overflows the queue is dropped and the
 //! subscriber is marked lagged; its next read computes the difference between what it has
@@ -11,13 +11,14 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use tokio::sync::Notify;
 
 use crate::instance::ServiceInstance;
+use crate::sync::lock;
 
 /// Where in etcd's history a snapshot or event sits. `epoch` grows when etcd's data is
 /// found reset (revisions start over), so positions stay ordered across a wipe.
@@ -122,7 +123,7 @@ pub struct ServiceCache {
     ready_notify: Notify,
     /// Why the last read failed, for callers waiting on the first snapshot.
     last_error: Mutex<Option<crate::Error>>,
-    subscribers: Mutex<Vec<Arc<Subscriber>>>,
+    subscribers: Mutex<Vec<Arc<Watch>>>,
     /// When etcd last confirmed this view current (an event, a read, a progress
     /// notification): milliseconds since the Unix epoch.
     confirmed_at_ms: AtomicU64,
@@ -155,10 +156,6 @@ impl std::fmt::Debug for ServiceCache {
             .field("instances", &self.snapshot.load().instances.len())
             .finish()
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl ServiceCache {
@@ -271,14 +268,14 @@ impl ServiceCache {
 
     /// A new subscriber whose first reads are one PUT per instance present now, sorted by
     /// id, followed by every change published after that.
-    pub fn subscribe(self: &Arc<Self>, capacity: usize) -> Arc<Subscriber> {
+    pub fn subscribe(self: &Arc<Self>, capacity: usize) -> Arc<Watch> {
         // Holding the subscriber list while reading the snapshot orders this against
         // `publish`: its events are either already in the snapshot (and filtered out by
         // position) or pushed to this subscriber afterwards.
         let mut subscribers = lock(&self.subscribers);
         let snapshot = self.snapshot();
         let initial: VecDeque<Event> = snapshot.instances.iter().map(|i| Event::put(Arc::clone(i))).collect();
-        let subscriber = Arc::new(Subscriber {
+        let subscriber = Arc::new(Watch {
             cache: Arc::clone(self),
             state: Mutex::new(SubscriberState {
                 resync: initial,
@@ -323,14 +320,14 @@ struct SubscriberState {
 }
 
 /// One consumer's bounded queue of events for one service.
-pub struct Subscriber {
+pub struct Watch {
     cache: Arc<ServiceCache>,
     state: Mutex<SubscriberState>,
     notify: Notify,
     closed: AtomicBool,
 }
 
-impl Subscriber {
+impl Watch {
     pub fn cache(&self) -> &Arc<ServiceCache> {
         &self.cache
     }

@@ -17,7 +17,7 @@
 //! the same time.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use etcd_client::{GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse};
@@ -26,10 +26,11 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
-use crate::connector::{classify, EtcdAccess};
 use crate::error::{Error, Result};
+use crate::etcd::{classify, EtcdAccess};
 use crate::log_sink::Level;
 use crate::stats::RegistryStats;
+use crate::sync::lock;
 
 /// Operations per transaction when writing or checking many keys (etcd's default
 /// `--max-txn-ops` is 128).
@@ -63,13 +64,9 @@ impl LeaseContext {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 /// The TTL as etcd takes it: whole seconds, rounded up so an instance never expires
 /// sooner than asked.
-fn grant_seconds(ttl: Duration) -> i64 {
+pub(crate) fn grant_seconds(ttl: Duration) -> i64 {
     (ttl.as_secs_f64().ceil() as i64).max(1)
 }
 

@@ -1,10 +1,15 @@
 //! The core of genesis-registry: everything that talks to etcd, with no Python in it.
 //!
-//! - [`connector::Connector`] owns the etcd client (endpoints, auth, TLS, retries).
+//! - [`connector::EtcdConnector`] owns the etcd client (endpoints, auth, TLS) and the
+//!   watch hub; every call goes through `etcd` (retries, error classification, the
+//!   paged range read), which knows neither of them.
 //! - [`registry::Registry`] registers instances on shared leases ([`lease`]) and serves
 //!   discovery from per-service snapshots ([`cache`]) that the connector's watch hub
-//!   ([`watch`]) keeps current.
+//!   ([`watch`]: an I/O loop over a state machine) keeps current.
 //! - [`instance::ServiceInstance`] is the stored value, encoded as Go's `json.Marshal` does.
+//!
+//! Dependencies run one way: registry → connector → watch → cache → instance → error,
+//! and connector, watch, lease and registry → etcd → error.
 //!
 //! Background work (keep-alive, watches) runs on the caller's tokio runtime and reports
 //! through [`log_sink::LogSink`] and [`stats`] counters, which the bindings read; nothing
@@ -14,15 +19,17 @@ pub mod backoff;
 pub mod cache;
 pub mod connector;
 pub mod error;
+mod etcd;
 pub mod instance;
 pub mod lease;
 pub mod log_sink;
 pub mod registry;
 pub mod stats;
+pub mod sync;
 pub mod watch;
 
-pub use cache::{CacheStats, Event, EventKind, ServiceCache, Snapshot, Subscriber};
-pub use connector::{Connector, ConnectorConfig, TlsConfig};
+pub use cache::{CacheStats, Event, EventKind, ServiceCache, Snapshot, Watch};
+pub use connector::{EtcdConfig, EtcdConnector, TlsConfig};
 pub use error::{Error, Result};
 pub use instance::{endpoint_target, ServiceInstance};
 pub use log_sink::{Level, LogRecord, LogSink};

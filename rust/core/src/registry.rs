@@ -1,23 +1,25 @@
 //! The registry: registration on shared leases, discovery from the watch hub's caches.
 //!
-//! A registry borrows a connected [`Connector`] and never closes it. Several registries
+//! A registry borrows a connected [`EtcdConnector`] and never closes it. Several registries
 //! may share one connector (and so one watch stream and one cache per service).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
 
-use crate::cache::{ServiceCache, Subscriber};
-use crate::connector::{Connector, EtcdAccess};
-use crate::error::{Error, Result};
+use crate::cache::{ServiceCache, Watch};
+use crate::connector::EtcdConnector;
+use crate::error::{Error, Result, Status};
+use crate::etcd::{read_range, EtcdAccess};
 use crate::instance::{validate_segment, ServiceInstance};
-use crate::lease::{LeaseContext, LeasePool};
+use crate::lease::{grant_seconds, LeaseContext, LeasePool};
 use crate::log_sink::Level;
 use crate::stats::RegistryStats;
+use crate::sync::lock;
 
 /// etcd refuses requests above 1.5 MiB (`--max-request-bytes`); leave room for the
 /// request's own framing.
@@ -110,7 +112,7 @@ struct Registration {
 
 struct Inner {
     id: u64,
-    connector: Connector,
+    connector: EtcdConnector,
     access: Arc<EtcdAccess>,
     namespace: String,
     config: RegistryConfig,
@@ -118,14 +120,10 @@ struct Inner {
     leases: LeasePool,
     /// Services this registry holds interest in, by name.
     services: Mutex<HashMap<String, Arc<ServiceCache>>>,
-    subscribers: Mutex<Vec<Weak<Subscriber>>>,
+    subscribers: Mutex<Vec<Weak<Watch>>>,
     stats: Arc<RegistryStats>,
     closed: CancellationToken,
     close_done: OnceCell<()>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The result of a spawned operation.
@@ -133,7 +131,7 @@ async fn join<T>(task: tokio::task::JoinHandle<Result<T>>) -> Result<T> {
     match task.await {
         Ok(result) => result,
         Err(e) if e.is_cancelled() => Err(Error::Closed("runtime".into())),
-        Err(e) => Err(Error::Etcd(format!("internal error: {e}"))),
+        Err(e) => Err(Error::Etcd(format!("internal error: {e}").into())),
     }
 }
 
@@ -170,7 +168,7 @@ impl std::fmt::Debug for Registry {
 
 impl Registry {
     /// A registry over a connected connector.
-    pub fn new(connector: &Connector, config: RegistryConfig) -> Result<Self> {
+    pub fn new(connector: &EtcdConnector, config: RegistryConfig) -> Result<Self> {
         let namespace = config.validated_namespace()?;
         let access = connector.access()?;
         let id = NEXT_REGISTRY_ID.fetch_add(1, Ordering::Relaxed);
@@ -214,7 +212,7 @@ impl Registry {
         &self.inner.config
     }
 
-    pub fn connector(&self) -> &Connector {
+    pub fn connector(&self) -> &EtcdConnector {
         &self.inner.connector
     }
 
@@ -273,6 +271,12 @@ impl Registry {
         Ok(ttl)
     }
 
+    /// The lease TTL in whole seconds a registration with `ttl` is granted: the
+    /// effective TTL rounded up, as the lease pool asks etcd for it.
+    pub fn lease_seconds(&self, ttl: Option<Duration>) -> Result<i64> {
+        self.effective_ttl(ttl).map(grant_seconds)
+    }
+
     /// Registers `instance` under `<namespace>/<name>/<id>` and keeps it alive until
     /// [`Registry::deregister`] or [`Registry::close`], re-registering it if its lease is lost.
     ///
@@ -293,10 +297,9 @@ impl Registry {
         for instance in &instances {
             instance.validate()?;
             if !ids.insert(instance.id.as_str()) {
-                return Err(Error::InvalidInstance(format!(
-                    "service instance {:?} appears twice in one registration",
-                    instance.id
-                )));
+                return Err(Error::InvalidInstance(
+                    format!("service instance {:?} appears twice in one registration", instance.id).into(),
+                ));
             }
             let key = self.key_of(&instance.name, &instance.id);
             let value = instance.to_json();
@@ -305,7 +308,7 @@ impl Registry {
                     "service instance {:?} encodes to {} bytes; etcd accepts at most {MAX_VALUE_BYTES} per value",
                     instance.id,
                     key.len() + value.len()
-                )));
+                ).into()));
             }
             entries.push((key, value));
         }
@@ -346,13 +349,17 @@ impl Registry {
             let lease_id = attached.map_err(|e| match (e, instances.as_slice()) {
                 // etcd's "permission denied" names no key; a role is a key prefix, so the
                 // key is what tells the user which permission is missing.
-                (Error::Authentication(m), [one]) => {
-                    Error::Authentication(format!("cannot register {}: {m}", this.key_of(&one.name, &one.id)))
-                }
-                (Error::Authentication(m), [first, ..]) => Error::Authentication(format!(
-                    "cannot register {} instances (the first at {}): {m}",
-                    instances.len(),
-                    this.key_of(&first.name, &first.id)
+                (Error::Authentication(m), [one]) => Error::Authentication(Status::new(
+                    format!("cannot register {}: {m}", this.key_of(&one.name, &one.id)),
+                    m.code,
+                )),
+                (Error::Authentication(m), [first, ..]) => Error::Authentication(Status::new(
+                    format!(
+                        "cannot register {} instances (the first at {}): {m}",
+                        instances.len(),
+                        this.key_of(&first.name, &first.id)
+                    ),
+                    m.code,
                 )),
                 (other, _) => other,
             })?;
@@ -453,9 +460,9 @@ impl Registry {
         let ready = self.unless_closed(async {
             tokio::time::timeout(timeout, cache.wait_ready()).await.unwrap_or_else(|_| {
                 let cause = cache.last_error().map(|e| format!(": {e}")).unwrap_or_default();
-                Err(Error::Unavailable(format!(
-                    "could not read service {name:?} from etcd within {timeout:?}{cause}"
-                )))
+                Err(Error::Unavailable(
+                    format!("could not read service {name:?} from etcd within {timeout:?}{cause}").into(),
+                ))
             })
         });
         ready.await?;
@@ -467,44 +474,16 @@ impl Registry {
     pub async fn list_services(&self) -> Result<Vec<(String, u64)>> {
         self.check_open()?;
         let prefix = format!("{}/", self.inner.namespace);
-        let end = {
-            let mut end = prefix.clone().into_bytes();
-            *end.last_mut().expect("non-empty") += 1;
-            end
-        };
         let mut counts: std::collections::BTreeMap<String, u64> = std::collections::BTreeMap::new();
-        let mut from = prefix.clone().into_bytes();
-        let mut revision = 0;
-        loop {
-            let mut options =
-                etcd_client::GetOptions::new().with_range(end.clone()).with_keys_only().with_limit(1000);
-            if revision > 0 {
-                options = options.with_revision(revision);
+        let read = read_range(&self.inner.access, "list services", prefix.as_bytes(), true, |kv| {
+            let Ok(key) = std::str::from_utf8(kv.key()) else { return };
+            let Some((name, id)) = key[prefix.len()..].split_once('/') else { return };
+            if !name.is_empty() && !id.is_empty() && !id.contains('/') {
+                *counts.entry(name.to_string()).or_insert(0) += 1;
             }
-            let response = self
-                .unless_closed(self.inner.access.call("list services", |mut c| {
-                    let (from, options) = (from.clone(), options.clone());
-                    async move { c.get(from, Some(options)).await }
-                }))
-                .await?;
-            if revision == 0 {
-                revision = response.header().map_or(0, |h| h.revision());
-            }
-            for kv in response.kvs() {
-                let Ok(key) = std::str::from_utf8(kv.key()) else { continue };
-                let Some((name, id)) = key[prefix.len()..].split_once('/') else { continue };
-                if !name.is_empty() && !id.is_empty() && !id.contains('/') {
-                    *counts.entry(name.to_string()).or_insert(0) += 1;
-                }
-            }
-            match (response.more(), response.kvs().last()) {
-                (true, Some(last)) => {
-                    from = last.key().to_vec();
-                    from.push(0);
-                }
-                _ => return Ok(counts.into_iter().collect()),
-            }
-        }
+        });
+        self.unless_closed(read).await?;
+        Ok(counts.into_iter().collect())
     }
 
     /// Deletes the key of any instance of service `name`, registered here or not (an
@@ -544,7 +523,7 @@ impl Registry {
     /// Events of service `name`: first a PUT per current instance (sorted by id), then
     /// changes. `capacity` bounds the queue; a subscriber that falls further behind is
     /// resynced from the snapshot.
-    pub async fn watch(&self, name: &str, capacity: usize) -> Result<Arc<Subscriber>> {
+    pub async fn watch(&self, name: &str, capacity: usize) -> Result<Arc<Watch>> {
         let cache = self.service(name).await?;
         let subscriber = cache.subscribe(capacity);
         let mut subscribers = lock(&self.inner.subscribers);

@@ -11,7 +11,7 @@ import genesis_registry as gr
 import grpc
 import pytest
 from genesis_registry import _core, errors
-from genesis_registry.testing import EtcdServer
+from genesis_registry.localetcd import EtcdServer
 
 ROOT = "root:r00t-Passw0rd"
 

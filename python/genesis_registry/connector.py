@@ -50,7 +50,7 @@ class EtcdConnector:
         return self._config
 
     @property
-    def core(self) -> _core.ConnectorCore:
+    def core(self) -> _core.EtcdConnectorCore:
         """The connection itself, in the extension: what a registry's core is built on."""
         return self._core
 

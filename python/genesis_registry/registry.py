@@ -154,8 +154,7 @@ class _RegistryBase:
         >>> reg.lease_seconds(2.5)  # doctest: +SKIP
         3
         """
-        # Until the core's lease_seconds is in this build's stub (see the change's notes).
-        return self._core.lease_seconds(self._ttl(ttl))  # type: ignore[attr-defined,no-any-return]
+        return self._core.lease_seconds(self._ttl(ttl))
 
     def _removed(self, service: str, instance_id: str, deleted: bool) -> None:
         """What ``deregister(instance_id, service=service)`` makes of the core's answer."""

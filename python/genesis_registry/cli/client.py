@@ -8,7 +8,6 @@ import argparse
 import contextlib
 import datetime
 import getpass
-import math
 import os
 import sys
 import time
@@ -16,7 +15,7 @@ from collections.abc import Iterator
 
 from ..config import Config, EtcdConfig, TLSConfig
 from ..connector import EtcdConnector
-from ..errors import InvalidTTLError, RegistryError
+from ..errors import RegistryError, ServiceNotFoundError
 from ..model import EventType, ServiceEvent, ServiceInstance
 from ..registry import Registry
 from .exits import EXIT_OK, EXIT_USAGE, CliError
@@ -187,14 +186,11 @@ def cmd_register(args: argparse.Namespace, out: Output) -> int:
         metadata=dict(args.meta),
     )
     instance.validate()  # before connecting: a bad instance is a usage error
-    ttl = args.ttl if args.ttl is not None else Config().default_ttl
-    if ttl < 1:
-        raise InvalidTTLError(f"ttl must be at least 1 second (got {ttl:g})")
     with _registry(args, out) as reg:
         key = reg.key_of(instance.name, instance.id)
-        granted = math.ceil(ttl)  # etcd leases are whole seconds, rounded up
+        granted = reg.lease_seconds(args.ttl)
         try:
-            reg.register(instance, ttl=ttl)
+            reg.register(instance, ttl=args.ttl)
             if out.json:
                 out.doc({"status": "registered", "key": key, "ttl": granted, "instance": instance_doc(instance)})
             else:
@@ -228,8 +224,12 @@ def cmd_deregister(args: argparse.Namespace, out: Output) -> int:
     """
     with _registry(args, out) as reg:
         key = reg.key_of(args.name, args.id)
-        if not reg.remove(args.name, args.id):
-            raise CliError(f"no instance {args.id} of service {args.name} under {reg.namespace} (no key {key})")
+        try:
+            reg.deregister(args.id, service=args.name)
+        except ServiceNotFoundError:
+            raise CliError(
+                f"no instance {args.id} of service {args.name} under {reg.namespace} (no key {key})"
+            ) from None
         if out.json:
             out.doc({"removed": True, "namespace": reg.namespace, "service": args.name, "id": args.id, "key": key})
         else:

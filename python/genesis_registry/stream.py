@@ -11,13 +11,17 @@ ends with another error, is opened again on the same endpoint. Each failure call
 ``on_error``; re-opening uses exponential backoff and jitter and goes on for as long as the
 instance is registered. ``streams()`` is a snapshot; ``stop()`` ends everything.
 
-    >>> manager = gr.StreamManager(reg, gr.StreamManagerConfig(
-    ...     service_name="stream-service",
-    ...     factory=lambda channel, instance: pb.TestServiceStub(channel).StreamCall(requests())))  # doctest: +SKIP
-    >>> manager.start()              # doctest: +SKIP
-    >>> manager.streams()            # doctest: +SKIP
-    {'stream-1': <_MultiThreadedRendezvous ...>}
-    >>> manager.stop()               # doctest: +SKIP
+    >>> import queue
+    >>> opened = queue.Queue()
+    >>> def open_stream(channel, instance):
+    ...     opened.put(instance.id)
+    ...     return pb.TestServiceStub(channel).StreamCall(requests())
+    >>> reg.register(instance)
+    >>> manager = gr.StreamManager(reg, gr.StreamManagerConfig(service_name="user-service", factory=open_stream))
+    >>> manager.start()
+    >>> opened.get(timeout=10)
+    'user-1'
+    >>> manager.stop()
 
 The factory must return a gRPC call object (what a stub's streaming method returns).
 The manager learns that a stream ended through its ``add_done_callback`` (gRPC reports

@@ -49,6 +49,7 @@ def etcd_config(args: argparse.Namespace) -> EtcdConfig:
 
     Example::
 
+        >>> from genesis_registry.cli.parser import build_parser, settle
         >>> parser = build_parser()
         >>> args = parser.parse_args(["list", "--endpoints", "10.0.0.1:2379,10.0.0.2:2379"])
         >>> settle(parser, args)

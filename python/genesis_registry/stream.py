@@ -65,6 +65,14 @@ class StreamManagerConfig:
     ``on_remove(instance)`` and ``on_error(instance, error)`` are optional callbacks.
     A stream is re-opened ``retry_initial`` seconds after it ends, doubling on each
     failure in a row up to ``retry_max`` (with ±20 % jitter).
+
+    >>> config = StreamManagerConfig("user-service", lambda channel, instance: None)
+    >>> config.retry_initial, config.retry_max
+    (0.5, 30.0)
+    >>> StreamManagerConfig("user-service", lambda channel, instance: None, retry_initial=60)
+    Traceback (most recent call last):
+    ...
+    genesis_registry.errors.InvalidConfigError: need 0 < retry_initial <= retry_max (got 60, 30.0)
     """
 
     service_name: str
@@ -334,7 +342,16 @@ def _failure(stream: Any) -> BaseException | None:
 
 
 class StreamManager:
-    """One stream per live instance of a service (threads; see the module docs)."""
+    """One stream per live instance of a service (threads; see the module docs).
+
+    >>> added = queue.Queue()
+    >>> reg.register(instance)
+    >>> with StreamManager(reg, StreamManagerConfig(
+    ...         "user-service", lambda channel, instance: pb.TestServiceStub(channel).StreamCall(requests()),
+    ...         on_add=lambda instance: added.put(instance.id))):
+    ...     added.get(timeout=10)
+    'user-1'
+    """
 
     def __init__(self, registry: Followable, config: StreamManagerConfig) -> None:
         self._registry = registry
@@ -448,7 +465,17 @@ class StreamManager:
 
 
 class AsyncStreamManager:
-    """:class:`StreamManager` for asyncio: one task, ``await start()``, ``await stop()``."""
+    """:class:`StreamManager` for asyncio: one task, ``await start()``, ``await stop()``.
+
+    >>> opened = asyncio.Queue()
+    >>> def open_stream(channel, instance):  # channel: a grpc.aio.Channel
+    ...     opened.put_nowait(instance.id)
+    ...     return pb.TestServiceStub(channel).StreamCall(requests())
+    >>> await areg.register(instance)
+    >>> async with AsyncStreamManager(areg, StreamManagerConfig("user-service", open_stream)):
+    ...     await asyncio.wait_for(opened.get(), 10)
+    'user-1'
+    """
 
     def __init__(self, registry: AsyncFollowable, config: StreamManagerConfig) -> None:
         self._registry = registry

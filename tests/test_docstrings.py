@@ -16,6 +16,9 @@ them), on the suite's real etcd:
   ``pb.UserServiceStub(channel).GetUser(pb.GetUserRequest(id="123"))`` returns
   ``b"user-1|123"``; ``pb.TestServiceStub(channel).StreamCall(requests())`` echoes each
   request. ``request`` is ``pb.GetUserRequest(id="123")``, ``requests()`` yields ``b"hello"``.
+* ``server``: a started local ``EtcdServer`` of this docstring's own, which its examples may
+  crash, wipe or stop; ``cluster``: a started 3-member ``EtcdCluster``, the same. (Skipped
+  where no etcd binary is found.)
 
 An example may ``await`` (and use ``async for`` / ``async with``) at top level: each docstring
 gets an event loop of its own, which ``areg`` belongs to. What an example leaves open
@@ -45,6 +48,7 @@ from unittest import mock
 
 import genesis_registry as gr
 import pytest
+from genesis_registry.localetcd import EtcdCluster, EtcdNotFoundError, EtcdServer
 from support.echo import EchoServer, instance_for
 
 #: (module, name in it) of each docstring whose examples may still carry ``+SKIP``; an empty
@@ -130,7 +134,20 @@ PB = types.SimpleNamespace(
 class Objects:
     """The live objects a docstring's examples name, built on demand and closed after it."""
 
-    NAMES = ("etcd_endpoint", "etcd_endpoints", "conn", "reg", "areg", "echo", "instance", "pb", "request", "requests")
+    NAMES = (
+        "etcd_endpoint",
+        "etcd_endpoints",
+        "conn",
+        "reg",
+        "areg",
+        "echo",
+        "instance",
+        "pb",
+        "request",
+        "requests",
+        "server",
+        "cluster",
+    )
 
     def __init__(self, request: pytest.FixtureRequest, loop: asyncio.AbstractEventLoop) -> None:
         self._request = request
@@ -190,6 +207,22 @@ class Objects:
 
     def _make_requests(self) -> Callable[[], Iterator[bytes]]:
         return requests
+
+    def _make_server(self) -> EtcdServer:
+        try:
+            server = EtcdServer()
+        except EtcdNotFoundError as exc:
+            pytest.skip(str(exc))
+        self._cleanups.append(server.close)
+        return server.start()
+
+    def _make_cluster(self) -> EtcdCluster:
+        try:
+            cluster = EtcdCluster(3)
+        except EtcdNotFoundError as exc:
+            pytest.skip(str(exc))
+        self._cleanups.append(cluster.close)
+        return cluster.start()
 
 
 def names_used(test: doctest.DocTest) -> set[str]:

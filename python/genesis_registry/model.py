@@ -36,7 +36,12 @@ class EventType(str, enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class ServiceEvent:
-    """A change to a service. A DELETE carries an instance with only ``id`` and ``name``."""
+    """A change to a service. A DELETE carries an instance with only ``id`` and ``name``.
+
+    >>> event = ServiceEvent(EventType.DELETE, ServiceInstance(id="user-1", name="user-service"))
+    >>> event.type, event.service.id, event.service.endpoints
+    (<EventType.DELETE: 'DELETE'>, 'user-1', ())
+    """
 
     type: EventType
     service: ServiceInstance

@@ -7,12 +7,13 @@ followers live in :mod:`genesis_registry.follow`; they are named here too, for c
 imported them from this module.
 
     >>> import genesis_registry as gr
-    >>> conn = gr.EtcdConnector(gr.EtcdConfig(endpoints=[etcd_endpoint])); conn.connect()  # doctest: +SKIP
-    >>> reg = gr.Registry(conn, gr.Config(default_ttl=30))  # doctest: +SKIP
+    >>> conn = gr.EtcdConnector(gr.EtcdConfig(endpoints=[etcd_endpoint])); conn.connect()
+    >>> reg = gr.Registry(conn, gr.Config(namespace="/example/services", default_ttl=30))
     >>> reg.register(gr.ServiceInstance(id="user-1", name="user-service",
-    ...                                 endpoints=["grpc://127.0.0.1:9001"]))  # doctest: +SKIP
-    >>> [i.id for i in reg.get_service("user-service")]  # doctest: +SKIP
+    ...                                 endpoints=["grpc://127.0.0.1:9001"]))
+    >>> [i.id for i in reg.get_service("user-service")]
     ['user-1']
+    >>> reg.close(); conn.close()
 """
 
 from __future__ import annotations
@@ -112,8 +113,11 @@ class _RegistryBase:
         the latest event, and the slowest one, waited between arriving and being read by a
         watch).
 
-        >>> reg.service_stats()["user-service"]["instances"]  # doctest: +SKIP
-        3
+        >>> reg.register(instance)
+        >>> len(reg.get_service("user-service"))  # the first lookup starts watching it
+        1
+        >>> reg.service_stats()["user-service"]["instances"]
+        1
         """
         return {
             name: {"instances": n, "age_s": age, "event_lag_us": lag, "event_lag_max_us": lag_max}
@@ -123,7 +127,8 @@ class _RegistryBase:
     def stats(self) -> dict[str, int]:
         """Counters and gauges as a plain dict (registrations, lease_failures, watch_events...).
 
-        >>> reg.stats()["registrations"]  # doctest: +SKIP
+        >>> reg.register(instance)
+        >>> reg.stats()["registrations"]
         1
         """
         return self._core.stats()
@@ -188,6 +193,12 @@ class Registry(_RegistryBase):
     ``get_service`` is the core's own method, set on each registry (no Python frame in a
     lookup): to replace it in a test, patch the registry (``mock.patch.object(reg,
     "get_service")``), not the class.
+
+    >>> reg.register(gr.ServiceInstance(id="user-2", name="user-service",
+    ...                                 endpoints=["grpc://10.0.0.2:9000"]), ttl=10)
+    >>> with gr.Registry(conn, reg.config) as elsewhere:  # another process, say
+    ...     [i.id for i in elsewhere.get_service("user-service")]
+    ['user-2']
     """
 
     def _bind_fast_paths(self) -> None:
@@ -204,14 +215,16 @@ class Registry(_RegistryBase):
         ``ttl`` (seconds or timedelta, at least 1 s) defaults to ``config.default_ttl``.
 
         >>> reg.register(gr.ServiceInstance(id="user-1", name="user-service",
-        ...              endpoints=["grpc://127.0.0.1:9001"]), ttl=30)  # doctest: +SKIP
+        ...              endpoints=["grpc://127.0.0.1:9001"]), ttl=30)
         """
         self._core.register(self._instance(instance), self._ttl(ttl))
 
     def list_services(self) -> dict[str, int]:
         """Every service in the namespace with its number of instances, sorted by name.
 
-        >>> reg.list_services()  # doctest: +SKIP
+        >>> reg.register_many(gr.ServiceInstance(id=f"{name}-{i}", name=name, endpoints=[f"grpc://10.0.0.{i}:9000"])
+        ...                   for name, count in [("user-service", 3), ("order-service", 2)] for i in range(count))
+        >>> reg.list_services()
         {'order-service': 2, 'user-service': 3}
         """
         return dict(self._core.list_services())
@@ -222,7 +235,9 @@ class Registry(_RegistryBase):
         registered. Much faster than a ``register()`` per instance.
 
         >>> reg.register_many([gr.ServiceInstance(id=f"w-{i}", name="worker",
-        ...                    endpoints=[f"grpc://10.0.0.{i}:9000"]) for i in range(100)])  # doctest: +SKIP
+        ...                    endpoints=[f"grpc://10.0.0.{i}:9000"]) for i in range(100)])
+        >>> len(reg.get_service("worker"))
+        100
         """
         self._core.register_many(self._instances(instances), self._ttl(ttl))
 
@@ -238,8 +253,18 @@ class Registry(_RegistryBase):
         writes its key back within its TTL). An instance this registry registered is
         deregistered. Raises :class:`ServiceNotFoundError` if etcd held no such key.
 
-        >>> reg.deregister("user-1")  # doctest: +SKIP
-        >>> reg.deregister("stale-1", service="user-service")  # doctest: +SKIP
+        >>> reg.register(instance)
+        >>> reg.deregister("user-1")
+        >>> with gr.Registry(conn, reg.config) as elsewhere:
+        ...     elsewhere.register(gr.ServiceInstance(id="stale-1", name="user-service",
+        ...                                           endpoints=["grpc://10.0.0.9:9000"]))
+        ...     reg.deregister("stale-1", service="user-service")
+        >>> reg.get_service("user-service")
+        ()
+        >>> reg.deregister("stale-1", service="user-service")
+        Traceback (most recent call last):
+        ...
+        genesis_registry.errors.ServiceNotFoundError: ...
         """
         if service is None:
             self._core.deregister(instance_id)
@@ -251,8 +276,13 @@ class Registry(_RegistryBase):
         etcd held no such key (True when a key was deleted). Kept for code written before
         ``deregister`` took ``service``.
 
-        >>> reg.remove("user-service", "stale-1")  # doctest: +SKIP
+        >>> with gr.Registry(conn, reg.config) as elsewhere:
+        ...     elsewhere.register(gr.ServiceInstance(id="stale-1", name="user-service",
+        ...                                           endpoints=["grpc://10.0.0.9:9000"]))
+        ...     reg.remove("user-service", "stale-1")
         True
+        >>> reg.remove("user-service", "stale-1")
+        False
         """
         return self._core.remove(name, instance_id)
 
@@ -263,7 +293,8 @@ class Registry(_RegistryBase):
         calls answer from memory in constant time. While etcd is unreachable the last
         known instances are returned.
 
-        >>> [i.id for i in reg.get_service("user-service")]  # doctest: +SKIP
+        >>> reg.register(instance)
+        >>> [i.id for i in reg.get_service("user-service")]
         ['user-1']
         """
         return self._core.get_service(name)
@@ -272,9 +303,12 @@ class Registry(_RegistryBase):
         """Events of service ``name``: first a PUT per instance (sorted by id), then
         every change. Iterate it; close it (or the registry) to stop.
 
-        >>> with reg.watch("user-service") as events:  # doctest: +SKIP
+        >>> reg.register(instance)
+        >>> with reg.watch("user-service") as events:
         ...     for event in events:
         ...         print(event.type, event.service.id)
+        ...         break
+        PUT user-1
         """
         return Watch(self._core.watch(name, self._buffer(buffer)), name)
 
@@ -289,8 +323,11 @@ class Registry(_RegistryBase):
         (insecure when ``credentials`` is None). Stubs built on it once stay balanced as
         instances come and go. Close it when done.
 
-        >>> channel = reg.get_connection("user-service")  # doctest: +SKIP
-        >>> reply = pb.UserServiceStub(channel).GetUser(pb.GetUserRequest(id="123"))  # doctest: +SKIP
+        >>> reg.register(instance)
+        >>> channel = reg.get_connection("user-service")
+        >>> pb.UserServiceStub(channel).GetUser(pb.GetUserRequest(id="123"))
+        b'user-1|123'
+        >>> channel.close()
         """
         return BalancedChannel(self, name, credentials=credentials, options=options, policy=policy)
 
@@ -311,10 +348,13 @@ class Registry(_RegistryBase):
 class AsyncRegistry(_RegistryBase):
     """:class:`Registry` for asyncio: the same methods, as coroutines.
 
-    >>> async with gr.AsyncRegistry(conn) as reg:  # doctest: +SKIP
-    ...     await reg.register(instance)
-    ...     async for event in reg.watch("user-service"):
-    ...         print(event)
+    >>> async with gr.AsyncRegistry(conn, reg.config) as areg:
+    ...     await areg.register(instance)
+    ...     async with areg.watch("user-service") as events:
+    ...         async for event in events:
+    ...             print(event.type, event.service.id)
+    ...             break
+    PUT user-1
     """
 
     async def register(self, instance: ServiceInstance, ttl: Seconds | None = None) -> None:
@@ -351,8 +391,12 @@ class AsyncRegistry(_RegistryBase):
     def watch(self, name: str, *, buffer: int = DEFAULT_WATCH_BUFFER) -> AsyncWatch:
         """Events of service ``name`` as an async iterator (see :meth:`Registry.watch`).
 
-        >>> async for event in reg.watch("user-service"):  # doctest: +SKIP
-        ...     print(event.type, event.service.id)
+        >>> await areg.register(instance)
+        >>> async with areg.watch("user-service") as events:
+        ...     async for event in events:
+        ...         print(event.type, event.service.id)
+        ...         break
+        PUT user-1
         """
         return AsyncWatch(self._core, name, self._buffer(buffer))
 
@@ -367,7 +411,11 @@ class AsyncRegistry(_RegistryBase):
         """A ``grpc.aio.Channel`` balanced per call over the live instances of service
         ``name``; ``interceptors`` are aio client interceptors (see :meth:`Registry.get_connection`).
 
-        >>> channel = await reg.get_connection("user-service")  # doctest: +SKIP
+        >>> await areg.register(instance)
+        >>> channel = await areg.get_connection("user-service")
+        >>> await pb.UserServiceStub(channel).GetUser(request)
+        b'user-1|123'
+        >>> await channel.close()
         """
         channel = AsyncBalancedChannel(
             self, name, credentials=credentials, options=options, policy=policy, interceptors=interceptors
@@ -389,7 +437,16 @@ class AsyncRegistry(_RegistryBase):
 
 class Watch:
     """A blocking iterator of :class:`ServiceEvent`. Ends when closed (here, by the
-    registry, or from another thread)."""
+    registry, or from another thread).
+
+    >>> reg.register(instance)
+    >>> watch = reg.watch("user-service")
+    >>> next(watch)
+    ServiceEvent(type=<EventType.PUT: 'PUT'>, service=...)
+    >>> watch.close()
+    >>> list(watch)
+    []
+    """
 
     def __init__(self, core: _core.WatchCore, name: str) -> None:
         self._core = core
@@ -443,7 +500,16 @@ class Watch:
 
 
 class AsyncWatch:
-    """An async iterator of :class:`ServiceEvent`; subscribes on first use."""
+    """An async iterator of :class:`ServiceEvent`; subscribes on first use.
+
+    >>> events = areg.watch("user-service")
+    >>> await areg.register(instance)
+    >>> async for event in events:  # subscribes now: the instance is already there
+    ...     print(event.type, event.service.id)
+    ...     break
+    PUT user-1
+    >>> events.close()
+    """
 
     def __init__(self, registry: _core.RegistryCore, name: str, buffer: int) -> None:
         self._registry = registry

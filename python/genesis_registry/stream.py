@@ -11,13 +11,17 @@ ends with another error, is opened again on the same endpoint. Each failure call
 ``on_error``; re-opening uses exponential backoff and jitter and goes on for as long as the
 instance is registered. ``streams()`` is a snapshot; ``stop()`` ends everything.
 
-    >>> manager = gr.StreamManager(reg, gr.StreamManagerConfig(
-    ...     service_name="stream-service",
-    ...     factory=lambda channel, instance: pb.TestServiceStub(channel).StreamCall(requests())))  # doctest: +SKIP
-    >>> manager.start()              # doctest: +SKIP
-    >>> manager.streams()            # doctest: +SKIP
-    {'stream-1': <_MultiThreadedRendezvous ...>}
-    >>> manager.stop()               # doctest: +SKIP
+    >>> import queue
+    >>> opened = queue.Queue()
+    >>> def open_stream(channel, instance):
+    ...     opened.put(instance.id)
+    ...     return pb.TestServiceStub(channel).StreamCall(requests())
+    >>> reg.register(instance)
+    >>> manager = gr.StreamManager(reg, gr.StreamManagerConfig(service_name="user-service", factory=open_stream))
+    >>> manager.start()
+    >>> opened.get(timeout=10)
+    'user-1'
+    >>> manager.stop()
 
 The factory must return a gRPC call object (what a stub's streaming method returns).
 The manager learns that a stream ended through its ``add_done_callback`` (gRPC reports
@@ -61,6 +65,14 @@ class StreamManagerConfig:
     ``on_remove(instance)`` and ``on_error(instance, error)`` are optional callbacks.
     A stream is re-opened ``retry_initial`` seconds after it ends, doubling on each
     failure in a row up to ``retry_max`` (with ±20 % jitter).
+
+    >>> config = StreamManagerConfig("user-service", lambda channel, instance: None)
+    >>> config.retry_initial, config.retry_max
+    (0.5, 30.0)
+    >>> StreamManagerConfig("user-service", lambda channel, instance: None, retry_initial=60)
+    Traceback (most recent call last):
+    ...
+    genesis_registry.errors.InvalidConfigError: need 0 < retry_initial <= retry_max (got 60, 30.0)
     """
 
     service_name: str
@@ -330,7 +342,16 @@ def _failure(stream: Any) -> BaseException | None:
 
 
 class StreamManager:
-    """One stream per live instance of a service (threads; see the module docs)."""
+    """One stream per live instance of a service (threads; see the module docs).
+
+    >>> added = queue.Queue()
+    >>> reg.register(instance)
+    >>> with StreamManager(reg, StreamManagerConfig(
+    ...         "user-service", lambda channel, instance: pb.TestServiceStub(channel).StreamCall(requests()),
+    ...         on_add=lambda instance: added.put(instance.id))):
+    ...     added.get(timeout=10)
+    'user-1'
+    """
 
     def __init__(self, registry: Followable, config: StreamManagerConfig) -> None:
         self._registry = registry
@@ -444,7 +465,17 @@ class StreamManager:
 
 
 class AsyncStreamManager:
-    """:class:`StreamManager` for asyncio: one task, ``await start()``, ``await stop()``."""
+    """:class:`StreamManager` for asyncio: one task, ``await start()``, ``await stop()``.
+
+    >>> opened = asyncio.Queue()
+    >>> def open_stream(channel, instance):  # channel: a grpc.aio.Channel
+    ...     opened.put_nowait(instance.id)
+    ...     return pb.TestServiceStub(channel).StreamCall(requests())
+    >>> await areg.register(instance)
+    >>> async with AsyncStreamManager(areg, StreamManagerConfig("user-service", open_stream)):
+    ...     await asyncio.wait_for(opened.get(), 10)
+    'user-1'
+    """
 
     def __init__(self, registry: AsyncFollowable, config: StreamManagerConfig) -> None:
         self._registry = registry

@@ -9,9 +9,13 @@ built once keep working, and stay balanced, as instances come and go.
 :class:`AsyncBalancedChannel` is the ``grpc.aio.Channel`` twin. :func:`dial` accepts the
 Go component's ``etcd:///<service>`` target form.
 
-    >>> channel = reg.get_connection("user-service")            # doctest: +SKIP
-    >>> stub = pb.UserServiceStub(channel)                        # doctest: +SKIP
-    >>> channel = gr.dial("etcd:///user-service", registry=reg)   # doctest: +SKIP
+    >>> reg.register(instance)
+    >>> with reg.get_connection("user-service") as channel:
+    ...     pb.UserServiceStub(channel).GetUser(request)
+    b'user-1|123'
+    >>> with gr.dial("etcd:///user-service", registry=reg) as channel:
+    ...     pb.UserServiceStub(channel).GetUser(request)
+    b'user-1|123'
 
 Behaviour, shared by both twins (the logic lives in :class:`~.endpoints.EndpointSet` and
 the pickers):
@@ -63,8 +67,14 @@ def dial(target: str, *, registry: Any, **kwargs: Any) -> Any:
     with an :class:`AsyncRegistry`, an awaitable of an :class:`AsyncBalancedChannel`.
     Keyword arguments are those of ``get_connection()``.
 
-    >>> channel = gr.dial("etcd:///user-service", registry=reg)     # doctest: +SKIP
-    >>> channel = await gr.dial("etcd:///user-service", registry=areg)  # doctest: +SKIP
+    >>> reg.register(instance)
+    >>> with gr.dial("etcd:///user-service", registry=reg) as channel:
+    ...     pb.UserServiceStub(channel).GetUser(request)
+    b'user-1|123'
+    >>> channel = await gr.dial("etcd:///user-service", registry=areg)  # areg: an AsyncRegistry
+    >>> await pb.UserServiceStub(channel).GetUser(request)
+    b'user-1|123'
+    >>> await channel.close()
     """
     service = parse_target(target)
     return registry.get_connection(service, **kwargs)

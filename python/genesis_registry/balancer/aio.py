@@ -2,8 +2,11 @@
 whose multicallables pick an endpoint per call from the endpoint set's picker, as
 :class:`~genesis_registry.BalancedChannel` does; only the waiting differs.
 
-    >>> channel = await areg.get_connection("user-service")     # doctest: +SKIP
-    >>> reply = await pb.UserServiceStub(channel).GetUser(request)  # doctest: +SKIP
+    >>> await areg.register(instance)
+    >>> channel = await areg.get_connection("user-service")
+    >>> await pb.UserServiceStub(channel).GetUser(request)
+    b'user-1|123'
+    >>> await channel.close()
 """
 
 from __future__ import annotations
@@ -222,8 +225,11 @@ class AsyncBalancedChannel(grpc.aio.Channel):
     Made by ``await AsyncRegistry.get_connection()`` or ``await dial(..., registry=areg)``.
     Client interceptors (``interceptors=``) apply to every endpoint channel.
 
-    >>> channel = await areg.get_connection("user-service")     # doctest: +SKIP
-    >>> reply = await pb.UserServiceStub(channel).GetUser(request)  # doctest: +SKIP
+    >>> await areg.register(instance)
+    >>> channel = await areg.get_connection("user-service")
+    >>> await pb.UserServiceStub(channel).GetUser(request)
+    b'user-1|123'
+    >>> await channel.close()
     """
 
     def __init__(

@@ -92,7 +92,20 @@ PICKERS: dict[str, type[Picker[Any]]] = {}
 
 
 def policy(name: str) -> Callable[[P], P]:
-    """Registers a :class:`Picker` subclass as the policy ``name``."""
+    """Registers a :class:`Picker` subclass as the policy ``name``: a new policy is one
+    class (here, every call to the endpoint ranked first, whatever its state).
+
+    >>> @policy("first_ranked")
+    ... class FirstRankedPicker(Picker):
+    ...     @classmethod
+    ...     def build(cls, endpoints, previous):
+    ...         return cls(list(endpoints[:1]), endpoints[0] if endpoints else None, ready=True)
+    ...     def pick(self, counter):
+    ...         return self.first
+    >>> picker_for("first_ranked") is FirstRankedPicker
+    True
+    >>> del PICKERS["first_ranked"]  # this example's policy goes away again
+    """
 
     def register(cls: P) -> P:
         cls.name = name
@@ -124,7 +137,17 @@ def _usable(endpoint: Candidate) -> bool:
 @policy("round_robin")
 class RoundRobinPicker(Picker[E]):
     """Spreads calls over READY endpoints (or, while none is, over those not failing); a
-    smooth weighted round robin when their weights differ."""
+    smooth weighted round robin when their weights differ.
+
+    >>> import itertools
+    >>> from types import SimpleNamespace as E
+    >>> a = E(name="a", state=READY, removed=False, weight=2)
+    >>> b = E(name="b", state=READY, removed=False, weight=1)
+    >>> c = E(name="c", state=FAILING, removed=False, weight=1)
+    >>> picker, calls = RoundRobinPicker.build([a, b, c], Picker([], None, False)), itertools.count()
+    >>> [picker.pick(calls).name for _ in range(6)]
+    ['a', 'b', 'a', 'a', 'b', 'a']
+    """
 
     __slots__ = ()
 
@@ -141,7 +164,19 @@ class RoundRobinPicker(Picker[E]):
 @policy("pick_first")
 class PickFirstPicker(Picker[E]):
     """Every call to one endpoint: the first READY one in rank order, kept for as long as
-    it is usable (READY, or reconnecting after a drop)."""
+    it is usable (READY, or reconnecting after a drop).
+
+    >>> import itertools
+    >>> from types import SimpleNamespace as E
+    >>> a = E(name="a", state=grpc.ChannelConnectivity.CONNECTING, removed=False, weight=1)
+    >>> b = E(name="b", state=READY, removed=False, weight=1)
+    >>> picker = PickFirstPicker.build([a, b], Picker([], None, False))
+    >>> picker.pick(itertools.count()).name
+    'b'
+    >>> a.state = READY  # a ranks first, but calls stay where they went
+    >>> PickFirstPicker.build([a, b], picker).pick(itertools.count()).name
+    'b'
+    """
 
     __slots__ = ()
 

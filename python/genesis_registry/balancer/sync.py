@@ -1,8 +1,10 @@
 """The blocking balanced channel: :class:`BalancedChannel`, a ``grpc.Channel`` whose
 multicallables pick an endpoint per call from the endpoint set's picker.
 
-    >>> with reg.get_connection("user-service") as channel:      # doctest: +SKIP
-    ...     reply = pb.UserServiceStub(channel).GetUser(request)
+    >>> reg.register(instance)
+    >>> with reg.get_connection("user-service") as channel:
+    ...     pb.UserServiceStub(channel).GetUser(request)
+    b'user-1|123'
 """
 
 from __future__ import annotations
@@ -164,8 +166,10 @@ class BalancedChannel(grpc.Channel):
     Made by :meth:`Registry.get_connection` or :func:`dial`; close it when done (or use
     ``with``). ``grpc.intercept_channel()`` works over it.
 
-    >>> with reg.get_connection("user-service") as channel:      # doctest: +SKIP
-    ...     reply = pb.UserServiceStub(channel).GetUser(request)
+    >>> reg.register(instance)
+    >>> with reg.get_connection("user-service") as channel:
+    ...     pb.UserServiceStub(channel).GetUser(request)
+    b'user-1|123'
     """
 
     def __init__(

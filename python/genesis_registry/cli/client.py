@@ -48,6 +48,7 @@ def etcd_config(args: argparse.Namespace) -> EtcdConfig:
 
     Example::
 
+        >>> from genesis_registry.cli.parser import build_parser, settle
         >>> parser = build_parser()
         >>> args = parser.parse_args(["list", "--endpoints", "10.0.0.1:2379,10.0.0.2:2379"])
         >>> settle(parser, args)
@@ -107,7 +108,14 @@ def cmd_list(args: argparse.Namespace, out: Output) -> int:
 
     Example::
 
-        cmd_list(args, Output(json_mode=True))   # {"namespace": ..., "services": {...}}
+        >>> from genesis_registry.cli.parser import build_parser, settle
+        >>> reg.register(instance)
+        >>> parser = build_parser()
+        >>> args = parser.parse_args(["list", "--json", "--endpoints", etcd_endpoint, "--namespace", reg.namespace])
+        >>> settle(parser, args)
+        >>> cmd_list(args, Output(json_mode=True))
+        {"namespace": "...", "services": {"user-service": 1}}
+        0
     """
     with _registry(args, out) as reg:
         services = reg.list_services()
@@ -125,7 +133,17 @@ def cmd_get(args: argparse.Namespace, out: Output) -> int:
 
     Example::
 
-        cmd_get(args, Output(json_mode=False))   # ID  VERSION  ENDPOINTS  METADATA ...
+        >>> reg.register(ServiceInstance(id="user-1", name="user-service", version="1.2.0",
+        ...                              endpoints=["grpc://10.0.0.1:9000"], metadata={"zone": "a"}))
+        >>> from genesis_registry.cli.parser import build_parser, settle
+        >>> parser = build_parser()
+        >>> args = parser.parse_args(["get", "user-service", "--endpoints", etcd_endpoint,
+        ...                           "--namespace", reg.namespace])
+        >>> settle(parser, args)
+        >>> cmd_get(args, Output(json_mode=False))
+        ID      VERSION  ENDPOINTS             METADATA
+        user-1  1.2.0    grpc://10.0.0.1:9000  zone=a
+        0
     """
     with _registry(args, out) as reg:
         instances = reg.get_service(args.name)
@@ -220,7 +238,19 @@ def cmd_deregister(args: argparse.Namespace, out: Output) -> int:
 
     Example::
 
-        cmd_deregister(args, out)    # deregistered g1 of greeter (deleted /genesis/services/...)
+        >>> from genesis_registry.cli.parser import build_parser, settle
+        >>> parser = build_parser()
+        >>> argv = ["deregister", "user-service", "user-1", "--endpoints", etcd_endpoint, "--namespace", reg.namespace]
+        >>> args = parser.parse_args(argv)
+        >>> settle(parser, args)
+        >>> reg.register(instance)
+        >>> cmd_deregister(args, Output(json_mode=False))
+        deregistered user-1 of user-service (deleted .../user-service/user-1)
+        0
+        >>> cmd_deregister(args, Output(json_mode=False))
+        Traceback (most recent call last):
+        ...
+        genesis_registry.cli.exits.CliError: no instance user-1 of service user-service under ...
     """
     with _registry(args, out) as reg:
         key = reg.key_of(args.name, args.id)

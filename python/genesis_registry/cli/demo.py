@@ -73,12 +73,13 @@ class GreeterServer:
 
     Example::
 
-        with gr.EtcdConnector(gr.EtcdConfig(endpoints=etcd.endpoints)) as conn:
-            server = GreeterServer("greeter-1").start(conn)      # serving and registered
-            with grpc.insecure_channel(server.address) as channel:
-                assert channel.unary_unary(METHOD)(b"you") == b"greeter-1: hello you"
-            server.deregister()                                   # clients stop picking it
-            server.stop()                                         # calls in flight finish first
+        >>> with gr.EtcdConnector(gr.EtcdConfig(endpoints=server.endpoints)) as conn:   # server: an EtcdServer
+        ...     greeter = GreeterServer("greeter-1").start(conn)      # serving and registered
+        ...     with grpc.insecure_channel(greeter.address) as channel:
+        ...         channel.unary_unary(METHOD)(b"you")
+        ...     greeter.deregister()                                   # clients stop picking it
+        ...     greeter.stop()                                         # calls in flight finish first
+        b'greeter-1: hello you'
     """
 
     def __init__(self, name: str, version: str = "1.0.0", zone: str = "zone-a") -> None:

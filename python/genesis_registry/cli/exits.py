@@ -24,7 +24,9 @@ class CliError(Exception):
 
     Example::
 
-        raise CliError("no instance g1 of greeter", EXIT_FAILURE)
+        >>> error = CliError("--port must be a whole number", EXIT_USAGE)
+        >>> str(error), error.code, CliError("no instance g1 of greeter").code
+        ('--port must be a whole number', 2, 1)
     """
 
     def __init__(self, message: str, code: int = EXIT_FAILURE) -> None:

@@ -63,8 +63,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Example::
 
-        >>> main(["--endpoints", "127.0.0.1:2379", "list", "--json"])   # doctest: +SKIP
-        {"namespace": "/genesis/services", "services": {"greeter": 3}}
+        >>> reg.register_many(gr.ServiceInstance(id=f"greeter-{i}", name="greeter",
+        ...                   endpoints=[f"grpc://10.0.0.{i}:9000"]) for i in range(3))
+        >>> main(["--endpoints", etcd_endpoint, "--namespace", reg.namespace, "list", "--json"])
+        {"namespace": "...", "services": {"greeter": 3}}
         0
     """
     parser = build_parser()

@@ -37,9 +37,12 @@ class Output:
 
     Example::
 
-        out = Output(json_mode=False)
-        out.table(["SERVICE", "INSTANCES"], [["greeter", "3"]], right=[1])
-        out.note("no services under /demo")
+        >>> out = Output(json_mode=False)
+        >>> out.table(["SERVICE", "INSTANCES"], [["greeter", "3"], ["user-service", "12"]], right=[1])
+        SERVICE       INSTANCES
+        greeter               3
+        user-service         12
+        >>> out.note("no services under /demo")      # on stderr
     """
 
     def __init__(self, json_mode: bool) -> None:

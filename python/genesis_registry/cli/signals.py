@@ -2,12 +2,13 @@
 
 Example::
 
-    with stop_on_signals():
-        try:
-            wait_forever()
-        except Interrupted:
-            pass
-        clean_up()           # a second Ctrl-C does not interrupt this
+    >>> import os
+    >>> with stop_on_signals():
+    ...     try:
+    ...         os.kill(os.getpid(), signal.SIGTERM)     # e.g. from systemd or Kubernetes
+    ...     except Interrupted:
+    ...         print("stopping")
+    stopping
 """
 
 from __future__ import annotations
@@ -33,13 +34,17 @@ def stop_on_signals() -> Iterator[None]:
 
     Example::
 
-        with stop_on_signals():
-            try:
-                while True:
-                    time.sleep(1)
-            except Interrupted:
-                pass
-            clean_up()           # a second Ctrl-C does not interrupt this
+        >>> import os, time
+        >>> with stop_on_signals():
+        ...     try:
+        ...         os.kill(os.getpid(), signal.SIGINT)      # Ctrl-C
+        ...         time.sleep(30)
+        ...     except Interrupted:
+        ...         print("interrupted")
+        ...     os.kill(os.getpid(), signal.SIGTERM)     # ignored: the clean-up runs to its end
+        ...     print("cleaned up")
+        interrupted
+        cleaned up
     """
     fired = False
 

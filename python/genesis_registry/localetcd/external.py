@@ -43,8 +43,9 @@ class ExternalEtcd(Etcdctl):
 
     Example::
 
-        ext = ExternalEtcd(["10.0.0.5:2379", "10.0.0.6:2379"])
-        ext.etcdctl("endpoint", "health")
+        >>> ext = ExternalEtcd([etcd_endpoint])      # e.g. ["10.0.0.5:2379", "10.0.0.6:2379"]
+        >>> ext.etcdctl("endpoint", "health").returncode
+        0
     """
 
     data_dir: pathlib.Path | None = None
@@ -60,7 +61,9 @@ class ExternalEtcd(Etcdctl):
 
         Example::
 
-            ExternalEtcd(["https://etcd-0:2379"], etcdctl_binary="/usr/local/bin/etcdctl")
+            >>> ext = ExternalEtcd(["https://etcd-0:2379", "etcd-1:2379"], etcdctl_binary="/usr/local/bin/etcdctl")
+            >>> ext.endpoints, ext.client_urls
+            (['etcd-0:2379', 'etcd-1:2379'], ['https://etcd-0:2379', 'http://etcd-1:2379'])
         """
         urls = []
         for raw in endpoints:
@@ -81,7 +84,10 @@ class ExternalEtcd(Etcdctl):
 
         Example::
 
-            ext = ExternalEtcd.from_env()   # GENESIS_ETCD_ENDPOINTS=127.0.0.1:2379
+            >>> from unittest import mock
+            >>> with mock.patch.dict(os.environ, {"GENESIS_ETCD_ENDPOINTS": "127.0.0.1:2379,127.0.0.1:22379"}):
+            ...     ExternalEtcd.from_env()
+            <ExternalEtcd http://127.0.0.1:2379,http://127.0.0.1:22379>
         """
         value = os.environ.get(var, "").strip()
         if not value:
@@ -93,7 +99,8 @@ class ExternalEtcd(Etcdctl):
 
         Example::
 
-            assert ExternalEtcd(["127.0.0.1:2379"]).is_running()
+            >>> ExternalEtcd(["10.0.0.5:2379"]).is_running()
+            True
         """
         return True
 
@@ -102,7 +109,8 @@ class ExternalEtcd(Etcdctl):
 
         Example::
 
-            ext = ExternalEtcd.from_env().start(timeout=10)
+            >>> ExternalEtcd([etcd_endpoint]).start(timeout=10)
+            <ExternalEtcd http://127.0.0.1:...>
         """
         if not poll_until_healthy(self.client_url, time.monotonic() + timeout):
             raise RuntimeError(f"external etcd at {self.client_url} is not healthy")
@@ -116,7 +124,10 @@ class ExternalEtcd(Etcdctl):
 
         Example::
 
-            etcd_server.stop()   # skips the test under $GENESIS_ETCD_ENDPOINTS
+            >>> ExternalEtcd([etcd_endpoint]).stop()      # under the plugin: the test is skipped
+            Traceback (most recent call last):
+            ...
+            genesis_registry.localetcd.errors.NoLocalProcessError: needs a local etcd process
         """
         raise NoLocalProcessError(_NO_LOCAL_PROCESS)
 
@@ -125,7 +136,11 @@ class ExternalEtcd(Etcdctl):
 
         Example::
 
-            etcd_server.kill()   # skips the test under $GENESIS_ETCD_ENDPOINTS
+            >>> try:
+            ...     ExternalEtcd([etcd_endpoint]).kill()      # under the plugin: the test is skipped
+            ... except RuntimeError as exc:                   # what a caller outside pytest catches
+            ...     print(type(exc).__name__)
+            NoLocalProcessError
         """
         raise NoLocalProcessError(_NO_LOCAL_PROCESS)
 
@@ -134,7 +149,12 @@ class ExternalEtcd(Etcdctl):
 
         Example::
 
-            etcd_server.restart()   # skips the test under $GENESIS_ETCD_ENDPOINTS
+            >>> import contextlib
+            >>> etcd = ExternalEtcd([etcd_endpoint])
+            >>> with contextlib.suppress(NoLocalProcessError):   # under the plugin: the test is skipped
+            ...     etcd.restart()
+            >>> etcd.is_running()
+            True
         """
         raise NoLocalProcessError(_NO_LOCAL_PROCESS)
 
@@ -143,7 +163,15 @@ class ExternalEtcd(Etcdctl):
 
         Example::
 
-            etcd_server.wipe()       # skips the test under $GENESIS_ETCD_ENDPOINTS
+            >>> etcd = ExternalEtcd([etcd_endpoint])
+            >>> etcd.etcdctl("put", "/docs/kept", "1").stdout
+            b'OK\\n'
+            >>> etcd.wipe()      # under the plugin: the test is skipped
+            Traceback (most recent call last):
+            ...
+            genesis_registry.localetcd.errors.NoLocalProcessError: needs a local etcd process
+            >>> etcd.etcdctl("del", "/docs/kept").stdout      # it was kept
+            b'1\\n'
         """
         raise NoLocalProcessError(_NO_LOCAL_PROCESS)
 
@@ -152,7 +180,7 @@ class ExternalEtcd(Etcdctl):
 
         Example::
 
-            ExternalEtcd(["127.0.0.1:2379"]).close()     # no-op
+            >>> ExternalEtcd([etcd_endpoint]).close()     # nothing to release
         """
 
     def __enter__(self) -> ExternalEtcd:

@@ -21,9 +21,12 @@ class Etcdctl:
 
     Example::
 
-        class Mine(Etcdctl):
-            def _etcdctl_target(self) -> tuple[pathlib.Path, str]:
-                return find_etcdctl_binary(), "http://127.0.0.1:2379"
+        >>> from genesis_registry.localetcd import find_etcdctl_binary
+        >>> class Mine(Etcdctl):
+        ...     def _etcdctl_target(self) -> tuple[pathlib.Path, str]:
+        ...         return find_etcdctl_binary(), server.client_url      # e.g. "http://127.0.0.1:2379"
+        >>> Mine().etcdctl("endpoint", "health").returncode
+        0
     """
 
     def etcdctl(
@@ -45,10 +48,14 @@ class Etcdctl:
 
         Example::
 
-            server.etcdctl("put", "/a", "1")
-            server.etcdctl("put", "/b", input=b"2")         # value from stdin
-            res = server.etcdctl("get", "--prefix", "/", "-w", "json")
-            json.loads(res.stdout)["count"]                  # 2
+            >>> import json
+            >>> server.etcdctl("put", "/a", "1").stdout
+            b'OK\\n'
+            >>> server.etcdctl("put", "/b", input=b"2").stdout         # value from stdin
+            b'OK\\n'
+            >>> res = server.etcdctl("get", "--prefix", "/", "-w", "json")
+            >>> json.loads(res.stdout)["count"]
+            2
         """
         return self._run_etcdctl(args, input, check, timeout)
 
@@ -70,9 +77,12 @@ class LocalHandle(Etcdctl):
 
     Example::
 
-        with EtcdServer() as etcd:      # __exit__ closes it
-            ...
-        assert etcd.closed
+        >>> from genesis_registry.localetcd import EtcdServer
+        >>> with EtcdServer() as etcd:      # __exit__ closes it
+        ...     etcd.closed
+        False
+        >>> etcd.closed
+        True
     """
 
     _lock: threading.RLock
@@ -92,8 +102,9 @@ class LocalHandle(Etcdctl):
 
         Example::
 
-            server.close()
-            assert server.closed
+            >>> server.close()
+            >>> server.closed
+            True
         """
         return self._closed
 
@@ -104,9 +115,12 @@ class LocalHandle(Etcdctl):
 
         Example::
 
-            server = EtcdServer().start()
-            server.close()
-            server.close()       # fine
+            >>> server.close()
+            >>> server.close()       # fine
+            >>> server.start()
+            Traceback (most recent call last):
+            ...
+            RuntimeError: EtcdServer is closed
         """
         with self._lock:
             if self._closed:

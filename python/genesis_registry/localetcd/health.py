@@ -2,9 +2,9 @@
 
 Example::
 
-    from genesis_registry.localetcd.health import is_healthy
-
-    is_healthy("http://127.0.0.1:2379", timeout=1.0)    # True once it has a leader
+    >>> from genesis_registry.localetcd.health import is_healthy
+    >>> is_healthy(server.client_url, timeout=1.0)    # True once it has a leader
+    True
 """
 
 from __future__ import annotations
@@ -27,7 +27,11 @@ def is_healthy(client_url: str, timeout: float) -> bool:
 
     Example::
 
-        assert is_healthy(server.client_url, timeout=5)
+        >>> is_healthy(server.client_url, timeout=5)
+        True
+        >>> server.kill()
+        >>> is_healthy(server.client_url, timeout=5)
+        False
     """
     try:
         with _OPENER.open(client_url + "/health", timeout=timeout) as response:
@@ -42,7 +46,8 @@ def is_serving(url: str, timeout: float) -> bool:
 
     Example::
 
-        is_serving(member.peer_url + "/members", timeout=0.1)
+        >>> is_serving(server.peer_url + "/members", timeout=1)
+        True
     """
     try:
         with _OPENER.open(url, timeout=timeout) as response:
@@ -66,7 +71,8 @@ def poll_until_healthy(client_url: str, deadline: float, check_alive: Callable[[
 
     Example::
 
-        poll_until_healthy(server.client_url, time.monotonic() + 30, server.check_alive)
+        >>> poll_until_healthy(server.client_url, time.monotonic() + 30, server.check_alive)
+        True
     """
     interval = 0.01
     request_timeout = 0.25

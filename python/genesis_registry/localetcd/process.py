@@ -5,10 +5,11 @@ Nothing here knows what an etcd member is; :mod:`.server` and :mod:`.cluster` bu
 
 Example::
 
-    from genesis_registry.localetcd.process import free_ports, tied_to_this_process
-
-    client, peer = free_ports(2)
-    cmd = tied_to_this_process(["etcd", "--name", "n0"])   # dies with this process on Linux
+    >>> from genesis_registry.localetcd.process import free_ports, tied_to_this_process
+    >>> client, peer = free_ports(2)
+    >>> cmd = tied_to_this_process(["etcd", "--name", "n0"])   # dies with this process on Linux
+    >>> cmd[-3:]
+    ['etcd', '--name', 'n0']
 """
 
 from __future__ import annotations
@@ -48,7 +49,9 @@ def free_ports(count: int) -> list[int]:
 
     Example::
 
-        client_port, peer_port = free_ports(2)
+        >>> client_port, peer_port = free_ports(2)
+        >>> client_port != peer_port
+        True
     """
     sockets = []
     try:
@@ -68,7 +71,15 @@ def tail(path: pathlib.Path, offset: int = 0, lines: int = _LOG_TAIL_LINES) -> s
 
     Example::
 
-        print(tail(server.log_file))
+        >>> import tempfile
+        >>> home = pathlib.Path(tempfile.mkdtemp())
+        >>> (home / "etcd.log").write_text("one\\ntwo\\nthree\\n")
+        14
+        >>> tail(home / "etcd.log", lines=2)
+        'two\\nthree'
+        >>> tail(home / "missing.log")
+        "<could not read ...>"
+        >>> shutil.rmtree(home)
     """
     try:
         with open(path, "rb") as fh:
@@ -90,7 +101,11 @@ def child_env(drop_prefix: str, keep: Sequence[str] = ()) -> dict[str, str]:
 
     Example::
 
-        subprocess.Popen(cmd, env=child_env("ETCD_", keep=("ETCD_UNSUPPORTED_ARCH",)))
+        >>> from unittest import mock
+        >>> with mock.patch.dict(os.environ, {"ETCD_NAME": "x", "ETCD_UNSUPPORTED_ARCH": "arm64"}):
+        ...     env = child_env("ETCD_", keep=("ETCD_UNSUPPORTED_ARCH",))
+        >>> "ETCD_NAME" in env, env["ETCD_UNSUPPORTED_ARCH"]
+        (False, 'arm64')
     """
     return {k: v for k, v in os.environ.items() if not k.startswith(drop_prefix) or k in keep}
 
@@ -101,7 +116,10 @@ def signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
 
     Example::
 
-        signal_group(proc, signal.SIGTERM)
+        >>> proc = subprocess.Popen(["sleep", "60"], start_new_session=True)
+        >>> signal_group(proc, signal.SIGTERM)
+        >>> proc.wait()
+        -15
     """
     if proc.poll() is not None:
         return
@@ -124,7 +142,10 @@ def reap(proc: subprocess.Popen[bytes]) -> None:
 
     Example::
 
-        weakref.finalize(server, reap, proc)
+        >>> proc = subprocess.Popen(["sleep", "60"], start_new_session=True)
+        >>> reap(proc)
+        >>> proc.returncode
+        -9
     """
     try:
         signal_group(proc, getattr(signal, "SIGKILL", signal.SIGTERM))
@@ -149,8 +170,8 @@ def setpriv() -> str | None:
 
     Example::
 
-        if setpriv() is None:
-            print("a local etcd is not tied to this process's life")
+        >>> setpriv() in (None, shutil.which("setpriv"))   # None: a local etcd is not tied to this process's life
+        True
     """
     if _SETPRIV:
         return _SETPRIV[0]
@@ -184,7 +205,8 @@ def tied_to_this_process(cmd: list[str]) -> list[str]:
 
     Example::
 
-        subprocess.Popen(tied_to_this_process(["etcd", "--name", "n0"]), start_new_session=True)
+        >>> proc = subprocess.Popen(tied_to_this_process(["sleep", "60"]), start_new_session=True)
+        >>> reap(proc)
     """
     found = setpriv()
     if found is None or threading.current_thread() is not threading.main_thread():
@@ -208,7 +230,9 @@ def run_etcdctl(
 
     Example::
 
-        run_etcdctl(binary, "http://127.0.0.1:2379", ["put", "k", "v"], None, True, 30.0)
+        >>> from genesis_registry.localetcd import find_etcdctl_binary
+        >>> run_etcdctl(find_etcdctl_binary(), server.client_url, ["put", "k", "v"], None, True, 30.0).stdout
+        b'OK\\n'
     """
     cmd = [str(binary), f"--endpoints={endpoints}", *args]
     env = child_env("ETCDCTL_")

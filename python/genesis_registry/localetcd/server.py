@@ -72,13 +72,16 @@ class EtcdServer(LocalHandle):
 
     Example::
 
-        with EtcdServer() as etcd:
-            etcd.etcdctl("put", "/svc/a", "1")
-            etcd.kill()                  # crash
-            etcd.restart()               # same ports, same data
-            out = etcd.etcdctl("get", "/svc/a", "--print-value-only").stdout
-            assert out == b"1\\n"
-            etcd.wipe()                  # brand-new empty cluster, same ports
+        >>> with EtcdServer() as etcd:
+        ...     etcd.etcdctl("put", "/svc/a", "1").stdout
+        ...     etcd.kill()                  # crash
+        ...     etcd.restart()               # same ports, same data
+        ...     etcd.etcdctl("get", "/svc/a", "--print-value-only").stdout
+        ...     etcd.wipe()                  # brand-new empty cluster, same ports
+        ...     etcd.etcdctl("get", "/svc/a").stdout
+        b'OK\\n'
+        b'1\\n'
+        b''
     """
 
     data_dir: pathlib.Path
@@ -124,8 +127,17 @@ class EtcdServer(LocalHandle):
 
         Example::
 
-            server = EtcdServer(data_dir="/tmp/etcd-data", extra_args=["--auto-compaction-retention", "1"])
-            inside = EtcdServer(host="10.231.7.10", command_prefix=["ip", "netns", "exec", "ns0"])
+            >>> home = tempfile.mkdtemp()
+            >>> data = os.path.join(home, "data")      # its log goes beside it
+            >>> with EtcdServer(data_dir=data, extra_args=["--auto-compaction-retention", "1"]) as kept:
+            ...     kept.etcdctl("put", "k", "v").stdout
+            b'OK\\n'
+            >>> EtcdServer(data_dir=data).has_data()      # the directory is yours: it stays
+            True
+            >>> shutil.rmtree(home)
+            >>> inside = EtcdServer(host="10.231.7.10", command_prefix=["ip", "netns", "exec", "ns0"])
+            >>> inside.command()[:4], inside.endpoints      # not started here
+            (['ip', 'netns', 'exec', 'ns0'], ['10.231.7.10:...'])
         """
         self.binary = pathlib.Path(binary).absolute() if binary is not None else find_etcd_binary()
         self.name = name
@@ -168,7 +180,9 @@ class EtcdServer(LocalHandle):
 
         Example::
 
-            gr.EtcdConfig(endpoints=server.endpoints)
+            >>> server.endpoints
+            ['127.0.0.1:...']
+            >>> gr.EtcdConnector(gr.EtcdConfig(endpoints=server.endpoints)).connect()
         """
         return [f"{self.host}:{self.client_port}"]
 
@@ -178,7 +192,9 @@ class EtcdServer(LocalHandle):
 
         Example::
 
-            urllib.request.urlopen(server.client_url + "/health")
+            >>> import json, urllib.request
+            >>> json.load(urllib.request.urlopen(server.client_url + "/health"))["health"]
+            'true'
         """
         return f"http://{self.host}:{self.client_port}"
 
@@ -188,7 +204,8 @@ class EtcdServer(LocalHandle):
 
         Example::
 
-            print(server.peer_url)           # http://127.0.0.1:40123
+            >>> server.peer_url
+            'http://127.0.0.1:...'
         """
         return f"http://{self.peer_host}:{self.peer_port}"
 
@@ -198,7 +215,12 @@ class EtcdServer(LocalHandle):
 
         Example::
 
-            os.kill(server.pid, signal.SIGSTOP)      # freeze etcd for a while
+            >>> import signal
+            >>> os.kill(server.pid, signal.SIGSTOP)      # freeze etcd for a while
+            >>> os.kill(server.pid, signal.SIGCONT)
+            >>> server.kill()
+            >>> server.pid is None
+            True
         """
         proc = self._proc
         return proc.pid if proc is not None and proc.poll() is None else None
@@ -208,7 +230,8 @@ class EtcdServer(LocalHandle):
 
         Example::
 
-            print(" ".join(server.command()))
+            >>> print(" ".join(server.command()))
+            /.../etcd --name genesis-test --data-dir ...
         """
         cmd = [
             *self.command_prefix,
@@ -241,8 +264,11 @@ class EtcdServer(LocalHandle):
 
         Example::
 
-            server.kill()
-            assert not server.is_running()
+            >>> server.is_running()
+            True
+            >>> server.kill()
+            >>> server.is_running()
+            False
         """
         proc = self._proc
         return proc is not None and proc.poll() is None
@@ -259,11 +285,12 @@ class EtcdServer(LocalHandle):
 
         Example::
 
-            server = EtcdServer().start(timeout=10)
-            try:
-                print(server.endpoints)
-            finally:
-                server.close()
+            >>> mine = EtcdServer().start(timeout=10)
+            >>> try:
+            ...     print(mine.endpoints)
+            ... finally:
+            ...     mine.close()
+            ['127.0.0.1:...']
         """
         with self._lock:
             if self._closed:
@@ -293,9 +320,10 @@ class EtcdServer(LocalHandle):
 
         Example::
 
-            server.stop()
-            server.stop()        # fine
-            assert not server.is_running()
+            >>> server.stop()
+            >>> server.stop()        # fine
+            >>> server.is_running()
+            False
         """
         with self._lock:
             proc = self._proc
@@ -315,8 +343,12 @@ class EtcdServer(LocalHandle):
 
         Example::
 
-            server.kill()
-            server.restart()     # data written before the crash is back
+            >>> server.etcdctl("put", "k", "v").stdout
+            b'OK\\n'
+            >>> server.kill()
+            >>> server.restart()     # data written before the crash is back
+            >>> server.etcdctl("get", "k", "--print-value-only").stdout
+            b'v\\n'
         """
         with self._lock:
             proc = self._proc
@@ -335,10 +367,12 @@ class EtcdServer(LocalHandle):
 
         Example::
 
-            server.etcdctl("put", "k", "v")
-            server.kill()
-            server.restart()
-            assert server.etcdctl("get", "k", "--print-value-only").stdout == b"v\\n"
+            >>> server.etcdctl("put", "k", "v").stdout
+            b'OK\\n'
+            >>> server.kill()
+            >>> server.restart()
+            >>> server.etcdctl("get", "k", "--print-value-only").stdout
+            b'v\\n'
         """
         with self._lock:
             self.stop()
@@ -352,9 +386,11 @@ class EtcdServer(LocalHandle):
 
         Example::
 
-            server.etcdctl("put", "k", "v")
-            server.wipe()
-            assert server.etcdctl("get", "k").stdout == b""
+            >>> server.etcdctl("put", "k", "v").stdout
+            b'OK\\n'
+            >>> server.wipe()
+            >>> server.etcdctl("get", "k").stdout
+            b''
         """
         self._wipe(timeout)
 
@@ -375,7 +411,8 @@ class EtcdServer(LocalHandle):
 
         Example::
 
-            subprocess.run([server.etcdctl_binary(), "version"])
+            >>> subprocess.run([server.etcdctl_binary(), "version"], capture_output=True, text=True).stdout
+            'etcdctl version: ...'
         """
         if self._etcdctl_path is None:
             self._etcdctl_path = etcdctl_beside(self.binary)
@@ -388,7 +425,11 @@ class EtcdServer(LocalHandle):
 
         Example::
 
-            fresh = not server.has_data()
+            >>> server.has_data()
+            True
+            >>> fresh = EtcdServer()      # not started yet
+            >>> fresh.has_data()
+            False
         """
         try:
             return any(self.data_dir.iterdir())
@@ -400,8 +441,10 @@ class EtcdServer(LocalHandle):
 
         Example::
 
-            server.stop()
-            server.clear_data()      # the next start bootstraps a new cluster
+            >>> server.stop()
+            >>> server.clear_data()      # the next start bootstraps a new cluster
+            >>> server.has_data()
+            False
         """
         if not self.data_dir.exists():
             return
@@ -418,8 +461,10 @@ class EtcdServer(LocalHandle):
 
         Example::
 
-            server.spawn()
-            poll_until_healthy(server.client_url, time.monotonic() + 30, server.check_alive)
+            >>> server.stop()
+            >>> server.spawn()
+            >>> poll_until_healthy(server.client_url, time.monotonic() + 30, server.check_alive)
+            True
         """
         with self._lock:
             self._forget_process()
@@ -454,8 +499,10 @@ class EtcdServer(LocalHandle):
 
         Example::
 
-            server.spawn()
-            server.check_alive()
+            >>> server.check_alive()      # it runs: returns
+            >>> server.kill()
+            >>> server.spawn()
+            >>> server.check_alive()
         """
         proc = self._proc
         code = proc.poll() if proc is not None else None
@@ -476,7 +523,9 @@ class EtcdServer(LocalHandle):
 
         Example::
 
-            print(server.log_tail())
+            >>> lines = server.log_tail().splitlines()
+            >>> 0 < len(lines) <= 40      # its last lines, for an error message
+            True
         """
         return tail(self.log_file, self._log_offset)
 
@@ -486,10 +535,10 @@ class EtcdServer(LocalHandle):
 
         Example::
 
-            for member in followers:
-                member.terminate()
-            for member in followers:
-                member.stop()
+            >>> server.terminate()        # returns at once
+            >>> server.stop()             # waits for the exit
+            >>> server.is_running()
+            False
         """
         with self._lock:
             proc = self._proc
@@ -501,12 +550,9 @@ class EtcdServer(LocalHandle):
 
         Example::
 
-            try:
-                server.spawn()
-                wait_for_it()
-            except BaseException:
-                server.abandon()
-                raise
+            >>> server.abandon()
+            >>> server.is_running(), server.pid
+            (False, None)
         """
         with self._lock:
             proc = self._proc

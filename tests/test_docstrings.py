@@ -24,11 +24,10 @@ An example may ``await`` (and use ``async for`` / ``async with``) at top level: 
 gets an event loop of its own, which ``areg`` belongs to. What an example leaves open
 (registries, connectors, watches, channels) is closed after it.
 
-``# doctest: +SKIP`` is refused: an example that cannot run is not an example. One that waits
-for something not yet in this tree is listed in :data:`SKIP_ALLOWED`, reported as a skipped
-test until it runs; the list must be exact. So is code in a docstring's ``::`` block that is
-not a ``>>>`` example: the few that cannot run here (command lines, pytest tests, what runs
-until Ctrl-C or needs Docker) are listed in :data:`ILLUSTRATIONS`, each with why.
+``# doctest: +SKIP`` is refused: an example that cannot run is not an example. So is code
+in a docstring's ``::`` block that is not a ``>>>`` example: the few that cannot run here
+(command lines, pytest tests, what runs until Ctrl-C or needs Docker) are listed in
+:data:`ILLUSTRATIONS`, each with why.
 """
 
 from __future__ import annotations
@@ -52,16 +51,6 @@ import genesis_registry as gr
 import pytest
 from genesis_registry.localetcd import EtcdCluster, EtcdNotFoundError, EtcdServer
 from support.echo import EchoServer, instance_for
-
-#: (module, name in it) of each docstring whose examples may still carry ``+SKIP``; an empty
-#: name is the module's own docstring. Each entry waits for something outside this tree, said
-#: beside it; remove it when that arrives.
-SKIP_ALLOWED: frozenset[tuple[str, str]] = frozenset(
-    {
-        # The core's RegistryCore.lease_seconds is not in this build yet (the Rust change adds it).
-        ("genesis_registry.registry", "_RegistryBase.lease_seconds"),
-    }
-)
 
 _COMMAND_LINE = "a command line, not Python"
 _PYTEST_CODE = "pytest tests using the plugin's fixtures, as this suite's own tests do"
@@ -120,7 +109,8 @@ def docstrings() -> list[tuple[str, doctest.DocTest]]:
 
 
 def where(module: str, test: doctest.DocTest) -> tuple[str, str]:
-    """``(module, name in it)``, the key of :data:`SKIP_ALLOWED`."""
+    """``(module, name in it)``, the key of :data:`ILLUSTRATIONS`; an empty name is the
+    module's own docstring."""
     return module, test.name[len(module) + 1 :]
 
 
@@ -324,14 +314,12 @@ def run_docstring(test: doctest.DocTest, request: pytest.FixtureRequest) -> tupl
 @pytest.mark.parametrize(("module", "test"), DOCSTRINGS, ids=[test.name for _, test in DOCSTRINGS])
 def test_docstring_examples_run(module: str, test: doctest.DocTest, request: pytest.FixtureRequest) -> None:
     skips = skipped(test)
-    if skips and where(module, test) not in SKIP_ALLOWED:
+    if skips:
         lines = "\n".join(f"  line {test.lineno + example.lineno + 1}: {example.source.strip()}" for example in skips)
         pytest.fail(f"{test.name}: examples must run, not carry +SKIP ({test.filename}):\n{lines}", pytrace=False)
     failed, report = run_docstring(test, request)
     if failed:
         pytest.fail(f"{test.name} ({test.filename}):\n{report}", pytrace=False)
-    if skips:
-        pytest.skip(f"{test.name}: {len(skips)} example(s) still +SKIP (allowed for now by SKIP_ALLOWED)")
 
 
 def parse(text: str) -> doctest.DocTest:
@@ -364,12 +352,6 @@ def test_a_failing_example_is_reported(request: pytest.FixtureRequest) -> None:
     failed, report = run_docstring(parse(">>> gr.Config(default_ttl=15).default_ttl\n16.0\n"), request)
     assert failed == 1
     assert "Expected:\n    16.0\nGot:\n    15.0" in report
-
-
-def test_the_skip_allowlist_names_only_docstrings_that_still_skip() -> None:
-    """The allowlist shrinks as examples are made to run; a stale entry would let a +SKIP back."""
-    still = {where(module, test) for module, test in DOCSTRINGS if skipped(test)}
-    assert sorted(SKIP_ALLOWED - still) == [], "remove these from SKIP_ALLOWED: they no longer skip, or moved"
 
 
 def literal_blocks(docstring: str) -> list[str]:

@@ -156,8 +156,12 @@ class _RegistryBase:
         when None) gets, as the core computes it: what ``register(..., ttl=ttl)`` asks etcd
         for. Raises :class:`InvalidTTLError` for a TTL registration would refuse.
 
-        >>> reg.lease_seconds(2.5)  # doctest: +SKIP
-        3
+        >>> reg.lease_seconds(2.5), reg.lease_seconds(10)  # etcd leases are whole seconds
+        (3, 10)
+        >>> reg.lease_seconds(0.5)
+        Traceback (most recent call last):
+        ...
+        genesis_registry.errors.InvalidTTLError: TTL must be at least 1 second (got 0.500s)
         """
         return self._core.lease_seconds(self._ttl(ttl))
 

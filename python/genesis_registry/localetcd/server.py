@@ -67,7 +67,7 @@ class EtcdServer(LocalHandle):
     By default etcd listens on 127.0.0.1. ``host`` (and ``peer_host``) put it
     on other addresses of this machine, and ``command_prefix`` runs it through
     a wrapper, e.g. ``["ip", "netns", "exec", "ns0"]`` to start it in a
-    network namespace whose address is ``host`` (tests/test_partition.py
+    network namespace whose address is ``host`` (tests/integration/test_partition.py
     builds such a network to cut members off).
 
     Example::

@@ -206,7 +206,7 @@ def test_hostile_metadata_and_version_stay_inside_the_value(
 
 
 # Refused for safety. Empty segments ("/", "/a//b", a trailing "/") are not hostile: Go writes
-# them as configured, and so does this library (tests/test_namespaces.py).
+# them as configured, and so does this library (tests/integration/test_namespaces.py).
 HOSTILE_NAMESPACES = ["/a\x00b", "/a\nb", "/a/../b", "/a/./b", "..", "/ns/..", "/\ud800"]
 
 

@@ -54,7 +54,7 @@ from support.echo import EchoServer, instance_for
 
 _COMMAND_LINE = "a command line, not Python"
 _PYTEST_CODE = "pytest tests using the plugin's fixtures, as this suite's own tests do"
-_UNTIL_STOPPED = "runs until Ctrl-C; tests/test_cli.py runs it as a process and interrupts it"
+_UNTIL_STOPPED = "runs until Ctrl-C; tests/integration/test_cli.py runs it as a process and interrupts it"
 _DOCKER = "needs a Docker engine, which the machines running this suite do not have"
 
 #: (module, name in it) of each docstring with code in a ``::`` block that is not a ``>>>``
@@ -68,7 +68,7 @@ ILLUSTRATIONS: dict[tuple[str, str], str] = {
     ("genesis_registry.cli.client", "cmd_watch"): _UNTIL_STOPPED,
     ("genesis_registry.cli.etcd", "cmd_etcd"): _UNTIL_STOPPED,
     ("genesis_registry.cli.demo", "run"): _UNTIL_STOPPED,
-    ("genesis_registry.cli.demo", "tour"): "the whole demo (seconds of traffic); tests/test_cli.py runs it",
+    ("genesis_registry.cli.demo", "tour"): "the whole demo (seconds of traffic); tests/integration/test_cli.py runs it",
     ("genesis_registry.testing", ""): _PYTEST_CODE,
     ("genesis_registry.testing", "async_registry"): _PYTEST_CODE,
     ("genesis_registry.testing", "etcd_cluster"): _PYTEST_CODE,

@@ -16,7 +16,7 @@ import pytest
 from support.cli_process import CLI, Child, child_env, free_ports
 from support.paths import child_pythonpath
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
 #: Fragments: they use generated stubs and a registry the reader has. They run after a
 #: prelude that provides them: a registry, real echo servers registered as the services,

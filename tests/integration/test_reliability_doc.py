@@ -6,7 +6,7 @@ import ast
 from pathlib import Path
 
 TESTS = Path(__file__).resolve().parent
-DOC = TESTS.parent / "docs" / "reliability.md"
+DOC = TESTS.parent.parent / "docs" / "reliability.md"
 
 
 def scenario_tests() -> list[str]:

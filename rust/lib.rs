@@ -13,6 +13,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<py::registry::RegistryCore>()?;
     m.add_class::<py::watch::WatchCore>()?;
     m.add_function(wrap_pyfunction!(py::registry::effective_namespace, m)?)?;
+    m.add_function(wrap_pyfunction!(py::registry::lease_seconds, m)?)?;
     m.add_function(wrap_pyfunction!(py::instance::endpoint_target, m)?)?;
     m.add_function(wrap_pyfunction!(py::errors::_register_errors, m)?)?;
     m.add_function(wrap_pyfunction!(py::runtime::_reset_after_fork, m)?)?;

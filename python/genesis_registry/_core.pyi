@@ -37,6 +37,7 @@ __all__ = [
     "_shutdown_runtime",
     "effective_namespace",
     "endpoint_target",
+    "lease_seconds",
 ]
 
 __version__: str
@@ -328,6 +329,11 @@ def effective_namespace(namespace: str) -> str:
     given (a trailing ``/`` kept, as Go keeps it), or ``"/genesis/services"`` when empty.
     Raises ``InvalidConfigError`` naming a namespace with control characters or ``.``/``..``
     segments."""
+
+def lease_seconds(ttl: float | None, default_ttl: float) -> int:
+    """The whole seconds of the lease etcd is asked for by a registration with ``ttl`` (None or
+    0 meaning ``default_ttl``) under a registry whose default is ``default_ttl``: the effective
+    TTL rounded up. Raises ``InvalidTTLError`` below one second; needs no connection."""
 
 def endpoint_target(endpoint: str) -> str | None:
     """The gRPC target (``host:port``, IPv6 in brackets) of an instance endpoint such as

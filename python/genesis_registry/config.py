@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import _core
-from .errors import InvalidConfigError
+from .errors import InvalidConfigError, InvalidTTLError
 
 __all__ = ["MAX_SECONDS", "Config", "EtcdConfig", "Seconds", "TLSConfig", "to_seconds"]
 
@@ -184,3 +184,14 @@ class Config:
         set_(self, "namespace", namespace)
         set_(self, "default_ttl", _positive_seconds("default_ttl", default_ttl, minimum=1.0))
         set_(self, "retry_interval", _positive_seconds("retry_interval", retry_interval))
+
+    def lease_seconds(self, ttl: Seconds | None = None) -> int:
+        """The whole seconds of the lease etcd is asked for when a registry with this config
+        registers with ``ttl`` (``default_ttl`` when None or 0), as the core computes it; no
+        connection needed. Raises :class:`InvalidTTLError` naming a TTL below one second.
+
+        >>> Config(default_ttl=10).lease_seconds(), Config().lease_seconds(2.5)
+        (10, 3)
+        """
+        seconds = None if ttl is None else to_seconds("ttl", ttl, error=InvalidTTLError)
+        return _core.lease_seconds(seconds, self.default_ttl)

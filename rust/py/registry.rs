@@ -90,6 +90,15 @@ pub fn effective_namespace(namespace: &str) -> PyResult<String> {
     genesis_registry_core::effective_namespace(namespace).into_py_result()
 }
 
+/// The whole seconds of the lease a registration with `ttl` gets under a registry whose
+/// default TTL is `default_ttl` (checks both, needs no connection).
+#[pyfunction]
+#[pyo3(signature = (ttl, default_ttl))]
+pub fn lease_seconds(ttl: Option<f64>, default_ttl: f64) -> PyResult<i64> {
+    let default_ttl = optional_ttl(Some(default_ttl))?.unwrap_or_default();
+    genesis_registry_core::lease_seconds(optional_ttl(ttl)?, default_ttl).into_py_result()
+}
+
 fn optional_ttl(ttl: Option<f64>) -> PyResult<Option<Duration>> {
     match ttl {
         None => Ok(None),

@@ -419,6 +419,11 @@ def test_unreachable_etcd_is_one_error_line_and_exit_1(command: list[str]) -> No
         ),
         (["register", "--name", "svc", "--id", "i1", "--endpoint", "h:1", "--ttl", "0.5", ETCD], ["at least 1 second"]),
         (["register", "--name", "svc", "--id", "i1", "--endpoint", "h:1", "--ttl", "-3", ETCD], ["positive"]),
+        # Said before connecting: no etcd answers at this address.
+        (
+            ["register", "--name", "s", "--id", "i", "--endpoint", "h:1", "--ttl", "0.5", "--endpoints", "127.0.0.1:1"],
+            ["at least 1 second"],
+        ),
         (["deregister", "a/b", "i1", ETCD], ["invalid service instance", "a/b"]),
         (["etcd", "--port", "0"], ["--port", "not a port number"]),
         (["etcd", "--port", "65535"], ["leaves no room"]),

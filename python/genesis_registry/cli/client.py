@@ -203,10 +203,11 @@ def cmd_register(args: argparse.Namespace, out: Output) -> int:
         endpoints=args.instance_endpoints,
         metadata=dict(args.meta),
     )
-    instance.validate()  # before connecting: a bad instance is a usage error
+    # Before connecting: a bad instance or TTL is a usage error, said without waiting for etcd.
+    instance.validate()
+    granted = Config(namespace=args.namespace).lease_seconds(args.ttl)
     with _registry(args, out) as reg:
         key = reg.key_of(instance.name, instance.id)
-        granted = reg.lease_seconds(args.ttl)
         try:
             reg.register(instance, ttl=args.ttl)
             if out.json:

@@ -33,4 +33,4 @@ pub use connector::{EtcdConfig, EtcdConnector, TlsConfig};
 pub use error::{Error, Result};
 pub use instance::{endpoint_target, ServiceInstance};
 pub use log_sink::{Level, LogRecord, LogSink};
-pub use registry::{effective_namespace, Registry, RegistryConfig, DEFAULT_NAMESPACE};
+pub use registry::{effective_namespace, lease_seconds, Registry, RegistryConfig, DEFAULT_NAMESPACE};

@@ -79,6 +79,38 @@ pub fn effective_namespace(namespace: &str) -> Result<String> {
     Ok(namespace.to_string())
 }
 
+/// The TTL a registration with `ttl` gets under a registry whose default is
+/// `default_ttl`: `ttl`, or the default for `None` and zero; at least [`MIN_TTL`].
+///
+/// # Errors
+///
+/// [`Error::InvalidTtl`] naming a TTL below one second.
+pub fn effective_ttl(ttl: Option<Duration>, default_ttl: Duration) -> Result<Duration> {
+    let ttl = match ttl {
+        None => default_ttl,
+        Some(t) if t.is_zero() => default_ttl,
+        Some(t) => t,
+    };
+    if ttl < MIN_TTL {
+        return Err(Error::InvalidTtl(format!(
+            "TTL must be at least 1 second (got {:.3}s)",
+            ttl.as_secs_f64()
+        )));
+    }
+    Ok(ttl)
+}
+
+/// The whole seconds of the lease etcd is asked for by a registration with `ttl`
+/// under a registry whose default is `default_ttl` (the effective TTL rounded up).
+/// Needs no connection, so tools can check a TTL before connecting.
+///
+/// # Errors
+///
+/// As [`effective_ttl`].
+pub fn lease_seconds(ttl: Option<Duration>, default_ttl: Duration) -> Result<i64> {
+    effective_ttl(ttl, default_ttl).map(grant_seconds)
+}
+
 impl RegistryConfig {
     /// The namespace keys are built from, after checking every field.
     fn validated_namespace(&self) -> Result<String> {
@@ -257,24 +289,13 @@ impl Registry {
 
     /// The TTL a registration gets: `ttl`, or the default for `None` and zero.
     pub fn effective_ttl(&self, ttl: Option<Duration>) -> Result<Duration> {
-        let ttl = match ttl {
-            None => self.inner.config.default_ttl,
-            Some(t) if t.is_zero() => self.inner.config.default_ttl,
-            Some(t) => t,
-        };
-        if ttl < MIN_TTL {
-            return Err(Error::InvalidTtl(format!(
-                "TTL must be at least 1 second (got {:.3}s)",
-                ttl.as_secs_f64()
-            )));
-        }
-        Ok(ttl)
+        effective_ttl(ttl, self.inner.config.default_ttl)
     }
 
     /// The lease TTL in whole seconds a registration with `ttl` is granted: the
     /// effective TTL rounded up, as the lease pool asks etcd for it.
     pub fn lease_seconds(&self, ttl: Option<Duration>) -> Result<i64> {
-        self.effective_ttl(ttl).map(grant_seconds)
+        lease_seconds(ttl, self.inner.config.default_ttl)
     }
 
     /// Registers `instance` under `<namespace>/<name>/<id>` and keeps it alive until

@@ -357,6 +357,50 @@ def test_the_plugin_serves_sync_tests_without_pytest_asyncio(tmp_path: Path, etc
     assert "1 passed" in out
 
 
+def test_process_actions_on_an_external_etcd_skip_wherever_they_are_asked(tmp_path: Path, etcd_endpoints):
+    (tmp_path / "test_user.py").write_text(
+        textwrap.dedent(
+            """
+            import pytest
+
+            @pytest.fixture
+            def crashed_at_setup(etcd_server):
+                etcd_server.kill()
+
+            @pytest.fixture
+            def crashed_at_teardown(etcd_server):
+                yield
+                etcd_server.kill()
+
+            def test_in_the_test(etcd_server):
+                etcd_server.stop()
+
+            def test_in_a_fixture_set_up(crashed_at_setup):
+                pass
+
+            def test_in_a_fixture_teardown(crashed_at_teardown):
+                pass
+            """
+        )
+    )
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")
+    code = _BLOCK_PYTEST_ASYNCIO + textwrap.dedent(
+        """
+        import pytest
+        sys.exit(pytest.main(["-q", "-rs", "-p", "no:cacheprovider", "-p", "no:genesis_registry",
+                              "-p", "genesis_registry.testing", "test_user.py"]))
+        """
+    )
+    env = dict(os.environ, PYTEST_DISABLE_PLUGIN_AUTOLOAD="1", GENESIS_ETCD_ENDPOINTS=",".join(etcd_endpoints))
+    env.pop("PYTEST_ADDOPTS", None)
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, timeout=120)
+    out = result.stdout.decode() + result.stderr.decode()
+    assert result.returncode == 0, out
+    # The teardown's skip is reported beside the test's pass, as pytest reports a skip there.
+    assert "1 passed, 3 skipped" in out or "3 skipped, 1 passed" in out, out
+    assert "SKIPPED [3]" in out and "needs a local etcd process" in out, out
+
+
 def _running(pid: int) -> bool:
     """Whether process ``pid`` exists and is not a zombie (an orphan's reaper may be slow)."""
     try:

@@ -12,9 +12,31 @@ from __future__ import annotations
 
 import sys
 
-from .cli.demo import METHOD, NAMESPACE, SERVICE, GreeterServer, main, run, tour
+from .cli.demo import (
+    CALL_INTERVAL,
+    CHANGE_TIMEOUT,
+    METHOD,
+    NAMESPACE,
+    PHASE_SECONDS,
+    SERVICE,
+    GreeterServer,
+    main,
+    run,
+    tour,
+)
 
-__all__ = ["METHOD", "NAMESPACE", "SERVICE", "GreeterServer", "main", "run", "tour"]
+__all__ = [
+    "CALL_INTERVAL",
+    "CHANGE_TIMEOUT",
+    "METHOD",
+    "NAMESPACE",
+    "PHASE_SECONDS",
+    "SERVICE",
+    "GreeterServer",
+    "main",
+    "run",
+    "tour",
+]
 
 if __name__ == "__main__":
     sys.exit(main())

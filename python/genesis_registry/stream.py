@@ -48,7 +48,7 @@ from typing import Any
 import grpc
 import grpc.aio
 
-from .balancer._grpcio import ChannelCloser, FailedCall, aio_error, open_aio_channel, open_channel
+from ._grpcio import ChannelCloser, FailedCall, aio_error, open_aio_channel, open_channel
 from .balancer.targets import InstanceTargets
 from .errors import InvalidConfigError
 from .follow import AsyncFollowable, AsyncServiceFollower, Followable, ServiceFollower

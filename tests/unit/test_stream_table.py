@@ -10,7 +10,7 @@ from typing import Any
 import genesis_registry as gr
 import grpc
 import pytest
-from genesis_registry.balancer._grpcio import FailedCall
+from genesis_registry._grpcio import FailedCall
 from genesis_registry.stream import StreamSlot, StreamTable
 
 READY = grpc.ChannelConnectivity.READY

@@ -38,8 +38,9 @@ the pickers):
 
 The package, one job per module: ``targets`` (the ``etcd:///`` form and the endpoint
 grammar, asked of the core), ``pickers`` (one class per policy, by name), ``endpoints``
-(the endpoint set: no I/O), ``_grpcio`` (what grpcio lacks, and its private state),
-``sync`` and ``aio`` (the two channels, differing only in how they wait).
+(the endpoint set: no I/O), ``sync`` and ``aio`` (the two channels, differing only in
+how they wait). What grpcio lacks, and the reads of its private state, are in
+``genesis_registry._grpcio``, shared with the stream manager.
 """
 
 from __future__ import annotations

@@ -19,8 +19,8 @@ from typing import Any
 import grpc
 import grpc.aio
 
+from .._grpcio import ChannelOptions, aio_error, open_aio_channel
 from ..follow import AsyncFollowable, AsyncServiceFollower
-from ._grpcio import ChannelOptions, aio_error, open_aio_channel
 from .endpoints import Endpoint, EndpointSet, deadline_of, no_instance, remaining
 from .pickers import FAILING, READY, SHUTDOWN
 

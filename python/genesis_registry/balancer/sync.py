@@ -16,8 +16,7 @@ from typing import Any
 
 import grpc
 
-from ..follow import Followable, ServiceFollower
-from ._grpcio import (
+from .._grpcio import (
     ChannelCloser,
     ChannelOptions,
     FailedCall,
@@ -28,6 +27,7 @@ from ._grpcio import (
     connect,
     open_channel,
 )
+from ..follow import Followable, ServiceFollower
 from .endpoints import Endpoint, EndpointSet, deadline_of, remaining
 from .pickers import READY
 

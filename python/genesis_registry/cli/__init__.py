@@ -21,17 +21,35 @@ defaults), ``client`` (list, get, watch, register, deregister), ``etcd`` (the lo
 from __future__ import annotations
 
 from .client import etcd_config
-from .exits import CliError
+from .exits import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, CliError
 from .main import main
 from .output import format_table
-from .parser import DEFAULT_ENDPOINTS, DEFAULT_NAMESPACE, ENV_ENDPOINTS, ENV_PASSWORD, build_parser, settle
+from .parser import (
+    CLIENT_COMMANDS,
+    DEFAULT_ENDPOINTS,
+    DEFAULT_ETCD_PORT,
+    DEFAULT_NAMESPACE,
+    ENV_ENDPOINTS,
+    ENV_PASSWORD,
+    PROG,
+    build_parser,
+    settle,
+)
 from .signals import Interrupted, stop_on_signals
 
+# The exit codes and the parser's constants were importable from the single-module CLI.
 __all__ = [
+    "CLIENT_COMMANDS",
     "DEFAULT_ENDPOINTS",
+    "DEFAULT_ETCD_PORT",
     "DEFAULT_NAMESPACE",
     "ENV_ENDPOINTS",
     "ENV_PASSWORD",
+    "EXIT_FAILURE",
+    "EXIT_INTERRUPTED",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "PROG",
     "CliError",
     "Interrupted",
     "build_parser",

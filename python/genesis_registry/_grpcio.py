@@ -1,7 +1,8 @@
 """What grpcio does not offer, made here: a failed call without a server, a way to ask
 an IDLE channel to connect, and closing subscribed channels without upsetting grpcio's
 polling threads. Everything that reads grpcio's private state is in this module, read
-defensively (another grpcio layout falls back to the public, heavier way)."""
+defensively (another grpcio layout falls back to the public, heavier way). Used by the
+balanced channels and the stream manager, the two parts that own grpcio channels."""
 
 from __future__ import annotations
 

@@ -600,6 +600,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn lease_seconds_takes_the_default_for_none_and_zero_and_rounds_up() {
+        let default = Duration::from_secs(30);
+        assert_eq!(lease_seconds(None, default).unwrap(), 30);
+        assert_eq!(lease_seconds(Some(Duration::ZERO), default).unwrap(), 30);
+        assert_eq!(lease_seconds(Some(Duration::from_millis(2500)), default).unwrap(), 3);
+        assert_eq!(lease_seconds(Some(Duration::from_secs(1)), default).unwrap(), 1);
+        let refused = lease_seconds(Some(Duration::from_millis(500)), default).unwrap_err();
+        assert_eq!(refused.to_string(), "TTL must be at least 1 second (got 0.500s)");
+        assert!(matches!(refused, Error::InvalidTtl(_)));
+    }
+
+    #[test]
     fn namespace_is_kept_as_configured_like_go() {
         for (given, used) in [
             ("/genesis/services", "/genesis/services"),

@@ -142,6 +142,11 @@ def test_ctrl_c_interrupts_a_blocked_watch(etcd_endpoints, etcd_server, namespac
     script = (
         PRELUDE
         + """
+import signal
+# A process started with SIGINT ignored (e.g. a job a non-interactive shell ran in the
+# background) passes that on, and Python then installs no KeyboardInterrupt handler:
+# install it, as that handler is what this test is about.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 try:
     # "ready" once the watch delivered the current instance: from then on it blocks for the
     # next event, which never comes. Printed inside the try, so that a signal arriving
@@ -156,10 +161,14 @@ except KeyboardInterrupt:
     child = subprocess.Popen(
         [PYTHON, "-c", textwrap.dedent(script)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
-    assert child.stdout is not None
-    assert child.stdout.readline().strip() == "ready child"
-    child.send_signal(signal.SIGINT)
-    out, err = child.communicate(timeout=30)
+    with child:
+        try:
+            assert child.stdout is not None
+            assert child.stdout.readline().strip() == "ready child"
+            child.send_signal(signal.SIGINT)
+            out, err = child.communicate(timeout=30)
+        finally:
+            child.kill()  # a no-op once it exited; ends it if the test failed
     assert child.returncode == 0, err
     assert out.strip() == "interrupted"
     assert etcd_keys(etcd_server, namespace) == {}, "the exit hook still revoked the lease"

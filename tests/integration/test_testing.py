@@ -327,6 +327,24 @@ def test_the_plugin_imports_without_pytest_asyncio():
     assert result.stdout.strip() == b"ok"
 
 
+def _pytest_with_the_plugin(tmp_path: Path, etcd_endpoints) -> tuple[subprocess.CompletedProcess[bytes], str]:
+    """Runs pytest on ``tmp_path/test_user.py`` in a child without pytest-asyncio, with this
+    plugin loaded once and the session's etcd as an external one; its result and output."""
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")
+    code = _BLOCK_PYTEST_ASYNCIO + textwrap.dedent(
+        """
+        import pytest
+        # -p no:genesis_registry: the plugin loaded once, whether or not its entry point is installed.
+        sys.exit(pytest.main(["-q", "-rs", "-p", "no:cacheprovider", "-p", "no:genesis_registry",
+                              "-p", "genesis_registry.testing", "test_user.py"]))
+        """
+    )
+    env = dict(os.environ, PYTEST_DISABLE_PLUGIN_AUTOLOAD="1", GENESIS_ETCD_ENDPOINTS=",".join(etcd_endpoints))
+    env.pop("PYTEST_ADDOPTS", None)
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, timeout=120)
+    return result, result.stdout.decode() + result.stderr.decode()
+
+
 def test_the_plugin_serves_sync_tests_without_pytest_asyncio(tmp_path: Path, etcd_endpoints):
     (tmp_path / "test_user.py").write_text(
         textwrap.dedent(
@@ -340,19 +358,7 @@ def test_the_plugin_serves_sync_tests_without_pytest_asyncio(tmp_path: Path, etc
             """
         )
     )
-    (tmp_path / "pytest.ini").write_text("[pytest]\n")
-    code = _BLOCK_PYTEST_ASYNCIO + textwrap.dedent(
-        """
-        import pytest
-        # -p no:genesis_registry: the plugin loaded once, whether or not its entry point is installed.
-        sys.exit(pytest.main(["-q", "-p", "no:cacheprovider", "-p", "no:genesis_registry",
-                              "-p", "genesis_registry.testing", "test_user.py"]))
-        """
-    )
-    env = dict(os.environ, PYTEST_DISABLE_PLUGIN_AUTOLOAD="1", GENESIS_ETCD_ENDPOINTS=",".join(etcd_endpoints))
-    env.pop("PYTEST_ADDOPTS", None)
-    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, timeout=120)
-    out = result.stdout.decode() + result.stderr.decode()
+    result, out = _pytest_with_the_plugin(tmp_path, etcd_endpoints)
     assert result.returncode == 0, out
     assert "1 passed" in out
 
@@ -383,18 +389,7 @@ def test_process_actions_on_an_external_etcd_skip_wherever_they_are_asked(tmp_pa
             """
         )
     )
-    (tmp_path / "pytest.ini").write_text("[pytest]\n")
-    code = _BLOCK_PYTEST_ASYNCIO + textwrap.dedent(
-        """
-        import pytest
-        sys.exit(pytest.main(["-q", "-rs", "-p", "no:cacheprovider", "-p", "no:genesis_registry",
-                              "-p", "genesis_registry.testing", "test_user.py"]))
-        """
-    )
-    env = dict(os.environ, PYTEST_DISABLE_PLUGIN_AUTOLOAD="1", GENESIS_ETCD_ENDPOINTS=",".join(etcd_endpoints))
-    env.pop("PYTEST_ADDOPTS", None)
-    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, timeout=120)
-    out = result.stdout.decode() + result.stderr.decode()
+    result, out = _pytest_with_the_plugin(tmp_path, etcd_endpoints)
     assert result.returncode == 0, out
     # The teardown's skip is reported beside the test's pass, as pytest reports a skip there.
     assert "1 passed, 3 skipped" in out or "3 skipped, 1 passed" in out, out

@@ -307,6 +307,32 @@ class StreamTable:
         later = [s.reopen_at for s in self.slots.values() if s.reopen_at is not None and s.reopen_at > now]
         return due, (min(later) - now if later else None)
 
+    def open_due(self, open_slot: Callable[[StreamSlot], None]) -> float | None:
+        """Opens every slot whose re-open time has come (opening may make more due); then
+        the seconds until the next one, None when none waits."""
+        while True:
+            due, wait = self.due()
+            if not due:
+                return wait
+            for slot in due:
+                open_slot(slot)
+
+    def apply(
+        self,
+        kind: str,
+        payload: Any,
+        open_slot: Callable[[StreamSlot], None],
+        close_slot: Callable[[StreamSlot], None],
+    ) -> None:
+        """Applies one event of a manager's queue: the service's instances, a channel's
+        connectivity, or a stream that ended (instance id, generation, its failure or None)."""
+        if kind == "instances":
+            self.apply_instances(payload, open_slot, close_slot)
+        elif kind == "state":
+            self.connectivity(*payload)
+        else:
+            self.apply_ended(*payload)
+
     def publish(self) -> None:
         self.snapshot = {i: s.stream for i, s in self.slots.items() if s.stream is not None}
 
@@ -413,24 +439,16 @@ class StreamManager:
         table = self._table
         try:
             while True:
-                due, wait = table.due()
-                for slot in due:
-                    self._open(slot)
-                if due:
-                    continue
                 try:
-                    kind, payload = self._events.get(timeout=wait)
+                    kind, payload = self._events.get(timeout=table.open_due(self._open))
                 except queue.Empty:
                     continue
                 if kind == "stop":
                     return
-                if kind == "instances":
-                    table.apply_instances(payload, self._open, self._close)
-                elif kind == "state":
-                    table.connectivity(*payload)
-                else:
+                if kind == "ended":  # why it failed, read here: the table does no I/O
                     instance_id, generation, stream = payload
-                    table.apply_ended(instance_id, generation, _failure(stream))
+                    payload = (instance_id, generation, _failure(stream))
+                table.apply(kind, payload, self._open, self._close)
         finally:
             for slot in list(table.slots.values()):
                 self._close(slot)
@@ -532,24 +550,16 @@ class AsyncStreamManager:
         table = self._table
         try:
             while True:
-                due, wait = table.due()
-                for slot in due:
-                    self._open(slot)
-                if due:
-                    continue
                 try:
-                    kind, payload = await asyncio.wait_for(self._events.get(), wait)
+                    kind, payload = await asyncio.wait_for(self._events.get(), table.open_due(self._open))
                 except asyncio.TimeoutError:
                     continue
                 if kind == "stop":
                     return
-                if kind == "instances":
-                    table.apply_instances(payload, self._open, self._close)
-                elif kind == "state":
-                    table.connectivity(*payload)
-                else:
+                if kind == "ended":  # why it failed, read here: the table does no I/O
                     instance_id, generation, stream = payload
-                    table.apply_ended(instance_id, generation, await _aio_failure(stream))
+                    payload = (instance_id, generation, await _aio_failure(stream))
+                table.apply(kind, payload, self._open, self._close)
         finally:
             for slot in list(table.slots.values()):
                 self._close(slot)

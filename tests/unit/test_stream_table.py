@@ -237,3 +237,27 @@ def test_a_callback_that_raises_is_logged_and_the_table_goes_on(caplog: pytest.L
     with caplog.at_level(logging.ERROR, logger="test.streams"):
         manager.update(inst("a", 1))
     assert "a" in manager.table.snapshot and "on_add callback raised" in caplog.text
+
+
+def test_open_due_opens_what_is_due_and_says_how_long_until_the_next() -> None:
+    manager = Manager(retry_initial=0.5)
+    manager.update(inst("a", 1), inst("b", 2))
+    assert manager.table.open_due(manager.open) is None  # nothing waits
+    manager.end("a", UNREACHABLE)  # its only endpoint failed: backoff
+    manager.end("b", SERVER_ERROR)
+    manager.table.slots["b"].reopen_at = time.monotonic()  # due now
+    wait = manager.table.open_due(manager.open)
+    assert wait is not None and 0 < wait <= 0.5  # a's backoff
+    assert manager.table.slots["b"].reopen_at is None and "b" in manager.table.snapshot
+    assert manager.table.slots["a"].reopen_at is not None
+
+
+def test_apply_dispatches_the_manager_queue_events() -> None:
+    manager = Manager()
+    manager.table.apply("instances", (inst("a", 1),), manager.open, manager.close)
+    assert sorted(manager.table.snapshot) == ["a"]
+    slot = manager.table.slots["a"]
+    manager.table.apply("ended", ("a", slot.generation, SERVER_ERROR), manager.open, manager.close)
+    assert slot.failures == 1 and slot.reopen_at is not None
+    manager.table.apply("instances", (), manager.open, manager.close)
+    assert manager.table.snapshot == {} and ("remove", "a") in manager.events

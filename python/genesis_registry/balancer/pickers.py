@@ -195,7 +195,8 @@ class PickFirstPicker(Picker[E]):
         return self.first
 
 
-#: The balancing policies a channel accepts.
+#: The policies this package ships (a tuple, as before pickers had a registry); a channel
+#: also accepts any policy registered later with :func:`policy` (see :data:`PICKERS`).
 POLICIES = tuple(PICKERS)
 
 

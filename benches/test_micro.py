@@ -12,6 +12,7 @@ from collections.abc import Iterator
 import genesis_registry as gr
 import pytest
 from support.echo import EchoServer  # tests/ is on sys.path: pytest's pythonpath setting
+from support.wait import wait_until
 
 
 @pytest.fixture(scope="module")
@@ -25,6 +26,8 @@ def populate(registry: gr.Registry, name: str, size: int) -> None:
     if len(registry.get_service(name)) < size:
         for i in range(size):
             registry.register(gr.ServiceInstance(id=f"{name}-{i:05}", name=name, endpoints=[f"10.0.0.1:{1000 + i}"]))
+    # register() returns once etcd holds the key; the watch brings it to the cache a moment later.
+    wait_until(lambda: len(registry.get_service(name)) == size, 10, f"the cache to hold {size} instances")
 
 
 @pytest.mark.parametrize("size", [10, 1000])

@@ -232,13 +232,6 @@ class RegistryCore:
     def key_of(self, name: str, id: str) -> str:
         """The etcd key of instance ``id`` of service ``name``."""
 
-    def effective_ttl(self, ttl: float | None = None) -> float:
-        """The TTL in seconds a registration with ``ttl`` gets; raises ``InvalidTTLError``."""
-
-    def lease_seconds(self, ttl: float | None = None) -> int:
-        """The lease TTL in whole seconds a registration with ``ttl`` is granted (the effective
-        TTL rounded up, as the lease is asked of etcd); raises ``InvalidTTLError``."""
-
     def register(self, instance: ServiceInstance, ttl: float | None = None) -> None:
         """Register ``instance`` (validated) and keep it alive; ``ttl`` None means ``default_ttl``."""
 

@@ -163,7 +163,7 @@ class _RegistryBase:
         ...
         genesis_registry.errors.InvalidTTLError: TTL must be at least 1 second (got 0.500s)
         """
-        return self._core.lease_seconds(self._ttl(ttl))
+        return self._config.lease_seconds(ttl)
 
     def _removed(self, service: str, instance_id: str, deleted: bool) -> None:
         """What ``deregister(instance_id, service=service)`` makes of the core's answer."""

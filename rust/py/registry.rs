@@ -172,19 +172,6 @@ impl RegistryCore {
         self.core.key_of(name, id)
     }
 
-    /// The TTL a registration with `ttl` gets, in seconds (checks it).
-    #[pyo3(signature = (ttl=None))]
-    fn effective_ttl(&self, ttl: Option<f64>) -> PyResult<f64> {
-        self.core.effective_ttl(optional_ttl(ttl)?).into_py_result().map(|d| d.as_secs_f64())
-    }
-
-    /// The lease TTL in whole seconds a registration with `ttl` is granted (the effective
-    /// TTL rounded up); raises InvalidTTLError like `effective_ttl`.
-    #[pyo3(signature = (ttl=None))]
-    fn lease_seconds(&self, ttl: Option<f64>) -> PyResult<i64> {
-        self.core.lease_seconds(optional_ttl(ttl)?).into_py_result()
-    }
-
     #[pyo3(signature = (instance, ttl=None))]
     fn register(&self, py: Python<'_>, instance: &ServiceInstance, ttl: Option<f64>) -> PyResult<()> {
         let core = self.check()?.clone();

@@ -292,12 +292,6 @@ impl Registry {
         effective_ttl(ttl, self.inner.config.default_ttl)
     }
 
-    /// The lease TTL in whole seconds a registration with `ttl` is granted: the
-    /// effective TTL rounded up, as the lease pool asks etcd for it.
-    pub fn lease_seconds(&self, ttl: Option<Duration>) -> Result<i64> {
-        lease_seconds(ttl, self.inner.config.default_ttl)
-    }
-
     /// Registers `instance` under `<namespace>/<name>/<id>` and keeps it alive until
     /// [`Registry::deregister`] or [`Registry::close`], re-registering it if its lease is lost.
     ///

@@ -15,7 +15,7 @@ import logging as _logging
 
 from . import lifecycle as _lifecycle  # noqa: F401  (installs the exit and fork hooks)
 from ._core import __version__
-from .balancer import POLICIES, AsyncBalancedChannel, BalancedChannel, dial
+from .balancer import POLICIES, AsyncBalancedChannel, BalancedChannel, ChannelStats, dial
 from .config import Config, EtcdConfig, Seconds, TLSConfig
 from .connector import EtcdConnector
 from .errors import (
@@ -46,6 +46,7 @@ __all__ = [
     "AsyncWatch",
     "AuthenticationError",
     "BalancedChannel",
+    "ChannelStats",
     "Config",
     "EtcdConfig",
     "EtcdConnector",

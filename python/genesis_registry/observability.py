@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -107,7 +107,12 @@ METRICS: tuple[tuple[str, str, str, str, str], ...] = (
     ("registry.instances.registered", "1", "Instances this registry keeps registered", "registered", "gauge"),
     ("registry.leases.active", "1", "Leases this registry holds", "leases", "gauge"),
     ("registry.services.watched", "1", "Services watched on the connector", "watched_services", "gauge"),
+    ("registry.calls_left_zone.total", "1", "Calls sent outside the caller's zone", "calls_left_zone", "counter"),
 )
+
+#: The ``ChannelStats`` fields reported by ``registry.channel.endpoints``, as its ``state``
+#: attribute, summed over the open balanced channels of each service.
+CHANNEL_ENDPOINT_STATES = ("known", "subset", "connected", "ready")
 
 
 #: (metric name, unit, description, service_stats key, scale) of the per-service gauges;
@@ -146,6 +151,7 @@ class RegistryMetrics:
         stats: Callable[[], dict[str, int]],
         service_stats: Callable[[], dict[str, dict[str, float]]],
         attributes: dict[str, str],
+        channel_stats: Callable[[], Sequence[Any]] = tuple,
     ) -> None:
         from opentelemetry.metrics import CallbackOptions, Observation
 
@@ -164,6 +170,17 @@ class RegistryMetrics:
 
             return observe
 
+        def channel_endpoints(_options: CallbackOptions) -> Iterable[Observation]:
+            totals: dict[tuple[str, str], int] = {}
+            for stats in channel_stats():
+                for state in CHANNEL_ENDPOINT_STATES:
+                    key = (stats.service, state)
+                    totals[key] = totals.get(key, 0) + getattr(stats, state)
+            return [
+                Observation(value, {**attributes, "service": service, "state": state})
+                for (service, state), value in totals.items()
+            ]
+
         self.instruments = []
         for name, unit, description, key, kind in METRICS:
             create = meter.create_observable_counter if kind == "counter" else meter.create_observable_gauge
@@ -174,3 +191,12 @@ class RegistryMetrics:
                     name, callbacks=[per_service(key, scale)], unit=unit, description=description
                 )
             )
+        self.instruments.append(
+            meter.create_observable_gauge(
+                "registry.channel.endpoints",
+                callbacks=[channel_endpoints],
+                unit="1",
+                description="Endpoints of the open balanced channels, by service and state "
+                "(known, subset, connected, ready)",
+            )
+        )

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
+import weakref
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from types import TracebackType
 from typing import Any
@@ -27,7 +29,7 @@ from typing import Any
 import grpc
 
 from . import _core, lifecycle
-from .balancer import AsyncBalancedChannel, BalancedChannel
+from .balancer import AsyncBalancedChannel, BalancedChannel, ChannelStats
 from .config import Config, Seconds, to_seconds
 from .connector import EtcdConnector
 from .errors import InvalidConfigError, InvalidServiceInstanceError, InvalidTTLError, ServiceNotFoundError
@@ -63,8 +65,13 @@ class _RegistryBase:
         self._core = _core.RegistryCore(connector.core, config.namespace, config.default_ttl, config.retry_interval)
         self._logger = logger if logger is not None else logging.getLogger("genesis_registry")
         connector.route_logs(self._core.id, self._logger)
+        self._channels: weakref.WeakSet[BalancedChannel | AsyncBalancedChannel] = weakref.WeakSet()
+        self._calls_left_zone = 0
+        self._calls_left_zone_lock = threading.Lock()
         self._metrics = (
-            RegistryMetrics(meter, self.stats, self.service_stats, {"namespace": self._core.namespace})
+            RegistryMetrics(
+                meter, self.stats, self.service_stats, {"namespace": self._core.namespace}, self.channel_stats
+            )
             if meter is not None
             else None
         )
@@ -131,7 +138,25 @@ class _RegistryBase:
         >>> reg.stats()["registrations"]
         1
         """
-        return self._core.stats()
+        return {**self._core.stats(), "calls_left_zone": self._calls_left_zone}
+
+    def channel_stats(self) -> list[ChannelStats]:
+        """:class:`ChannelStats` of every balanced channel made here and still open, by service.
+
+        >>> reg.register(instance)
+        >>> with reg.get_connection("user-service", zone="zone-a"):
+        ...     [(s.service, s.known, s.zone) for s in reg.channel_stats()]
+        [('user-service', 1, 'zone-a')]
+        """
+        channels = [channel for channel in list(self._channels) if not channel.closed]
+        return sorted((channel.stats() for channel in channels), key=lambda stats: stats.service)
+
+    def _count_left_zone(self) -> None:
+        with self._calls_left_zone_lock:
+            self._calls_left_zone += 1
+
+    def _track(self, channel: BalancedChannel | AsyncBalancedChannel) -> None:
+        self._channels.add(channel)
 
     @staticmethod
     def _instance(instance: ServiceInstance) -> ServiceInstance:
@@ -322,10 +347,21 @@ class Registry(_RegistryBase):
         credentials: grpc.ChannelCredentials | None = None,
         options: Sequence[tuple[str, Any]] = (),
         policy: str = "round_robin",
+        *,
+        subset_size: int | None = None,
+        subset_key: str | bytes | int | None = None,
+        zone: str | None = None,
     ) -> BalancedChannel:
         """A ``grpc.Channel`` balanced per call over the live instances of service ``name``
         (insecure when ``credentials`` is None). Stubs built on it once stay balanced as
         instances come and go. Close it when done.
+
+        At mesh scale: ``subset_size=N`` connects to at most N endpoints, chosen by
+        rendezvous hashing on ``subset_key`` (default: host name and process id), so that
+        clients spread evenly over the instances and keep their choice as instances come
+        and go; ``zone="..."`` sends calls to the instances whose ``zone`` metadata matches
+        while one is READY, to the others otherwise (and takes the subset within the zone
+        first). See ``genesis_registry.balancer.subsets``.
 
         >>> reg.register(instance)
         >>> channel = reg.get_connection("user-service")
@@ -333,7 +369,19 @@ class Registry(_RegistryBase):
         b'user-1|123'
         >>> channel.close()
         """
-        return BalancedChannel(self, name, credentials=credentials, options=options, policy=policy)
+        channel = BalancedChannel(
+            self,
+            name,
+            credentials=credentials,
+            options=options,
+            policy=policy,
+            subset_size=subset_size,
+            subset_key=subset_key,
+            zone=zone,
+            on_left_zone=self._count_left_zone,
+        )
+        self._track(channel)
+        return channel
 
     def close(self) -> None:
         """Revoke every lease (instances disappear at once) and end every watch.
@@ -411,9 +459,14 @@ class AsyncRegistry(_RegistryBase):
         options: Sequence[tuple[str, Any]] = (),
         policy: str = "round_robin",
         interceptors: Sequence[Any] | None = None,
+        *,
+        subset_size: int | None = None,
+        subset_key: str | bytes | int | None = None,
+        zone: str | None = None,
     ) -> AsyncBalancedChannel:
         """A ``grpc.aio.Channel`` balanced per call over the live instances of service
-        ``name``; ``interceptors`` are aio client interceptors (see :meth:`Registry.get_connection`).
+        ``name``; ``interceptors`` are aio client interceptors (see :meth:`Registry.get_connection`,
+        also for ``subset_size``, ``subset_key`` and ``zone``).
 
         >>> await areg.register(instance)
         >>> channel = await areg.get_connection("user-service")
@@ -422,8 +475,18 @@ class AsyncRegistry(_RegistryBase):
         >>> await channel.close()
         """
         channel = AsyncBalancedChannel(
-            self, name, credentials=credentials, options=options, policy=policy, interceptors=interceptors
+            self,
+            name,
+            credentials=credentials,
+            options=options,
+            policy=policy,
+            interceptors=interceptors,
+            subset_size=subset_size,
+            subset_key=subset_key,
+            zone=zone,
+            on_left_zone=self._count_left_zone,
         )
+        self._track(channel)
         return await channel.start()
 
     async def close(self) -> None:

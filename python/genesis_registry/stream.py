@@ -48,7 +48,8 @@ from typing import Any
 import grpc
 import grpc.aio
 
-from ._grpcio import ChannelCloser, FailedCall, aio_error, open_aio_channel, open_channel
+from ._connectivity import MONITOR, ChannelWatch
+from ._grpcio import FailedCall, aio_error, open_aio_channel, open_channel
 from .balancer.targets import InstanceTargets
 from .errors import InvalidConfigError
 from .follow import AsyncFollowable, AsyncServiceFollower, Followable, ServiceFollower
@@ -387,9 +388,8 @@ class StreamManager:
         self._follower: ServiceFollower | None = None
         self._lock = threading.Lock()
         self._stopped = False
-        #: Channels are closed once grpcio stops polling them (see ChannelCloser).
-        self._closer = ChannelCloser(f"genesis-streams-close-{config.service_name}")
-        self._subscriptions: dict[Any, Callable[[grpc.ChannelConnectivity], None]] = {}
+        #: The connectivity watch of each channel (one thread per process follows them all).
+        self._watches: dict[Any, ChannelWatch] = {}
 
     @property
     def config(self) -> StreamManagerConfig:
@@ -453,7 +453,6 @@ class StreamManager:
             for slot in list(table.slots.values()):
                 self._close(slot)
             table.slots.clear()
-            self._closer.close()
             table.publish()
 
     def _open(self, slot: StreamSlot) -> None:
@@ -464,11 +463,11 @@ class StreamManager:
         def make_channel(target: str) -> grpc.Channel:
             channel = open_channel(target, config.credentials, config.options)
 
-            def on_state(state: grpc.ChannelConnectivity) -> None:
-                self._events.put(("state", (instance_id, channel, state)))
+            def on_states(changes: Sequence[tuple[Any, grpc.ChannelConnectivity]]) -> None:
+                for _token, state in changes:
+                    self._events.put(("state", (instance_id, channel, state)))
 
-            self._subscriptions[channel] = on_state
-            channel.subscribe(on_state, True)
+            self._watches[channel] = MONITOR.watch(channel, on_states, instance_id)
             return channel
 
         self._table.open_stream(slot, make_channel, lambda *ended: self._events.put(("ended", ended)))
@@ -479,7 +478,11 @@ class StreamManager:
             self._retire_channel(channel)
 
     def _retire_channel(self, channel: grpc.Channel) -> None:
-        self._closer.close_later(channel, self._subscriptions.pop(channel, None))
+        watch = self._watches.pop(channel, None)
+        if watch is not None:
+            watch.close()
+        else:
+            channel.close()
 
 
 class AsyncStreamManager:

@@ -48,6 +48,7 @@ from __future__ import annotations
 from typing import Any
 
 from .aio import AsyncBalancedChannel
+from .endpoints import ChannelStats
 from .pickers import POLICIES
 from .sync import BalancedChannel
 from .targets import endpoint_target, parse_target
@@ -56,6 +57,7 @@ __all__ = [
     "POLICIES",
     "AsyncBalancedChannel",
     "BalancedChannel",
+    "ChannelStats",
     "dial",
     "endpoint_target",
     "parse_target",

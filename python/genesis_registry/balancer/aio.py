@@ -21,7 +21,7 @@ import grpc.aio
 
 from .._grpcio import ChannelOptions, aio_error, open_aio_channel
 from ..follow import AsyncFollowable, AsyncServiceFollower
-from .endpoints import Endpoint, EndpointSet, deadline_of, no_instance, remaining
+from .endpoints import ChannelStats, Endpoint, EndpointSet, deadline_of, no_instance, remaining
 from .pickers import FAILING, READY, SHUTDOWN
 
 __all__ = ["AsyncBalancedChannel"]
@@ -241,6 +241,10 @@ class AsyncBalancedChannel(grpc.aio.Channel):
         options: ChannelOptions = (),
         policy: str = "round_robin",
         interceptors: Sequence[Any] | None = None,
+        subset_size: int | None = None,
+        subset_key: str | bytes | int | None = None,
+        zone: str | None = None,
+        on_left_zone: Callable[[], None] | None = None,
     ) -> None:
         self.service = service
         self._registry = registry
@@ -251,6 +255,7 @@ class AsyncBalancedChannel(grpc.aio.Channel):
         self._tasks: dict[Endpoint, asyncio.Task[None]] = {}
         self._closing: set[asyncio.Future[Any]] = set()
         self._close_lock = asyncio.Lock()
+        self._pending_states: list[tuple[Endpoint, grpc.ChannelConnectivity]] = []
         options = tuple(options)
         self._endpoints = EndpointSet(
             service,
@@ -259,6 +264,10 @@ class AsyncBalancedChannel(grpc.aio.Channel):
             self._watch_state,
             self._close_endpoint,
             registry.logger,
+            subset_size=subset_size,
+            subset_key=subset_key,
+            zone=zone,
+            on_left_zone=on_left_zone,
         )
         self._endpoints.on_change = self._on_change
         self._follower = AsyncServiceFollower(registry, service, self._endpoints.update)
@@ -282,11 +291,22 @@ class AsyncBalancedChannel(grpc.aio.Channel):
             channel: grpc.aio.Channel = endpoint.channel
             state = channel.get_state(try_to_connect=True)
             while not endpoint.removed:
-                self._endpoints.set_state(endpoint, state)
+                self._state_changed(endpoint, state)
                 await channel.wait_for_state_change(state)
                 state = channel.get_state(try_to_connect=True)
 
         self._tasks[endpoint] = asyncio.create_task(follow())
+
+    def _state_changed(self, endpoint: Endpoint, state: grpc.ChannelConnectivity) -> None:
+        # Endpoints change together (a cold start, a zone going down): the changes that
+        # arrive in one turn of the loop make one picker, not one each.
+        if not self._pending_states:
+            self._loop.call_soon(self._flush_states)
+        self._pending_states.append((endpoint, state))
+
+    def _flush_states(self) -> None:
+        pending, self._pending_states = self._pending_states, []
+        self._endpoints.set_states(pending)
 
     def _close_endpoint(self, endpoint: Endpoint) -> None:
         task = self._tasks.pop(endpoint, None)
@@ -325,8 +345,24 @@ class AsyncBalancedChannel(grpc.aio.Channel):
     def targets(self) -> list[str]:
         return self._endpoints.targets()
 
+    @property
+    def closed(self) -> bool:
+        """Whether ``close()`` was called."""
+        return self._closed
+
     def ready_targets(self) -> list[str]:
         return self._endpoints.targets(READY)
+
+    def stats(self) -> ChannelStats:
+        """See :meth:`BalancedChannel.stats`.
+
+        >>> await areg.register(instance)
+        >>> channel = await areg.get_connection("user-service", subset_size=1)
+        >>> (channel.stats().known, channel.stats().subset)
+        (1, 1)
+        >>> await channel.close()
+        """
+        return self._endpoints.stats()
 
     def _multicallable(self, kind: str, method: str, request_serializer: Any, response_deserializer: Any) -> Any:
         return _AioMultiCallable(self, kind, method, request_serializer, response_deserializer)

@@ -1,5 +1,6 @@
 """The endpoint set of one balanced channel: every usable endpoint of every instance of
-the service, their connectivity and weights, and the picker calls choose from.
+the service, which of them the channel connects to (its subset, and the caller's zone
+first), their connectivity and weights, and the picker calls choose from.
 
 Pure bookkeeping, shared by both channel twins: the set opens, watches and closes
 endpoint channels only through the three functions a twin hands it, so it runs (and is
@@ -11,16 +12,18 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import grpc
 
 from ..model import ServiceInstance
-from .pickers import Picker, picker_for
+from .pickers import FAILING, READY, SHUTDOWN, Picker, picker_for
+from .subsets import SubsetChooser
 from .targets import InstanceTargets
 
-__all__ = ["EMPTY", "Endpoint", "EndpointSet", "instance_weight"]
+__all__ = ["EMPTY", "ChannelStats", "Endpoint", "EndpointSet", "instance_weight"]
 
 
 class _Method(Protocol):
@@ -41,16 +44,22 @@ class Endpoint:
         "_inflight",
         "_lock",
         "channel",
+        "in_zone",
         "instance",
         "rank",
         "removed",
         "state",
         "target",
+        "watch",
         "weight",
     )
 
     def __init__(self, target: str, instance: ServiceInstance, index: int, channel: Any) -> None:
         self.target = target
+        #: Whether the instance is of the caller's zone (False when the channel has none).
+        self.in_zone = False
+        #: What follows the channel's connectivity (the twin's: a monitor watch, a task).
+        self.watch: Any = None
         self.instance = instance
         #: Where the endpoint stands in the service's address list: instance id, then its
         #: position among the instance's endpoints.
@@ -101,6 +110,40 @@ class Endpoint:
 EMPTY: Picker[Endpoint] = Picker([], None, False)
 
 
+@dataclass(frozen=True)
+class ChannelStats:
+    """What a balanced channel holds, from ``channel.stats()``.
+
+    >>> reg.register(instance)
+    >>> with reg.get_connection("user-service", subset_size=2) as channel:
+    ...     channel.stats().known, channel.stats().subset
+    (1, 1)
+    """
+
+    #: The service the channel balances over.
+    service: str
+    #: Its load-balancing policy.
+    policy: str
+    #: Endpoints of the service's instances (every usable one).
+    known: int
+    #: Endpoints the channel chose to connect to: all of them without ``subset_size``;
+    #: with a zone, the failover endpoints too while they are in use.
+    subset: int
+    #: Endpoints with a grpcio channel open (being connected, connected, or draining the
+    #: calls in flight of a removed endpoint).
+    connected: int
+    #: Endpoints whose channel is READY.
+    ready: int
+    #: The ``subset_size`` asked for (None: every endpoint).
+    subset_size: int | None
+    #: The caller's zone (None: no zone preference).
+    zone: str | None
+    #: Whether calls go outside the zone now, the zone having no READY endpoint.
+    failover: bool
+    #: Calls sent outside the zone so far.
+    calls_left_zone: int
+
+
 def instance_weight(instance: ServiceInstance) -> int | None:
     """An instance's ``weight`` metadata, if it is a positive integer.
 
@@ -117,6 +160,13 @@ def instance_weight(instance: ServiceInstance) -> int | None:
     except ValueError:
         return None
     return value if value > 0 else None
+
+
+def _unavailable(call: Any) -> bool:
+    try:
+        return bool(call.code() == grpc.StatusCode.UNAVAILABLE)
+    except Exception:  # not a call that knows its code
+        return False
 
 
 def no_instance(service: str) -> str:
@@ -152,10 +202,25 @@ class EndpointSet:
         watch_state: Callable[[Endpoint], None],
         close_channel: Callable[[Endpoint], None],
         logger: logging.Logger,
+        *,
+        subset_size: int | None = None,
+        subset_key: str | bytes | int | None = None,
+        zone: str | None = None,
+        on_left_zone: Callable[[], None] | None = None,
     ) -> None:
         self.service = service
         self._picker_class = picker_for(policy)
+        self._on_left_zone = on_left_zone
         self.policy = policy
+        self._chooser = SubsetChooser(subset_size, subset_key, zone)
+        self.zone = self._chooser.zone
+        #: Every usable endpoint of the service: its instance and place among the
+        #: instance's endpoints.
+        self._known: dict[str, tuple[ServiceInstance, int]] = {}
+        #: Whether the failover endpoints are connected (a zone with a subset only).
+        self._failover = False
+        self._left_zone = 0
+        self._left_zone_lock = threading.Lock()
         self._open_channel = open_channel
         self._watch_state = watch_state
         self._close_channel = close_channel
@@ -169,6 +234,9 @@ class EndpointSet:
         self.changed = threading.Condition(self._lock)
         #: Set by the async twin to wake waiters on its event loop.
         self.on_change: Callable[[], None] | None = None
+        #: Set by the blocking twin: a call on the endpoint failed UNAVAILABLE, so its
+        #: connection may have dropped since its state was last read.
+        self.on_unavailable: Callable[[Endpoint], None] | None = None
 
     def endpoints(self) -> list[Endpoint]:
         with self._lock:
@@ -185,59 +253,110 @@ class EndpointSet:
         except BaseException:
             self.finished(endpoint)
             raise
-        call.add_done_callback(lambda _call: self.finished(endpoint))
+        call.add_done_callback(lambda call: self.finished(endpoint, call))
         return call
 
     def update(self, instances: Sequence[ServiceInstance]) -> None:
         """Reconciles the endpoints with the service's current instances: every usable
-        endpoint of every instance (an endpoint two instances share is balanced once)."""
-        wanted: dict[str, tuple[ServiceInstance, int]] = {}
+        endpoint of every instance (an endpoint two instances share is balanced once) is
+        known; the chosen ones (see :class:`~.subsets.SubsetChooser`) are connected."""
+        known: dict[str, tuple[ServiceInstance, int]] = {}
         for instance, targets in self._targets.read(instances):
             for index, target in enumerate(targets):
-                wanted.setdefault(target, (instance, index))
-        added: list[Endpoint] = []
-        idle_removed: list[Endpoint] = []
+                known.setdefault(target, (instance, index))
         with self._lock:
-            for target in [t for t in self._by_target if t not in wanted]:
-                gone = self._by_target.pop(target)
-                if gone.retire():
-                    idle_removed.append(gone)
-                else:
-                    self._draining.add(gone)
-            for target, (instance, index) in wanted.items():
-                current = self._by_target.get(target)
-                if current is None:
-                    try:
-                        channel = self._open_channel(target)
-                    except Exception:
-                        self._logger.exception(
-                            "cannot open a gRPC channel to %s (instance %s of %s); skipping it",
-                            target,
-                            instance.id,
-                            self.service,
-                        )
-                        continue
-                    current = Endpoint(target, instance, index, channel)
-                    self._by_target[target] = current
-                    added.append(current)
-                current.instance = instance
-                current.rank = (instance.id, index)
+            self._known = known
+            added, idle_removed = self._reconcile()
             self._reweigh()
             self._publish()
+        self._settle(added, idle_removed)
+
+    def _reconcile(self) -> tuple[list[Endpoint], list[Endpoint]]:
+        """Opens the chosen endpoints not open yet and retires those no longer chosen
+        (lock held); returns (added, removed and idle) for :meth:`_settle`."""
+        zone = self.zone
+        in_zone = {t: zone is not None and inst.metadata.get("zone") == zone for t, (inst, _) in self._known.items()}
+        chosen = self._chooser.choose(in_zone)
+        if self._failover:
+            chosen += [t for t in self._chooser.failover(in_zone) if t not in set(chosen)]
+        wanted = set(chosen)
+        added: list[Endpoint] = []
+        idle_removed: list[Endpoint] = []
+        for target in [t for t in self._by_target if t not in wanted]:
+            gone = self._by_target.pop(target)
+            if gone.retire():
+                idle_removed.append(gone)
+            else:
+                self._draining.add(gone)
+        for target in chosen:
+            instance, index = self._known[target]
+            current = self._by_target.get(target)
+            if current is None:
+                try:
+                    channel = self._open_channel(target)
+                except Exception:
+                    self._logger.exception(
+                        "cannot open a gRPC channel to %s (instance %s of %s); skipping it",
+                        target,
+                        instance.id,
+                        self.service,
+                    )
+                    continue
+                current = Endpoint(target, instance, index, channel)
+                self._by_target[target] = current
+                added.append(current)
+            current.instance = instance
+            current.rank = (instance.id, index)
+            current.in_zone = in_zone[target]
+        return added, idle_removed
+
+    def _settle(self, added: list[Endpoint], idle_removed: list[Endpoint]) -> None:
+        """Closes what :meth:`_reconcile` retired idle and watches what it opened (lock
+        not held: the twins' functions do I/O)."""
         for endpoint in idle_removed:
             self._close_channel(endpoint)
         for endpoint in added:
             self._watch_state(endpoint)
 
     def set_state(self, endpoint: Endpoint, state: grpc.ChannelConnectivity) -> None:
-        with self._lock:
-            if endpoint.removed or endpoint.state == state:
-                return
-            endpoint.state = state
-            self._publish()
+        self.set_states([(endpoint, state)])
 
-    def finished(self, endpoint: Endpoint) -> None:
-        """A call on `endpoint` ended; a removed endpoint closes with its last call."""
+    def set_states(self, changes: Iterable[tuple[Endpoint, grpc.ChannelConnectivity]]) -> None:
+        """Endpoints changed state: one new picker for the whole batch. With a zone and a
+        subset, the failover endpoints are connected when the zone has no READY endpoint
+        left, and retired once one is READY again."""
+        added: list[Endpoint] = []
+        idle_removed: list[Endpoint] = []
+        with self._lock:
+            changed = False
+            for endpoint, state in changes:
+                if not endpoint.removed and endpoint.state != state:
+                    endpoint.state = state
+                    changed = True
+            if not changed:
+                return
+            if self.zone is not None and self._chooser.size is not None:
+                failover = self._zone_down()
+                if failover != self._failover:
+                    self._failover = failover
+                    added, idle_removed = self._reconcile()
+                    self._reweigh()
+            self._publish()
+        self._settle(added, idle_removed)
+
+    def _zone_down(self) -> bool:
+        """Whether calls should fail over: no endpoint of the zone is READY, and none is
+        still making its first connection. Once on, failover stays on until one is READY."""
+        local = [ep for ep in self._by_target.values() if ep.in_zone]
+        if any(ep.state == READY for ep in local):
+            return False
+        return self._failover or all(ep.state in (FAILING, SHUTDOWN) for ep in local)
+
+    def finished(self, endpoint: Endpoint, call: Any = None) -> None:
+        """A call on `endpoint` ended (``call``: how, when the caller has it); a removed
+        endpoint closes with its last call."""
+        if call is not None and self.on_unavailable is not None and _unavailable(call):
+            self.on_unavailable(endpoint)
         if endpoint.end():
             with self._lock:
                 if endpoint not in self._draining:
@@ -255,11 +374,19 @@ class EndpointSet:
                 return None
             endpoint = picker.pick(counter)
             if endpoint is not None and endpoint.begin():
+                if picker.left_zone:
+                    self._left_zone_call()
                 return endpoint
             # Taken out of service since the picker was read: wait for the update to end.
             with self._lock:
                 pass
         return None
+
+    def _left_zone_call(self) -> None:
+        with self._left_zone_lock:
+            self._left_zone += 1
+        if self._on_left_zone is not None:
+            self._on_left_zone()
 
     def refusal(self, wait_for_ready: bool | None, deadline: float | None) -> tuple[grpc.StatusCode, str] | None:
         """For a call the picker does not take now: the status it fails with at once (no
@@ -270,6 +397,23 @@ class EndpointSet:
         if deadline is not None and deadline <= time.monotonic():
             return grpc.StatusCode.DEADLINE_EXCEEDED, none_ready(self.service)
         return None
+
+    def stats(self) -> ChannelStats:
+        """What the channel holds now (see :class:`ChannelStats`)."""
+        with self._lock:
+            endpoints = list(self._by_target.values())
+            return ChannelStats(
+                service=self.service,
+                policy=self.policy,
+                known=len(self._known),
+                subset=len(endpoints),
+                connected=len(endpoints) + len(self._draining),
+                ready=sum(ep.state == READY for ep in endpoints),
+                subset_size=self._chooser.size,
+                zone=self.zone,
+                failover=self.picker.left_zone,
+                calls_left_zone=self._left_zone,
+            )
 
     def close_all(self) -> list[Endpoint]:
         """Every endpoint, draining ones included, taken out for closing."""
@@ -294,9 +438,23 @@ class EndpointSet:
             endpoint.weight = instance_weight(endpoint.instance) or default
 
     def _publish(self) -> None:
-        """Builds the picker calls choose from (lock held)."""
+        """Builds the picker calls choose from (lock held). With a zone, calls go to the
+        zone's endpoints while one is READY, else to the others' READY ones (failover);
+        with none READY anywhere, the zone's endpoints still connecting are waited for."""
         endpoints = sorted(self._by_target.values(), key=lambda ep: ep.rank)
-        self.picker = self._picker_class.build(endpoints, self.picker)
+        previous = self.picker
+        if self.zone is None:
+            self.picker = self._picker_class.build(endpoints, previous)
+        else:
+            local = [ep for ep in endpoints if ep.in_zone]
+            others = [ep for ep in endpoints if not ep.in_zone]
+            leave = not any(ep.state == READY for ep in local) and any(ep.state == READY for ep in others)
+            if not leave and not any(ep.state not in (FAILING, SHUTDOWN) for ep in local):
+                local = endpoints  # nothing of the zone to wait for: whatever may come first
+            # A sticky policy does not carry its choice across the zone boundary.
+            after = previous if previous.left_zone == leave else EMPTY
+            self.picker = self._picker_class.build(others if leave else local, after)
+            self.picker.left_zone = leave
         self.changed.notify_all()
         if self.on_change is not None:
             self.on_change()

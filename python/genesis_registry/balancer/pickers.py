@@ -55,7 +55,7 @@ class Picker(Generic[E]):
     ``build()`` makes the picture from the endpoints (in rank order) and the previous
     picker; ``pick()`` chooses for one call. The base class is the empty picture."""
 
-    __slots__ = ("connecting", "first", "ready", "schedule")
+    __slots__ = ("connecting", "first", "left_zone", "ready", "schedule")
 
     #: The policy name the picker is registered under.
     name: ClassVar[str] = ""
@@ -68,6 +68,8 @@ class Picker(Generic[E]):
         #: With an empty schedule: whether endpoints are still connecting, so that a call
         #: waits for one to be READY rather than failing.
         self.connecting = connecting
+        #: Whether calls go outside the caller's zone (set by the endpoint set).
+        self.left_zone = False
 
     @classmethod
     def build(cls, endpoints: Sequence[E], previous: Picker[E]) -> Picker[E]:

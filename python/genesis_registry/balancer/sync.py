@@ -16,19 +16,18 @@ from typing import Any
 
 import grpc
 
+from .._connectivity import MONITOR
 from .._grpcio import (
-    ChannelCloser,
     ChannelOptions,
     FailedCall,
     StreamStreamBase,
     StreamUnaryBase,
     UnaryStreamBase,
     UnaryUnaryBase,
-    connect,
     open_channel,
 )
 from ..follow import Followable, ServiceFollower
-from .endpoints import Endpoint, EndpointSet, deadline_of, remaining
+from .endpoints import ChannelStats, Endpoint, EndpointSet, deadline_of, remaining
 from .pickers import READY
 
 __all__ = ["BalancedChannel"]
@@ -94,10 +93,14 @@ class _UnaryResponse(_MultiCallable):
         compression: grpc.Compression | None = None,
     ) -> Any:
         endpoint, timeout = self._acquire(wait_for_ready, timeout)
+        failure = None
         try:
             return endpoint.callable(self)(request, timeout, metadata, credentials, wait_for_ready, compression)
+        except grpc.RpcError as error:
+            failure = error
+            raise
         finally:
-            self._channel._endpoints.finished(endpoint)
+            self._channel._endpoints.finished(endpoint, failure)
 
     def with_call(
         self,
@@ -109,11 +112,15 @@ class _UnaryResponse(_MultiCallable):
         compression: grpc.Compression | None = None,
     ) -> tuple[Any, grpc.Call]:
         endpoint, timeout = self._acquire(wait_for_ready, timeout)
+        failure = None
         try:
             call = endpoint.callable(self)
             return call.with_call(request, timeout, metadata, credentials, wait_for_ready, compression)  # type: ignore[no-any-return]
+        except grpc.RpcError as error:
+            failure = error
+            raise
         finally:
-            self._channel._endpoints.finished(endpoint)
+            self._channel._endpoints.finished(endpoint, failure)
 
     def future(
         self,
@@ -180,13 +187,15 @@ class BalancedChannel(grpc.Channel):
         credentials: grpc.ChannelCredentials | None = None,
         options: ChannelOptions = (),
         policy: str = "round_robin",
+        subset_size: int | None = None,
+        subset_key: str | bytes | int | None = None,
+        zone: str | None = None,
+        on_left_zone: Callable[[], None] | None = None,
     ) -> None:
         self.service = service
         self._counter = itertools.count()
         self._closed = False
         self._close_lock = threading.Lock()
-        self._subscriptions: dict[Endpoint, Callable[[grpc.ChannelConnectivity], None]] = {}
-        self._closer = ChannelCloser(f"genesis-close-{service}")
         options = tuple(options)
         self._endpoints = EndpointSet(
             service,
@@ -195,26 +204,27 @@ class BalancedChannel(grpc.Channel):
             self._watch_state,
             self._close_endpoint,
             registry.logger,
+            subset_size=subset_size,
+            subset_key=subset_key,
+            zone=zone,
+            on_left_zone=on_left_zone,
         )
+        self._endpoints.on_unavailable = self._recheck
         self._follower = ServiceFollower(registry, service, self._endpoints.update)
 
     def _watch_state(self, endpoint: Endpoint) -> None:
-        def on_state(state: grpc.ChannelConnectivity) -> None:
-            self._endpoints.set_state(endpoint, state)
-            if state == grpc.ChannelConnectivity.IDLE and not endpoint.removed:
-                # grpcio asks to connect only once per subscription; an endpoint that
-                # went IDLE (server restart, GOAWAY) would otherwise never come back.
-                try:
-                    connect(endpoint.channel)
-                except ValueError:  # "Channel closed!": removed meanwhile
-                    pass
+        # One thread per process follows every endpoint channel (see _connectivity).
+        endpoint.watch = MONITOR.watch(endpoint.channel, self._endpoints.set_states, endpoint)
 
-        self._subscriptions[endpoint] = on_state
-        endpoint.channel.subscribe(on_state, try_to_connect=True)
+    def _recheck(self, endpoint: Endpoint) -> None:
+        if endpoint.watch is not None:
+            endpoint.watch.nudge()
 
     def _close_endpoint(self, endpoint: Endpoint) -> None:
-        # Not closed at once: see ChannelCloser (grpc/grpc#18995).
-        self._closer.close_later(endpoint.channel, self._subscriptions.pop(endpoint, None))
+        if endpoint.watch is not None:
+            endpoint.watch.close()
+        else:  # failed before it was watched
+            endpoint.channel.close()
 
     def _wait_for_instance(self, wait_for_ready: bool | None, timeout: float | None) -> tuple[Endpoint, float | None]:
         """Waits until the picker takes the call (a wait_for_ready call, or endpoints still
@@ -239,9 +249,26 @@ class BalancedChannel(grpc.Channel):
         """The endpoints this channel currently balances over (``host:port``)."""
         return self._endpoints.targets()
 
+    @property
+    def closed(self) -> bool:
+        """Whether ``close()`` was called."""
+        return self._closed
+
     def ready_targets(self) -> list[str]:
         """The endpoints whose channel is READY."""
         return self._endpoints.targets(READY)
+
+    def stats(self) -> ChannelStats:
+        """How many endpoints the channel knows, has chosen (its subset), has open and
+        READY, and how many calls left the zone (see :class:`ChannelStats`).
+
+        >>> reg.register(instance)
+        >>> with reg.get_connection("user-service", subset_size=32) as channel:
+        ...     stats = channel.stats()
+        >>> stats.known, stats.subset, stats.subset_size
+        (1, 1, 32)
+        """
+        return self._endpoints.stats()
 
     def subscribe(self, callback: Callable[[grpc.ChannelConnectivity], None], try_to_connect: bool = False) -> None:
         """Not supported: connectivity is per endpoint here (see ``ready_targets()``)."""
@@ -277,7 +304,6 @@ class BalancedChannel(grpc.Channel):
             self._follower.close()
             for endpoint in self._endpoints.close_all():
                 self._close_endpoint(endpoint)
-            self._closer.close()
             with self._endpoints.changed:
                 self._endpoints.changed.notify_all()
 

@@ -13,11 +13,11 @@ import grpc
 from support.echo import protocol
 
 
-def _bind(server: Any, port: int, deadline: float) -> int:
-    """Bind ``server`` to ``127.0.0.1:port``, retrying until ``deadline`` when the port is busy."""
+def _bind(server: Any, host: str, port: int, deadline: float) -> int:
+    """Bind ``server`` to ``host:port``, retrying until ``deadline`` when the port is busy."""
     while True:
         try:
-            return int(server.add_insecure_port(f"127.0.0.1:{port}"))
+            return int(server.add_insecure_port(f"{host}:{port}"))
         except RuntimeError:
             if port == 0 or time.monotonic() >= deadline:
                 raise
@@ -25,7 +25,9 @@ def _bind(server: Any, port: int, deadline: float) -> int:
 
 
 class EchoServer(protocol.Counted, protocol.OnLoopback):
-    """``echo.Echo`` on an in-process ``grpc.server`` (thread pool) at ``127.0.0.1``.
+    """``echo.Echo`` on an in-process ``grpc.server`` (thread pool) at ``127.0.0.1``, or at
+    ``host`` (``"0.0.0.0"``: every loopback address, so one server answers at 127.0.0.1,
+    127.1.2.3, ...; :attr:`address` stays ``127.0.0.1:<port>``).
 
     The port is bound at construction (``port=0``: a free one), so :attr:`port` and
     :attr:`endpoint` are known before :meth:`start`. :meth:`stop` is idempotent; :meth:`restart`
@@ -43,8 +45,9 @@ class EchoServer(protocol.Counted, protocol.OnLoopback):
             a.restart()                       # same port
     """
 
-    def __init__(self, name: str, port: int = 0, *, max_workers: int = 16) -> None:
+    def __init__(self, name: str, port: int = 0, *, max_workers: int = 16, host: str = "127.0.0.1") -> None:
         self.name = name
+        self.host = host
         self._max_workers = max_workers
         self._counter = protocol.CallCounter()
         self._lock = threading.Lock()
@@ -61,7 +64,7 @@ class EchoServer(protocol.Counted, protocol.OnLoopback):
         executor = futures.ThreadPoolExecutor(max_workers=self._max_workers, thread_name_prefix=f"echo-{self.name}")
         server = grpc.server(executor, handlers=[self._handler()], options=protocol.SERVER_OPTIONS)
         try:
-            bound = _bind(server, port, deadline)
+            bound = _bind(server, self.host, port, deadline)
         except BaseException:
             server.stop(None)
             executor.shutdown(wait=False)

@@ -138,8 +138,14 @@ def connect(channel: grpc.Channel) -> None:
     probe = state_probe(channel)
     if probe is not None:
         probe(True)
-    else:  # another grpcio: the public, heavier way
-        grpc.channel_ready_future(channel)
+    else:  # another grpcio: the public, heavier way, a subscription dropped at once (grpcio
+        # still connects; a ready future would stay subscribed until READY, maybe never)
+        channel.subscribe(_ignore, try_to_connect=True)
+        channel.unsubscribe(_ignore)
+
+
+def _ignore(_state: grpc.ChannelConnectivity) -> None:
+    pass
 
 
 #: grpcio's connectivity states by their number in its C core.

@@ -1,10 +1,10 @@
 """The comparison: every scenario, for genesis-registry and the clients users would
 otherwise pick, on this machine, in one run, against one local etcd.
 
-    .venv/bin/python benches/run.py                 # the full run (about 10 minutes)
+    .venv/bin/python benches/run.py                 # the full run (about 30 minutes)
     .venv/bin/python benches/run.py --quick         # tiny sizes: proves everything still runs
     .venv/bin/python benches/run.py --only lookup,watch --repeat 3
-    .venv/bin/python benches/run.py --only mesh               # gRPC at mesh scale alone
+    .venv/bin/python benches/run.py --only mesh     # gRPC at mesh scale alone (scenario 8)
 
 Each (scenario, client) runs in a fresh process, --repeat times; the tables show medians.
 python-etcd3 needs protobuf<4, so it runs from a virtualenv of its own, made on first use

@@ -1,9 +1,10 @@
 """The comparison: every scenario, for genesis-registry and the clients users would
 otherwise pick, on this machine, in one run, against one local etcd.
 
-    .venv/bin/python benches/run.py                 # the full run (about 10 minutes)
+    .venv/bin/python benches/run.py                 # the full run (about 30 minutes)
     .venv/bin/python benches/run.py --quick         # tiny sizes: proves everything still runs
     .venv/bin/python benches/run.py --only lookup,watch --repeat 3
+    .venv/bin/python benches/run.py --only mesh     # gRPC at mesh scale alone (scenario 8)
 
 Each (scenario, client) runs in a fresh process, --repeat times; the tables show medians.
 python-etcd3 needs protobuf<4, so it runs from a virtualenv of its own, made on first use
@@ -150,6 +151,19 @@ class Bench:
         print(f"  overhead  ours        {json.dumps(result)}", flush=True)
         self.results["overhead"] = result
 
+    def mesh(self) -> None:
+        """Scenario 8 (benches/mesh_scale.py): balanced channels over 10 to 5,000 instances, on this etcd."""
+        script = str(HERE / "mesh_scale.py")
+        args = [script, "--etcd", self.endpoints, "--json", *(["--quick"] if self.quick else [])]
+        result = run_one(sys.executable, args, timeout=7200)
+        for row in result["rows"]:
+            figures = {k: round(v, 2) if isinstance(v, float) else v for k, v in row.items() if k != "seen"}
+            print(f"  mesh      {json.dumps(figures)}", flush=True)
+        failed = [row for row in result["rows"] if "error" in row]
+        if failed and self.quick:
+            raise RuntimeError(f"mesh_scale.py: {len(failed)} measurement(s) failed: {failed[0]['error']}")
+        self.results["mesh"] = result
+
     def threads(self) -> None:
         seconds = "0.2" if self.quick else "2"
         table = {}
@@ -271,6 +285,11 @@ def report(results: dict[str, Any], info: dict[str, str], repeat: int) -> str:
         for name, r in results["overhead"].items():
             out += [f"| `{name}` | {r['us']:.4f} | {r['ratio']:.2f}× |"]
         out += [""]
+    if "mesh" in results:
+        from mesh_scale import markdown
+
+        out += ["### 8. gRPC at mesh scale: one channel over N instances, each on its own address (1 run)", ""]
+        out += [markdown(results["mesh"]["rows"]), ""]
     return "\n".join(out)
 
 
@@ -278,7 +297,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes, one run each: a smoke test")
     parser.add_argument("--repeat", type=int, default=None, help="runs per measurement (default 5, quick 1)")
-    parser.add_argument("--only", default="lookup,watch,register,fanout,grpc,threads,overhead")
+    parser.add_argument("--only", default="lookup,watch,register,fanout,grpc,threads,overhead,mesh")
     parser.add_argument("--no-peers", action="store_true", help="genesis-registry and the floor only")
     options = parser.parse_args()
     options.repeat = options.repeat or (1 if options.quick else 5)

@@ -92,6 +92,12 @@ class ChannelWatch:
         """Stops watching and closes the channel (calls in flight on it are cancelled)."""
         self._monitor.close(self)
 
+    def close_later(self) -> None:
+        """``close()``, done by the monitor's thread: for a caller that may be one of grpcio's
+        threads, such as a call's done-callback (closing a channel waits for its calls to be
+        wound up, which is that very thread's job for calls on the channel)."""
+        self._monitor.close_later(self)
+
 
 class ConnectivityMonitor:
     """Follows the state of many blocking grpcio channels from one thread (see the module)."""
@@ -113,6 +119,8 @@ class ConnectivityMonitor:
         self._due = [0.0] * len(self._tiers)
         self._thread: threading.Thread | None = None
         self._count = 0
+        #: Watches closed with close_later(), whose channels the thread closes.
+        self._closing: list[ChannelWatch] = []
         self._closer = ChannelCloser("genesis-connectivity-close")
 
     @property
@@ -137,12 +145,16 @@ class ConnectivityMonitor:
             self._tiers[0].add(watch)
             self._count += 1
             self._due[0] = min(self._due[0], time.monotonic() + self.FAST[0])
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="genesis-connectivity", daemon=True)
-                self._thread.start()
-            else:
-                self._cond.notify()
+            self._wake()
         return watch
+
+    def _wake(self) -> None:
+        """Starts the thread, or wakes it (lock held)."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="genesis-connectivity", daemon=True)
+            self._thread.start()
+        else:
+            self._cond.notify()
 
     def nudge(self, watch: ChannelWatch) -> None:
         with self._cond:
@@ -155,14 +167,28 @@ class ConnectivityMonitor:
             self._cond.notify()
 
     def close(self, watch: ChannelWatch) -> None:
+        if self._retire(watch):
+            self._close_channel(watch)
+
+    def close_later(self, watch: ChannelWatch) -> None:
+        if self._retire(watch):
+            with self._cond:
+                self._closing.append(watch)
+                self._wake()
+
+    def _retire(self, watch: ChannelWatch) -> bool:
+        """Stops reading ``watch``; False if it was closed already."""
         with self._cond:
             if watch.closed:
-                return
+                return False
             watch.closed = True
             if watch.probe is not None:
                 self._tiers[watch.tier].discard(watch)
                 self._count -= 1
                 self._cond.notify()
+            return True
+
+    def _close_channel(self, watch: ChannelWatch) -> None:
         if watch.probe is None:
             # Not closed at once: see ChannelCloser (grpc/grpc#18995).
             self._closer.close_later(watch.channel, watch._callback)
@@ -187,21 +213,26 @@ class ConnectivityMonitor:
 
     def _run(self) -> None:
         while True:
+            batch: list[ChannelWatch] = []
             with self._cond:
-                if self._count == 0:
-                    self._thread = None
-                    return
-                now = time.monotonic()
-                due = [t for t, members in enumerate(self._tiers) if members and self._due[t] <= now]
-                if not due:
-                    waits = [self._due[t] - now for t, members in enumerate(self._tiers) if members]
-                    self._cond.wait(min(waits))
-                    continue
-                batch: list[ChannelWatch] = []
-                for tier in due:
-                    batch.extend(self._tiers[tier])
-                    self._due[tier] = now + self._interval(tier)
-            self._deliver(self._sweep(batch))
+                closing, self._closing = self._closing, []
+                if not closing:
+                    if self._count == 0:
+                        self._thread = None
+                        return
+                    now = time.monotonic()
+                    due = [t for t, members in enumerate(self._tiers) if members and self._due[t] <= now]
+                    if not due:
+                        waits = [self._due[t] - now for t, members in enumerate(self._tiers) if members]
+                        self._cond.wait(min(waits))
+                        continue
+                    for tier in due:
+                        batch.extend(self._tiers[tier])
+                        self._due[tier] = now + self._interval(tier)
+            for watch in closing:
+                self._close_channel(watch)
+            if batch:
+                self._deliver(self._sweep(batch))
 
     def _interval(self, tier: int) -> float:
         if tier < len(self.FAST):

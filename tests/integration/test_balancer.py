@@ -7,6 +7,7 @@ import logging
 import sys
 import threading
 import time
+from typing import Any
 
 import genesis_registry as gr
 import grpc
@@ -247,6 +248,40 @@ def test_in_flight_streams_on_a_deregistered_server_complete(registry, servers):
     assert on_s1, "no stream landed on s1"
     for i in on_s1:
         assert len(rest[i]) == 9, f"stream {i} on the deregistered server was cut: {rest[i]}"
+
+
+def read_within(streams: list[Any], seconds: float) -> list[list[bytes]] | None:
+    """Every stream read to its end, on a thread of its own; None if that takes longer."""
+    rest: list[list[bytes]] = []
+    done = threading.Event()
+
+    def read_all() -> None:
+        rest.extend(list(stream) for stream in streams)
+        done.set()
+
+    threading.Thread(target=read_all, daemon=True).start()
+    return rest if done.wait(seconds) else None
+
+
+def test_a_drained_endpoint_closes_from_its_last_calls_callback_without_hanging(registry, servers):
+    """A removed endpoint's channel is closed when its last call ends, from that call's
+    done-callback, which grpcio may run on the very thread that must wind the call up for
+    a close to return: closing there hung a stream's reader for good. Many rounds of
+    streams on an endpoint that leaves mid-stream; every stream must end in time."""
+    registry.register(instance_for(servers[0]))
+    with registry.get_connection("echo") as channel:
+        stub = EchoStub(channel)
+        for _ in range(30):
+            registry.register(instance_for(servers[1]))
+            all_ready(channel, 2)
+            streams = [stub.ServerStream(b"3:2", timeout=10) for _ in range(4)]  # two on each server
+            first = [next(s) for s in streams]
+            registry.deregister("s1")
+            wait_until(lambda: servers[1].address not in channel.targets, 10, "s1 out of the view")
+            rest = read_within(streams, 10)
+            assert rest is not None, "a stream on the drained endpoint never ended"
+            assert [len(r) for r in rest] == [2] * 4
+            assert {server_of(reply) for reply in first} == {"s0", "s1"}
 
 
 def test_churn_under_load(registry, servers, etcd_endpoints, namespace):

@@ -221,8 +221,11 @@ class BalancedChannel(grpc.Channel):
             endpoint.watch.nudge()
 
     def _close_endpoint(self, endpoint: Endpoint) -> None:
+        # Left to the monitor's thread: the endpoint set closes a drained endpoint from its
+        # last call's done-callback, which may run on the grpcio thread that has to wind
+        # that call up for the close to return.
         if endpoint.watch is not None:
-            endpoint.watch.close()
+            endpoint.watch.close_later()
         else:  # failed before it was watched
             endpoint.channel.close()
 
@@ -303,7 +306,10 @@ class BalancedChannel(grpc.Channel):
             self._closed = True
             self._follower.close()
             for endpoint in self._endpoints.close_all():
-                self._close_endpoint(endpoint)
+                if endpoint.watch is not None:
+                    endpoint.watch.close()
+                else:
+                    endpoint.channel.close()
             with self._endpoints.changed:
                 self._endpoints.changed.notify_all()
 

@@ -631,6 +631,20 @@ def test_without_grpcios_private_probe_a_channel_closed_while_its_server_is_down
 # --------------------------------------------------------------------------- metrics
 
 
+#: What registry.channel.endpoints reports for the two channels of the metrics tests: "echo"
+#: (6 instances, a subset of 2 in zone-a) and "far" (its one instance in zone-b).
+ENDPOINT_POINTS = {
+    ("echo", "known"): 6,
+    ("echo", "subset"): 2,
+    ("echo", "connected"): 2,
+    ("echo", "ready"): 2,
+    ("far", "known"): 1,
+    ("far", "subset"): 1,
+    ("far", "connected"): 1,
+    ("far", "ready"): 1,
+}
+
+
 def test_metrics_report_channel_endpoints_and_calls_that_left_the_zone(registry, connector, namespace, zoned):
     zone_a, zone_b = zoned
     registry.register_many(zone_instances(zone_a, zone_b))
@@ -643,16 +657,7 @@ def test_metrics_report_channel_endpoints_and_calls_that_left_the_zone(registry,
             wait_until(lambda: near.stats().ready == 2 and far.stats().ready == 1, 10, "both channels READY")
             assert set(spread(EchoStub(near), 4)) <= {"a0", "a1", "a2"}
             assert spread(EchoStub(far), 5) == {"b0": 5}
-            assert metric_points(reader, "registry.channel.endpoints") == {
-                ("echo", "known"): 6,
-                ("echo", "subset"): 2,
-                ("echo", "connected"): 2,
-                ("echo", "ready"): 2,
-                ("far", "known"): 1,
-                ("far", "subset"): 1,
-                ("far", "connected"): 1,
-                ("far", "ready"): 1,
-            }
+            assert metric_points(reader, "registry.channel.endpoints") == ENDPOINT_POINTS
             assert metric_points(reader, "registry.calls_left_zone.total") == {(): 5}
             assert metered.stats()["calls_left_zone"] == 5
             assert [(s.service, s.failover, s.calls_left_zone) for s in metered.channel_stats()] == [
@@ -680,16 +685,7 @@ async def test_metrics_report_channel_endpoints_and_calls_that_left_the_zone_aio
             await await_until(lambda: near.stats().ready == 2 and far.stats().ready == 1, 10, "both READY")
             assert set(await aspread(AsyncEchoStub(near), 4)) <= {"a0", "a1", "a2"}
             assert await aspread(AsyncEchoStub(far), 5) == {"b0": 5}
-            assert metric_points(reader, "registry.channel.endpoints") == {
-                ("echo", "known"): 6,
-                ("echo", "subset"): 2,
-                ("echo", "connected"): 2,
-                ("echo", "ready"): 2,
-                ("far", "known"): 1,
-                ("far", "subset"): 1,
-                ("far", "connected"): 1,
-                ("far", "ready"): 1,
-            }
+            assert metric_points(reader, "registry.channel.endpoints") == ENDPOINT_POINTS
             assert metric_points(reader, "registry.calls_left_zone.total") == {(): 5}
             assert metered.stats()["calls_left_zone"] == 5
             assert [(s.service, s.failover, s.calls_left_zone) for s in metered.channel_stats()] == [

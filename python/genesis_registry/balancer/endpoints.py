@@ -278,7 +278,8 @@ class EndpointSet:
         in_zone = {t: zone is not None and inst.metadata.get("zone") == zone for t, (inst, _) in self._known.items()}
         chosen = self._chooser.choose(in_zone)
         if self._failover:
-            chosen += [t for t in self._chooser.failover(in_zone) if t not in set(chosen)]
+            primary = set(chosen)
+            chosen += [t for t in self._chooser.failover(in_zone) if t not in primary]
         wanted = set(chosen)
         added: list[Endpoint] = []
         idle_removed: list[Endpoint] = []
@@ -345,8 +346,9 @@ class EndpointSet:
         self._settle(added, idle_removed)
 
     def _zone_down(self) -> bool:
-        """Whether calls should fail over: no endpoint of the zone is READY, and none is
-        still making its first connection. Once on, failover stays on until one is READY."""
+        """Whether calls should fail over: no endpoint of the zone is READY, and every one
+        has failed (none is still connecting for the first time, or idle). Once on,
+        failover stays on until one is READY: reconnecting is not recovering."""
         local = [ep for ep in self._by_target.values() if ep.in_zone]
         if any(ep.state == READY for ep in local):
             return False

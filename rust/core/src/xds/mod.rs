@@ -7,9 +7,11 @@
 //! - `ads`: a state-of-the-world ADS server on TCP loopback that serves whatever a
 //!   [`ResourceSource`] provides.
 
+mod ads;
 mod names;
 mod resources;
 
+pub use ads::{AdsServer, ResourceSource};
 pub use names::{ResourceKind, XdsTarget};
 pub use resources::{
     build, cluster, instance_weight, listener, load_assignment, FailurePercentageEjection, HostResolver,

@@ -67,6 +67,8 @@ pub enum Error {
     CertificateRefused(Status),
     /// Any other error etcd reported.
     Etcd(Status),
+    /// The core's xDS server could not start (its loopback listener could not be bound).
+    XdsServer(String),
 }
 
 impl Error {
@@ -97,7 +99,7 @@ impl Error {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Error::InvalidConfig(m) | Error::InvalidTtl(m) => f.write_str(m),
+            Error::InvalidConfig(m) | Error::InvalidTtl(m) | Error::XdsServer(m) => f.write_str(m),
             Error::InvalidInstance(s)
             | Error::LeaseExpired(s)
             | Error::Unavailable(s)

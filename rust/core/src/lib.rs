@@ -27,6 +27,7 @@ pub mod registry;
 pub mod stats;
 pub mod sync;
 pub mod watch;
+pub mod xds;
 
 pub use cache::{CacheStats, Event, EventKind, ServiceCache, Snapshot, Watch};
 pub use connector::{EtcdConfig, EtcdConnector, TlsConfig};

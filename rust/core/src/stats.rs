@@ -86,3 +86,35 @@ impl RegistryStats {
         ]
     }
 }
+
+/// What the core's xDS server has seen, over all its streams.
+#[derive(Debug, Default)]
+pub struct XdsStats {
+    /// ADS streams currently open (one per grpc xDS client, i.e. per process and server).
+    pub streams: Counter,
+    pub requests: Counter,
+    /// Responses sent: answers to requests and pushes on changes.
+    pub responses: Counter,
+    pub acks: Counter,
+    /// Responses a client refused (error_detail set); each is also logged.
+    pub nacks: Counter,
+    /// Requests answering a response that a newer one has superseded: ignored, as the
+    /// protocol says, since the client will answer the newer one.
+    pub stale_requests: Counter,
+    /// Requests for a resource type this server does not serve.
+    pub unknown_types: Counter,
+}
+
+impl XdsStats {
+    pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
+        vec![
+            ("xds_streams", self.streams.get()),
+            ("xds_requests", self.requests.get()),
+            ("xds_responses", self.responses.get()),
+            ("xds_acks", self.acks.get()),
+            ("xds_nacks", self.nacks.get()),
+            ("xds_stale_requests", self.stale_requests.get()),
+            ("xds_unknown_types", self.unknown_types.get()),
+        ]
+    }
+}

@@ -108,7 +108,7 @@ impl Classes {
             Error::LeaseExpired(_) => &self.lease_expired,
             Error::Unavailable(_) => &self.unavailable,
             Error::Authentication(_) | Error::CertificateRefused(_) => &self.authentication,
-            Error::Etcd(_) => &self.registry_error,
+            Error::Etcd(_) | Error::XdsServer(_) => &self.registry_error,
         }
     }
 }

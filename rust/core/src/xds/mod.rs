@@ -6,10 +6,12 @@
 //!   a service's instances (pure).
 //! - `ads`: a state-of-the-world ADS server on TCP loopback that serves whatever a
 //!   [`ResourceSource`] provides.
+//! - `source`: the [`ResourceSource`] of the process, fed by the registries' caches.
 
 mod ads;
 mod names;
 mod resources;
+mod source;
 
 pub use ads::{AdsServer, ResourceSource};
 pub use names::{ResourceKind, XdsTarget};
@@ -17,6 +19,7 @@ pub use resources::{
     build, cluster, instance_weight, listener, load_assignment, FailurePercentageEjection, HostResolver,
     IpLiteralsOnly, OutlierDetection, Policy, SuccessRateEjection, TargetConfig, MAX_WEIGHT,
 };
+pub use source::CacheSource;
 
 /// The builders behind the ADS server, as grpc's client uses them: a Listener names its
 /// cluster, the cluster names its endpoints, each fetched by the name the previous one gave.

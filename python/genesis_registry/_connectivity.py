@@ -63,7 +63,6 @@ class ChannelWatch:
         "probe",
         "raw",
         "sink",
-        "state",
         "tier",
         "token",
         "unchanged",
@@ -75,9 +74,7 @@ class ChannelWatch:
         self.sink = sink
         self.token = token
         self.probe = state_probe(channel)
-        #: The state last handed to the sink (None: none yet).
-        self.state: grpc.ChannelConnectivity | None = None
-        #: That state as grpcio's number (-1: none yet).
+        #: The state last handed to the sink, as grpcio's number (-1: none yet).
         self.raw = -1
         self.tier = 0
         self.unchanged = 0
@@ -160,10 +157,24 @@ class ConnectivityMonitor:
         with self._cond:
             if watch.closed or watch.probe is None:
                 return
-            self._tiers[watch.tier].discard(watch)
-            watch.tier, watch.unchanged = 0, 0
-            self._tiers[0].add(watch)
+            self._move(watch, 0)
             self._due[0] = 0.0
+            self._cond.notify()
+
+    def _move(self, watch: ChannelWatch, tier: int) -> None:
+        """Puts ``watch`` in ``tier``, its unchanged reads counted afresh (lock held)."""
+        self._tiers[watch.tier].discard(watch)
+        watch.tier, watch.unchanged = tier, 0
+        if not self._tiers[tier]:
+            self._due[tier] = time.monotonic() + self._interval(tier)
+        self._tiers[tier].add(watch)
+
+    def _drop(self, watch: ChannelWatch) -> None:
+        """Stops reading ``watch`` (lock held)."""
+        watch.closed = True
+        if watch.probe is not None:
+            self._tiers[watch.tier].discard(watch)
+            self._count -= 1
             self._cond.notify()
 
     def close(self, watch: ChannelWatch) -> None:
@@ -181,11 +192,7 @@ class ConnectivityMonitor:
         with self._cond:
             if watch.closed:
                 return False
-            watch.closed = True
-            if watch.probe is not None:
-                self._tiers[watch.tier].discard(watch)
-                self._count -= 1
-                self._cond.notify()
+            self._drop(watch)
             return True
 
     def _close_channel(self, watch: ChannelWatch) -> None:
@@ -200,7 +207,6 @@ class ConnectivityMonitor:
         def on_state(state: grpc.ChannelConnectivity) -> None:
             if watch.closed:
                 return
-            watch.state = state
             self._deliver({watch.sink: [(watch.token, state)]})
             if state == IDLE:
                 try:  # grpcio asks to connect once per subscription; ask again
@@ -256,8 +262,7 @@ class ConnectivityMonitor:
                 continue
             if raw != watch.raw:
                 watch.raw = raw
-                watch.state = STATES[raw]
-                changes.setdefault(watch.sink, []).append((watch.token, watch.state))
+                changes.setdefault(watch.sink, []).append((watch.token, STATES[raw]))
                 moves.append((watch, 0))
             elif watch.tier != steady:
                 watch.unchanged += 1
@@ -266,18 +271,11 @@ class ConnectivityMonitor:
         if moves or gone:
             with self._cond:
                 for watch, tier in moves:
-                    if watch.closed:
-                        continue
-                    self._tiers[watch.tier].discard(watch)
-                    watch.tier, watch.unchanged = tier, 0
-                    if not self._tiers[tier]:
-                        self._due[tier] = time.monotonic() + self._interval(tier)
-                    self._tiers[tier].add(watch)
+                    if not watch.closed:
+                        self._move(watch, tier)
                 for watch in gone:
                     if not watch.closed:
-                        watch.closed = True
-                        self._tiers[watch.tier].discard(watch)
-                        self._count -= 1
+                        self._drop(watch)
         return changes
 
     @staticmethod

@@ -155,9 +155,6 @@ class _RegistryBase:
         with self._calls_left_zone_lock:
             self._calls_left_zone += 1
 
-    def _track(self, channel: BalancedChannel | AsyncBalancedChannel) -> None:
-        self._channels.add(channel)
-
     @staticmethod
     def _instance(instance: ServiceInstance) -> ServiceInstance:
         if not isinstance(instance, ServiceInstance):
@@ -380,7 +377,7 @@ class Registry(_RegistryBase):
             zone=zone,
             on_left_zone=self._count_left_zone,
         )
-        self._track(channel)
+        self._channels.add(channel)
         return channel
 
     def close(self) -> None:
@@ -486,7 +483,7 @@ class AsyncRegistry(_RegistryBase):
             zone=zone,
             on_left_zone=self._count_left_zone,
         )
-        self._track(channel)
+        self._channels.add(channel)
         return await channel.start()
 
     async def close(self) -> None:

@@ -43,7 +43,7 @@ class Channels:
     def ready(self, *targets: str) -> None:
         for endpoint in self.set.endpoints():
             if not targets or endpoint.target in targets:
-                self.set.set_state(endpoint, READY)
+                self.set.set_states([(endpoint, READY)])
 
     def by_target(self) -> dict[str, Endpoint]:
         return {ep.target: ep for ep in self.set.endpoints()}
@@ -174,7 +174,7 @@ def test_ready_endpoints_are_preferred_and_failing_ones_skipped() -> None:
     channels = Channels()
     channels.set.update([inst("a", 1), inst("b", 2), inst("c", 3)])
     channels.ready("10.0.0.1:2")
-    channels.set.set_state(channels.by_target()["10.0.0.1:3"], FAILING)
+    channels.set.set_states([(channels.by_target()["10.0.0.1:3"], FAILING)])
     assert spread(channels.set, 10) == {"10.0.0.1:2": 10}
     assert channels.set.targets(READY) == ["10.0.0.1:2"]
 
@@ -198,7 +198,7 @@ def test_calls_are_refused_with_the_status_grpc_would_give() -> None:
 def test_a_ready_only_call_is_not_given_a_connecting_endpoint() -> None:
     channels = Channels()
     channels.set.update([inst("a", 1)])
-    channels.set.set_state(channels.set.endpoints()[0], CONNECTING)
+    channels.set.set_states([(channels.set.endpoints()[0], CONNECTING)])
     assert channels.set.acquire(itertools.count(), need_ready=True) is None
     assert channels.set.acquire(itertools.count(), need_ready=False) is not None
 

@@ -319,9 +319,6 @@ class EndpointSet:
         for endpoint in added:
             self._watch_state(endpoint)
 
-    def set_state(self, endpoint: Endpoint, state: grpc.ChannelConnectivity) -> None:
-        self.set_states([(endpoint, state)])
-
     def set_states(self, changes: Iterable[tuple[Endpoint, grpc.ChannelConnectivity]]) -> None:
         """Endpoints changed state: one new picker for the whole batch. With a zone and a
         subset, the failover endpoints are connected when the zone has no READY endpoint

@@ -220,14 +220,16 @@ class BalancedChannel(grpc.Channel):
         if endpoint.watch is not None:
             endpoint.watch.nudge()
 
-    def _close_endpoint(self, endpoint: Endpoint) -> None:
-        # Left to the monitor's thread: the endpoint set closes a drained endpoint from its
-        # last call's done-callback, which may run on the grpcio thread that has to wind
-        # that call up for the close to return.
-        if endpoint.watch is not None:
-            endpoint.watch.close_later()
-        else:  # failed before it was watched
+    def _close_endpoint(self, endpoint: Endpoint, *, later: bool = True) -> None:
+        # Left to the monitor's thread by default: the endpoint set closes a drained
+        # endpoint from its last call's done-callback, which may run on the grpcio thread
+        # that has to wind that call up for the close to return.
+        if endpoint.watch is None:  # failed before it was watched
             endpoint.channel.close()
+        elif later:
+            endpoint.watch.close_later()
+        else:
+            endpoint.watch.close()
 
     def _wait_for_instance(self, wait_for_ready: bool | None, timeout: float | None) -> tuple[Endpoint, float | None]:
         """Waits until the picker takes the call (a wait_for_ready call, or endpoints still
@@ -306,10 +308,7 @@ class BalancedChannel(grpc.Channel):
             self._closed = True
             self._follower.close()
             for endpoint in self._endpoints.close_all():
-                if endpoint.watch is not None:
-                    endpoint.watch.close()
-                else:
-                    endpoint.channel.close()
+                self._close_endpoint(endpoint, later=False)
             with self._endpoints.changed:
                 self._endpoints.changed.notify_all()
 

@@ -44,7 +44,7 @@ mod tests {
     use tokio_stream::wrappers::ReceiverStream;
 
     use super::*;
-    use crate::instance::ServiceInstance;
+    use crate::instance::{fixtures, ServiceInstance};
     use crate::log_sink::LogSink;
     use crate::sync::lock;
 
@@ -75,12 +75,7 @@ mod tests {
     }
 
     fn instance(id: &str, endpoint: &str) -> Arc<ServiceInstance> {
-        Arc::new(ServiceInstance {
-            id: id.into(),
-            name: "svc".into(),
-            endpoints: vec![endpoint.into()],
-            ..Default::default()
-        })
+        Arc::new(fixtures::instance(id, "svc", "", &[], &[endpoint]))
     }
 
     fn addresses(cla: &ClusterLoadAssignment) -> Vec<String> {

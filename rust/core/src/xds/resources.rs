@@ -440,15 +440,10 @@ mod tests {
     use prost::{Message, Name};
 
     use super::*;
+    use crate::instance::fixtures;
 
     fn inst(id: &str, metadata: &[(&str, &str)], endpoints: &[&str]) -> Arc<ServiceInstance> {
-        Arc::new(ServiceInstance {
-            id: id.into(),
-            name: "svc".into(),
-            metadata: metadata.iter().map(|&(k, v)| (k.into(), v.into())).collect(),
-            endpoints: endpoints.iter().map(|&e| e.into()).collect(),
-            ..Default::default()
-        })
+        Arc::new(fixtures::instance(id, "svc", "", metadata, endpoints))
     }
 
     struct Table(HashMap<&'static str, Vec<IpAddr>>);

@@ -129,17 +129,12 @@ mod tests {
 
     use super::*;
     use crate::cache::{Event, Position};
-    use crate::instance::ServiceInstance;
+    use crate::instance::{fixtures, ServiceInstance};
     use crate::xds::resources::IpLiteralsOnly;
     use crate::xds::Policy;
 
     fn instance(id: &str, endpoint: &str) -> Arc<ServiceInstance> {
-        Arc::new(ServiceInstance {
-            id: id.into(),
-            name: "svc".into(),
-            endpoints: vec![endpoint.into()],
-            ..Default::default()
-        })
+        Arc::new(fixtures::instance(id, "svc", "", &[], &[endpoint]))
     }
 
     fn publish(cache: &ServiceCache, revision: i64, instances: Vec<Arc<ServiceInstance>>) {

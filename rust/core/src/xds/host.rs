@@ -1,8 +1,13 @@
 //! The process's one xDS server: started when the first user (a registry) attaches, stopped
-//! when the last one detaches. grpc reads its bootstrap, and so the server's address, once
-//! per process for as long as any xds channel lives; so a server started again binds the
-//! port its predecessor had whenever it can, and channels that outlived the old server
-//! reconnect to the new one.
+//! once the last one has detached and no grpc xDS client is connected any more.
+//!
+//! Why both: grpc reads its bootstrap, and so the server's address, once per process, and
+//! its xDS clients share one connection per server address. An xds channel that outlives
+//! the registries (one the user made on a `native_target`) keeps that connection; if the
+//! server stopped under it, a channel made later would share the connection's reconnect
+//! backoff and wait for it, tens of seconds (seen with grpcio 1.85). So the server waits for
+//! such channels to close. A server started again binds the port its predecessor had
+//! whenever it can.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -17,6 +22,8 @@ use crate::sync::lock;
 
 /// How often endpoint host names are looked up again.
 const HOST_REFRESH: Duration = Duration::from_secs(30);
+/// How often a server without users looks for its last xDS client to go.
+const IDLE_CHECK: Duration = Duration::from_millis(100);
 
 static HOST: Mutex<Option<Arc<Host>>> = Mutex::new(None);
 
@@ -32,6 +39,8 @@ struct State {
     users: BTreeSet<u64>,
     /// The port of the last server started, tried first by the next one.
     last_port: u16,
+    /// Whether a task waits for the last xDS client to go, to stop the server.
+    stopping_when_idle: bool,
 }
 
 struct Running {
@@ -87,13 +96,13 @@ pub async fn attach(user: u64) -> Result<Attached> {
     Ok(attached)
 }
 
-/// Stops counting `user`; the last user out stops the server, and this returns once its
-/// port is closed.
+/// Stops counting `user`. When no user is left, the server stops as soon as no xDS client
+/// is connected: here, when none is (returning once the port is closed), else from a task
+/// that waits for the last one to go.
 pub async fn detach(user: u64) {
     let host = host();
     let _changing = host.changing.lock().await;
-    let stopping = release(&host, user);
-    if let Some(running) = stopping {
+    if let Some(running) = release(&host, user) {
         running.server.stop().await;
     }
 }
@@ -105,13 +114,52 @@ pub fn detach_now(user: u64) {
     drop(release(&host, user));
 }
 
-fn release(host: &Host, user: u64) -> Option<Running> {
+/// Removes `user`; the server to stop now if it has neither users nor clients left.
+fn release(host: &Arc<Host>, user: u64) -> Option<Running> {
     let mut state = lock(&host.state);
     state.users.remove(&user);
-    if state.users.is_empty() {
-        state.running.take()
-    } else {
-        None
+    let running = state.running.as_ref()?;
+    if !state.users.is_empty() {
+        return None;
+    }
+    if running.server.stats().streams.get() == 0 {
+        return state.running.take();
+    }
+    if !state.stopping_when_idle {
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            state.stopping_when_idle = true;
+            runtime.spawn(stop_when_idle(Arc::clone(host)));
+        }
+    }
+    None
+}
+
+/// Stops the server once it has neither users nor xDS clients; ends early if a user attaches.
+async fn stop_when_idle(host: Arc<Host>) {
+    loop {
+        tokio::time::sleep(IDLE_CHECK).await;
+        let _changing = host.changing.lock().await;
+        let stopping = {
+            let mut state = lock(&host.state);
+            let idle = match &state.running {
+                Some(running) => state.users.is_empty() && running.server.stats().streams.get() == 0,
+                None => true,
+            };
+            if !idle && !state.users.is_empty() {
+                state.stopping_when_idle = false;
+                return;
+            }
+            if idle {
+                state.stopping_when_idle = false;
+                state.running.take()
+            } else {
+                continue;
+            }
+        };
+        if let Some(running) = stopping {
+            running.server.stop().await;
+        }
+        return;
     }
 }
 
@@ -144,12 +192,16 @@ pub fn forget_after_fork() {
 mod tests {
     use super::*;
 
+    /// The server is the process's: tests that start and stop it take turns.
+    static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
     async fn port_open(address: SocketAddr) -> bool {
         tokio::net::TcpStream::connect(address).await.is_ok()
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn one_server_for_every_user_stopped_by_the_last_and_started_again_on_its_port() {
+        let _serial = SERIAL.lock().await;
         let first = attach(1_000_001).await.unwrap();
         let second = attach(1_000_002).await.unwrap();
         assert_eq!(first.address, second.address);
@@ -165,5 +217,39 @@ mod tests {
         let again = attach(1_000_003).await.unwrap();
         assert_eq!(again.address, first.address, "the port is reused");
         detach(1_000_003).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_server_without_users_waits_for_its_last_client_to_go() {
+        use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+        use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
+
+        let _serial = SERIAL.lock().await;
+        let attached = attach(2_000_001).await.unwrap();
+        let mut client =
+            AggregatedDiscoveryServiceClient::connect(format!("http://{}", attached.address)).await.unwrap();
+        let (requests, outgoing) = tokio::sync::mpsc::channel::<DiscoveryRequest>(1);
+        let stream = client
+            .stream_aggregated_resources(tokio_stream::wrappers::ReceiverStream::new(outgoing))
+            .await
+            .unwrap();
+        let (_, stats) = running().unwrap();
+        wait_for(|| stats.streams.get() == 1).await;
+
+        detach(2_000_001).await;
+        assert!(port_open(attached.address).await, "a client is still connected");
+        assert!(running().is_some());
+
+        drop((requests, stream, client));
+        wait_for(|| running().is_none()).await;
+        assert!(!port_open(attached.address).await, "stopped once the client went");
+    }
+
+    async fn wait_for(condition: impl Fn() -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while !condition() {
+            assert!(tokio::time::Instant::now() < deadline, "not within 5 s");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 }

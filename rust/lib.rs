@@ -16,6 +16,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(py::registry::lease_seconds, m)?)?;
     m.add_function(wrap_pyfunction!(py::instance::endpoint_target, m)?)?;
     m.add_function(wrap_pyfunction!(py::errors::_register_errors, m)?)?;
+    m.add_function(wrap_pyfunction!(py::native::xds_server, m)?)?;
     m.add_function(wrap_pyfunction!(py::runtime::_reset_after_fork, m)?)?;
     m.add_function(wrap_pyfunction!(py::runtime::_shutdown_runtime, m)?)?;
     Ok(())

@@ -32,6 +32,7 @@ from .errors import (
 )
 from .follow import AsyncServiceFollower, ServiceFollower
 from .model import EventType, ServiceEvent, ServiceInstance
+from .native import FailurePercentageEjection, OutlierDetection, SuccessRateEjection
 from .registry import AsyncRegistry, AsyncWatch, Registry, Watch
 from .stream import AsyncStreamManager, StreamManager, StreamManagerConfig
 
@@ -52,10 +53,12 @@ __all__ = [
     "EtcdConnector",
     "EtcdUnavailableError",
     "EventType",
+    "FailurePercentageEjection",
     "InvalidConfigError",
     "InvalidServiceInstanceError",
     "InvalidTTLError",
     "LeaseExpiredError",
+    "OutlierDetection",
     "Registry",
     "RegistryClosedError",
     "RegistryError",
@@ -67,6 +70,7 @@ __all__ = [
     "ServiceNotFoundError",
     "StreamManager",
     "StreamManagerConfig",
+    "SuccessRateEjection",
     "TLSConfig",
     "Watch",
     "__version__",

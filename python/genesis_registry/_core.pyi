@@ -38,6 +38,7 @@ __all__ = [
     "effective_namespace",
     "endpoint_target",
     "lease_seconds",
+    "xds_server",
 ]
 
 __version__: str
@@ -284,6 +285,29 @@ class RegistryCore:
     def watch_async(self, name: str, capacity: int = 1024) -> Awaitable[WatchCore]:
         """``watch()`` as an awaitable."""
 
+    def native_target(
+        self,
+        name: str,
+        policy: str,
+        hash_header: str | None = None,
+        outlier_detection: _OutlierFields | None = None,
+        zone: str | None = None,
+    ) -> tuple[str, str]:
+        """``(target, xds_server_address)`` of service ``name`` in native mode: reads the service
+        first (blocks), starts the process's xDS server on first use. ``policy`` is one of
+        ``round_robin``, ``pick_first``, ``ring_hash`` (which needs ``hash_header``). Raises
+        ``InvalidConfigError`` naming a value grpc would refuse."""
+
+    def native_target_async(
+        self,
+        name: str,
+        policy: str,
+        hash_header: str | None = None,
+        outlier_detection: _OutlierFields | None = None,
+        zone: str | None = None,
+    ) -> Awaitable[tuple[str, str]]:
+        """``native_target()`` as an awaitable."""
+
     def close(self) -> None:
         """Revoke this registry's leases and end its watches; idempotent."""
 
@@ -316,6 +340,16 @@ class WatchCore:
     @property
     def overflows(self) -> int:
         """Times this watch fell behind and was resynced from the current snapshot."""
+
+_EjectionFields = tuple[int, int, int, int]
+_OutlierFields = tuple[float, float, float, int, _EjectionFields | None, _EjectionFields | None]
+"""``(interval, base_ejection_time, max_ejection_time, max_ejection_percent, success_rate,
+failure_percentage)``: seconds, then a percentage, then ``(stdev_factor or threshold,
+enforcement_percentage, minimum_hosts, request_volume)`` per ejection method, or None."""
+
+def xds_server() -> tuple[str, dict[str, int]] | None:
+    """The process's xDS server (native mode): its ``host:port`` and counters (``xds_streams``,
+    ``xds_requests``, ``xds_responses``, ``xds_acks``, ``xds_nacks``, ...), or None when none runs."""
 
 def effective_namespace(namespace: str) -> str:
     """The namespace a registry configured with ``namespace`` builds keys from: the string as

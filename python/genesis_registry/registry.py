@@ -24,17 +24,20 @@ import threading
 import weakref
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal, overload
 
 import grpc
+import grpc.aio
 
-from . import _core, lifecycle
+from . import _core, _xds_bootstrap, lifecycle, native
 from .balancer import AsyncBalancedChannel, BalancedChannel, ChannelStats
+from .balancer.subsets import check_zone
 from .config import Config, Seconds, to_seconds
 from .connector import EtcdConnector
 from .errors import InvalidConfigError, InvalidServiceInstanceError, InvalidTTLError, ServiceNotFoundError
 from .follow import AsyncServiceFollower, ServiceFollower
 from .model import ServiceEvent, ServiceInstance, event_from_core
+from .native import OutlierDetection
 from .observability import RegistryMetrics
 
 __all__ = ["AsyncRegistry", "AsyncServiceFollower", "AsyncWatch", "Registry", "ServiceFollower", "Watch"]
@@ -66,6 +69,8 @@ class _RegistryBase:
         self._logger = logger if logger is not None else logging.getLogger("genesis_registry")
         connector.route_logs(self._core.id, self._logger)
         self._channels: weakref.WeakSet[BalancedChannel | AsyncBalancedChannel] = weakref.WeakSet()
+        #: Native channels made by get_connection(), closed with the registry.
+        self._native_channels: weakref.WeakSet[Any] = weakref.WeakSet()
         self._calls_left_zone = 0
         self._calls_left_zone_lock = threading.Lock()
         self._metrics = (
@@ -138,7 +143,7 @@ class _RegistryBase:
         >>> reg.stats()["registrations"]
         1
         """
-        return {**self._core.stats(), "calls_left_zone": self._calls_left_zone}
+        return {**self._core.stats(), "calls_left_zone": self._calls_left_zone, **native.xds_stats()}
 
     def channel_stats(self) -> list[ChannelStats]:
         """:class:`ChannelStats` of every balanced channel made here and still open, by service.
@@ -150,6 +155,17 @@ class _RegistryBase:
         """
         channels = [channel for channel in list(self._channels) if not channel.closed]
         return sorted((channel.stats() for channel in channels), key=lambda stats: stats.service)
+
+    @staticmethod
+    def _native_settings(
+        policy: str, hash_header: str | None, outlier_detection: OutlierDetection | None, zone: str | None
+    ) -> tuple[str, str | None, _core._OutlierFields | None, str | None]:
+        """The arguments of ``RegistryCore.native_target`` after ``name``."""
+        if not isinstance(policy, str):
+            raise InvalidConfigError(f"policy must be a string (got {policy!r})")
+        if hash_header is not None and not isinstance(hash_header, str):
+            raise InvalidConfigError(f"hash_header must be a string (got {hash_header!r})")
+        return policy, hash_header, native.outlier_fields(outlier_detection), check_zone(zone)
 
     def _count_left_zone(self) -> None:
         with self._calls_left_zone_lock:
@@ -338,6 +354,33 @@ class Registry(_RegistryBase):
         """
         return Watch(self._core.watch(name, self._buffer(buffer)), name)
 
+    def native_target(
+        self,
+        name: str,
+        *,
+        policy: str = "round_robin",
+        hash_header: str | None = None,
+        outlier_detection: OutlierDetection | None = None,
+        zone: str | None = None,
+    ) -> str:
+        """The ``xds:`` target through which grpcio's own resolver and balancer follow service
+        ``name`` (native mode), for code that builds its own channels; grpc's bootstrap is
+        set up so that it resolves. Settings as for ``get_connection(mode="native")``.
+
+        >>> reg.register(instance)
+        >>> target = reg.native_target("user-service")
+        >>> target.startswith("xds://genesis-registry/")
+        True
+        >>> with grpc.insecure_channel(target) as channel:
+        ...     pb.UserServiceStub(channel).GetUser(request)
+        b'user-1|123'
+        """
+        settings = self._native_settings(policy, hash_header, outlier_detection, zone)
+        target, server = self._core.native_target(name, *settings)
+        _xds_bootstrap.install(server)
+        return target
+
+    @overload
     def get_connection(
         self,
         name: str,
@@ -345,13 +388,44 @@ class Registry(_RegistryBase):
         options: Sequence[tuple[str, Any]] = (),
         policy: str = "round_robin",
         *,
+        mode: Literal["balanced"] = "balanced",
         subset_size: int | None = None,
         subset_key: str | bytes | int | None = None,
         zone: str | None = None,
-    ) -> BalancedChannel:
+    ) -> BalancedChannel: ...
+
+    @overload
+    def get_connection(
+        self,
+        name: str,
+        credentials: grpc.ChannelCredentials | None = None,
+        options: Sequence[tuple[str, Any]] = (),
+        policy: str = "round_robin",
+        *,
+        mode: Literal["native"],
+        hash_header: str | None = None,
+        outlier_detection: OutlierDetection | None = None,
+        zone: str | None = None,
+    ) -> grpc.Channel: ...
+
+    def get_connection(
+        self,
+        name: str,
+        credentials: grpc.ChannelCredentials | None = None,
+        options: Sequence[tuple[str, Any]] = (),
+        policy: str = "round_robin",
+        *,
+        mode: str = "balanced",
+        subset_size: int | None = None,
+        subset_key: str | bytes | int | None = None,
+        zone: str | None = None,
+        hash_header: str | None = None,
+        outlier_detection: OutlierDetection | None = None,
+    ) -> BalancedChannel | grpc.Channel:
         """A ``grpc.Channel`` balanced per call over the live instances of service ``name``
         (insecure when ``credentials`` is None). Stubs built on it once stay balanced as
-        instances come and go. Close it when done.
+        instances come and go. Close it when done (closing the registry closes it too in
+        native mode).
 
         At mesh scale: ``subset_size=N`` connects to at most N endpoints, chosen by
         rendezvous hashing on ``subset_key`` (default: host name and process id), so that
@@ -360,12 +434,30 @@ class Registry(_RegistryBase):
         while one is READY, to the others otherwise (and takes the subset within the zone
         first). See ``genesis_registry.balancer.subsets``.
 
+        ``mode="native"`` returns grpcio's own channel on an ``xds:`` target instead: grpc's
+        C core resolves and balances from the core's snapshots with no Python per call
+        (:mod:`genesis_registry.native`). Policies ``round_robin``, ``pick_first`` and
+        ``ring_hash`` (affinity on the request header ``hash_header``), optional
+        ``outlier_detection``, and ``zone`` as EDS priorities.
+
         >>> reg.register(instance)
         >>> channel = reg.get_connection("user-service")
         >>> pb.UserServiceStub(channel).GetUser(pb.GetUserRequest(id="123"))
         b'user-1|123'
         >>> channel.close()
+        >>> channel = reg.get_connection("user-service", mode="native")
+        >>> pb.UserServiceStub(channel).GetUser(pb.GetUserRequest(id="123"))
+        b'user-1|123'
+        >>> channel.close()
         """
+        if native.check_mode(mode) == "native":
+            native.check_balanced_only(subset_size=subset_size, subset_key=subset_key)
+            settings = self._native_settings(policy, hash_header, outlier_detection, zone)
+            target, server = self._core.native_target(name, *settings)
+            opened = native.open_channel(target, server, credentials, options)
+            self._native_channels.add(opened)
+            return opened
+        native.check_native_only(hash_header=hash_header, outlier_detection=outlier_detection)
         channel = BalancedChannel(
             self,
             name,
@@ -382,7 +474,11 @@ class Registry(_RegistryBase):
 
     def close(self) -> None:
         """Revoke every lease (instances disappear at once) and end every watch.
-        Idempotent; later calls on the registry raise :class:`RegistryClosedError`."""
+        Idempotent; later calls on the registry raise :class:`RegistryClosedError`.
+        Native channels made by :meth:`get_connection` are closed."""
+        for channel in list(self._native_channels):
+            channel.close()
+        self._native_channels.clear()
         self._core.close()
 
     def __enter__(self) -> Registry:
@@ -449,6 +545,27 @@ class AsyncRegistry(_RegistryBase):
         """
         return AsyncWatch(self._core, name, self._buffer(buffer))
 
+    async def native_target(
+        self,
+        name: str,
+        *,
+        policy: str = "round_robin",
+        hash_header: str | None = None,
+        outlier_detection: OutlierDetection | None = None,
+        zone: str | None = None,
+    ) -> str:
+        """See :meth:`Registry.native_target`.
+
+        >>> await areg.register(instance)
+        >>> (await areg.native_target("user-service")).startswith("xds://genesis-registry/")
+        True
+        """
+        settings = self._native_settings(policy, hash_header, outlier_detection, zone)
+        target, server = await self._core.native_target_async(name, *settings)
+        _xds_bootstrap.install(server)
+        return target
+
+    @overload
     async def get_connection(
         self,
         name: str,
@@ -457,20 +574,64 @@ class AsyncRegistry(_RegistryBase):
         policy: str = "round_robin",
         interceptors: Sequence[Any] | None = None,
         *,
+        mode: Literal["balanced"] = "balanced",
         subset_size: int | None = None,
         subset_key: str | bytes | int | None = None,
         zone: str | None = None,
-    ) -> AsyncBalancedChannel:
+    ) -> AsyncBalancedChannel: ...
+
+    @overload
+    async def get_connection(
+        self,
+        name: str,
+        credentials: grpc.ChannelCredentials | None = None,
+        options: Sequence[tuple[str, Any]] = (),
+        policy: str = "round_robin",
+        interceptors: Sequence[Any] | None = None,
+        *,
+        mode: Literal["native"],
+        hash_header: str | None = None,
+        outlier_detection: OutlierDetection | None = None,
+        zone: str | None = None,
+    ) -> grpc.aio.Channel: ...
+
+    async def get_connection(
+        self,
+        name: str,
+        credentials: grpc.ChannelCredentials | None = None,
+        options: Sequence[tuple[str, Any]] = (),
+        policy: str = "round_robin",
+        interceptors: Sequence[Any] | None = None,
+        *,
+        mode: str = "balanced",
+        subset_size: int | None = None,
+        subset_key: str | bytes | int | None = None,
+        zone: str | None = None,
+        hash_header: str | None = None,
+        outlier_detection: OutlierDetection | None = None,
+    ) -> AsyncBalancedChannel | grpc.aio.Channel:
         """A ``grpc.aio.Channel`` balanced per call over the live instances of service
         ``name``; ``interceptors`` are aio client interceptors (see :meth:`Registry.get_connection`,
-        also for ``subset_size``, ``subset_key`` and ``zone``).
+        also for ``subset_size``, ``subset_key``, ``zone`` and ``mode="native"``).
 
         >>> await areg.register(instance)
         >>> channel = await areg.get_connection("user-service")
         >>> await pb.UserServiceStub(channel).GetUser(request)
         b'user-1|123'
         >>> await channel.close()
+        >>> channel = await areg.get_connection("user-service", mode="native")
+        >>> await pb.UserServiceStub(channel).GetUser(request)
+        b'user-1|123'
+        >>> await channel.close()
         """
+        if native.check_mode(mode) == "native":
+            native.check_balanced_only(subset_size=subset_size, subset_key=subset_key)
+            settings = self._native_settings(policy, hash_header, outlier_detection, zone)
+            target, server = await self._core.native_target_async(name, *settings)
+            opened = native.open_aio_channel(target, server, credentials, options, interceptors)
+            self._native_channels.add(opened)
+            return opened
+        native.check_native_only(hash_header=hash_header, outlier_detection=outlier_detection)
         channel = AsyncBalancedChannel(
             self,
             name,
@@ -488,6 +649,10 @@ class AsyncRegistry(_RegistryBase):
 
     async def close(self) -> None:
         """See :meth:`Registry.close`."""
+        channels = list(self._native_channels)
+        self._native_channels.clear()
+        for channel in channels:
+            await channel.close()
         await self._core.close_async()
 
     async def __aenter__(self) -> AsyncRegistry:

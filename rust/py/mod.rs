@@ -4,6 +4,7 @@
 pub mod connector;
 pub mod errors;
 pub mod instance;
+pub mod native;
 pub mod registry;
 pub mod runtime;
 pub mod watch;

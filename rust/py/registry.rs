@@ -13,6 +13,7 @@ use pyo3::types::{PyDict, PyTuple};
 use crate::py::connector::{seconds, EtcdConnectorCore};
 use crate::py::errors::{closed_error, to_py_err, IntoPyResult};
 use crate::py::instance::ServiceInstance;
+use crate::py::native::{target_config, OutlierFields};
 use crate::py::runtime;
 use crate::py::watch::WatchCore;
 
@@ -321,6 +322,42 @@ impl RegistryCore {
         let created_in = self.created_in;
         runtime::into_awaitable(py, async move {
             core.watch(&name, capacity).await.map(|subscriber| WatchCore { subscriber, created_in })
+        })
+    }
+
+    /// (target, xDS server address) of service `name` in native mode.
+    #[pyo3(signature = (name, policy, hash_header=None, outlier_detection=None, zone=None))]
+    fn native_target(
+        &self,
+        py: Python<'_>,
+        name: String,
+        policy: &str,
+        hash_header: Option<&str>,
+        outlier_detection: Option<OutlierFields>,
+        zone: Option<String>,
+    ) -> PyResult<(String, String)> {
+        let config = target_config(policy, hash_header, outlier_detection, zone)?;
+        let core = self.check()?.clone();
+        let target = runtime::block_on(py, async move { core.native_target(&name, config).await })?;
+        let target = target.into_py_result()?;
+        Ok((target.target, target.server.to_string()))
+    }
+
+    #[pyo3(signature = (name, policy, hash_header=None, outlier_detection=None, zone=None))]
+    fn native_target_async<'py>(
+        &self,
+        py: Python<'py>,
+        name: String,
+        policy: &str,
+        hash_header: Option<&str>,
+        outlier_detection: Option<OutlierFields>,
+        zone: Option<String>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let config = target_config(policy, hash_header, outlier_detection, zone)?;
+        let core = self.check()?.clone();
+        runtime::into_awaitable(py, async move {
+            let target = core.native_target(&name, config).await?;
+            Ok((target.target, target.server.to_string()))
         })
     }
 

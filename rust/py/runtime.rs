@@ -73,6 +73,7 @@ pub fn _reset_after_fork() {
         std::mem::forget(old);
     }
     PROCESS_GENERATION.fetch_add(1, Ordering::AcqRel);
+    genesis_registry_core::xds::host::forget_after_fork();
 }
 
 /// Stops the runtime's threads, waiting at most `timeout` seconds for running tasks.

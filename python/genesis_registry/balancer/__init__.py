@@ -68,7 +68,8 @@ def dial(target: str, *, registry: Any, **kwargs: Any) -> Any:
     """A balanced channel for an ``etcd:///<service>`` target, as the Go component's
     resolver accepts it. With a :class:`Registry` it returns a :class:`BalancedChannel`;
     with an :class:`AsyncRegistry`, an awaitable of an :class:`AsyncBalancedChannel`.
-    Keyword arguments are those of ``get_connection()``.
+    Keyword arguments are those of ``get_connection()``: with ``mode="native"``, grpcio's
+    own channel (``grpc.Channel`` or ``grpc.aio.Channel``) balanced by its C core.
 
     >>> reg.register(instance)
     >>> with gr.dial("etcd:///user-service", registry=reg) as channel:
@@ -78,6 +79,9 @@ def dial(target: str, *, registry: Any, **kwargs: Any) -> Any:
     >>> await pb.UserServiceStub(channel).GetUser(request)
     b'user-1|123'
     >>> await channel.close()
+    >>> with gr.dial("etcd:///user-service", registry=reg, mode="native") as channel:
+    ...     pb.UserServiceStub(channel).GetUser(request)
+    b'user-1|123'
     """
     service = parse_target(target)
     return registry.get_connection(service, **kwargs)

@@ -6,6 +6,8 @@
 //! - [`registry::Registry`] registers instances on shared leases ([`lease`]) and serves
 //!   discovery from per-service snapshots ([`cache`]) that the connector's watch hub
 //!   ([`watch`]: an I/O loop over a state machine) keeps current.
+//! - [`native`] gives a registry `xds:` targets that grpc's own balancer follows, served by
+//!   the process's xDS server ([`xds`]) from the same caches.
 //! - [`instance::ServiceInstance`] is the stored value, encoded as Go's `json.Marshal` does.
 //!
 //! Dependencies run one way: registry → connector → watch → cache → instance → error,
@@ -23,6 +25,7 @@ mod etcd;
 pub mod instance;
 pub mod lease;
 pub mod log_sink;
+pub mod native;
 pub mod registry;
 pub mod stats;
 pub mod sync;

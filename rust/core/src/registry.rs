@@ -18,8 +18,10 @@ use crate::etcd::{read_range, EtcdAccess};
 use crate::instance::{validate_segment, ServiceInstance};
 use crate::lease::{grant_seconds, LeaseContext, LeasePool};
 use crate::log_sink::Level;
+use crate::native::{NativeScopes, NativeTarget};
 use crate::stats::RegistryStats;
 use crate::sync::lock;
+use crate::xds::{ScopeOwner, TargetConfig};
 
 /// etcd refuses requests above 1.5 MiB (`--max-request-bytes`); leave room for the
 /// request's own framing.
@@ -154,6 +156,8 @@ struct Inner {
     services: Mutex<HashMap<String, Arc<ServiceCache>>>,
     subscribers: Mutex<Vec<Weak<Watch>>>,
     stats: Arc<RegistryStats>,
+    /// The `xds:` targets served for this registry (native mode).
+    native: NativeScopes,
     closed: CancellationToken,
     close_done: OnceCell<()>,
 }
@@ -172,6 +176,7 @@ impl Drop for Inner {
     /// their TTL) and lets go of the services it watched.
     fn drop(&mut self) {
         self.closed.cancel();
+        self.native.close_now(self.id);
         let services: Vec<Arc<ServiceCache>> = lock(&self.services).drain().map(|(_, c)| c).collect();
         if let Some(hub) = self.connector.started_hub() {
             for cache in services {
@@ -225,6 +230,7 @@ impl Registry {
                 services: Mutex::new(HashMap::new()),
                 subscribers: Mutex::new(Vec::new()),
                 stats,
+                native: NativeScopes::default(),
                 closed,
                 close_done: OnceCell::new(),
             }),
@@ -523,6 +529,26 @@ impl Registry {
         Ok(deleted.deleted() > 0)
     }
 
+    /// The `xds:` target through which grpc's own resolver and balancer follow service
+    /// `name` under `config` (native mode), reading the service first if needed and
+    /// starting the process's xDS server on first use.
+    ///
+    /// # Errors
+    ///
+    /// As [`Registry::service`]; [`Error::InvalidConfig`] for a configuration grpc would
+    /// refuse; [`Error::XdsServer`] when the server cannot start.
+    pub async fn native_target(&self, name: &str, config: TargetConfig) -> Result<NativeTarget> {
+        let cache = self.service(name).await?;
+        let owner = ScopeOwner { log: Arc::clone(&self.inner.access.log), origin: self.inner.id };
+        let target = self.inner.native.target(self.inner.id, owner, cache, config).await?;
+        if self.is_closed() {
+            // close() ran meanwhile and may have missed the scope just made.
+            self.inner.native.close(self.inner.id).await;
+            return Err(Error::Closed("registry".into()));
+        }
+        Ok(target)
+    }
+
     /// Figures about every service this registry watches, sorted by name.
     pub fn service_stats(&self) -> Vec<crate::cache::CacheStats> {
         let mut stats: Vec<_> = lock(&self.inner.services).values().map(|c| c.stats()).collect();
@@ -570,6 +596,7 @@ impl Registry {
                         hub.release(cache.prefix());
                     }
                 }
+                self.inner.native.close(self.inner.id).await;
                 let budget = CLOSE_BUDGET.min(self.inner.access.request_timeout);
                 self.inner.leases.close(budget).await;
                 let count = {

@@ -4,7 +4,7 @@
 //! Per stream and per resource type it keeps the names the client asked for and what it
 //! last sent (version, nonce, resources). A response goes out only when that content
 //! changes: after a request that names new resources, or when the source says something
-//! changed. So an ACK gets no answer, and a NACK (logged and counted) is not answered by
+//! changed. So an ACK gets no answer, and a NACK (reported to the source and counted) is not answered by
 //! the same resources again; the next change is sent as usual. A request answering an
 //! older nonce is ignored, as the protocol asks: the client will answer the newer one.
 
@@ -30,7 +30,6 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::names::ResourceKind;
 use crate::error::{Error, Result};
-use crate::log_sink::{Level, LogSink};
 use crate::stats::XdsStats;
 use crate::sync::lock;
 
@@ -56,6 +55,16 @@ pub trait ResourceSource: Send + Sync + 'static {
     /// A receiver whose value changes whenever any resource may have changed. Streams
     /// then rebuild what their clients asked for and send only what differs.
     fn changes(&self) -> watch::Receiver<u64>;
+
+    /// A client refused a response of `kind` naming `names` (a NACK), for the reason in
+    /// `message`; the source says so to whoever owns those names. It is counted anyway.
+    fn rejected(
+        &self,
+        kind: ResourceKind,
+        names: &[String],
+        message: &str,
+        fields: Vec<(&'static str, String)>,
+    );
 }
 
 /// The running server. Dropping it stops it too, without waiting.
@@ -76,14 +85,14 @@ impl std::fmt::Debug for AdsServer {
 }
 
 impl AdsServer {
-    /// Listens on 127.0.0.1 at a port the system picks and serves on the current tokio
-    /// runtime until [`AdsServer::stop`].
+    /// Listens on 127.0.0.1 at `port` (0: one the system picks) and serves on the current
+    /// tokio runtime until [`AdsServer::stop`].
     ///
     /// # Errors
     ///
     /// [`Error::XdsServer`] when the loopback listener cannot be bound.
-    pub async fn start(source: Arc<dyn ResourceSource>, log: Arc<LogSink>) -> Result<Self> {
-        let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+    pub async fn start(source: Arc<dyn ResourceSource>, port: u16) -> Result<Self> {
+        let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, port))
             .await
             .map_err(|e| Error::XdsServer(format!("the xDS server could not listen on 127.0.0.1: {e}")))?;
         let address = listener
@@ -91,7 +100,7 @@ impl AdsServer {
             .map_err(|e| Error::XdsServer(format!("the xDS server's listener has no address: {e}")))?;
         let stats = Arc::new(XdsStats::default());
         let stop = CancellationToken::new();
-        let service = AdsService { source, log, stats: Arc::clone(&stats), stop: stop.clone() };
+        let service = AdsService { source, stats: Arc::clone(&stats), stop: stop.clone() };
         let shutdown = stop.clone();
         let task = tokio::spawn(async move {
             // The listener lives in this task: when it ends, the port is free again.
@@ -139,7 +148,6 @@ impl Drop for AdsServer {
 
 struct AdsService {
     source: Arc<dyn ResourceSource>,
-    log: Arc<LogSink>,
     stats: Arc<XdsStats>,
     stop: CancellationToken,
 }
@@ -159,8 +167,7 @@ impl AggregatedDiscoveryService for AdsService {
             return Err(Status::unavailable("the xDS server is stopping"));
         }
         let (responses, receiver) = mpsc::channel(RESPONSE_BUFFER);
-        let stream =
-            StreamState::new(Arc::clone(&self.source), Arc::clone(&self.log), Arc::clone(&self.stats));
+        let stream = StreamState::new(Arc::clone(&self.source), Arc::clone(&self.stats));
         tokio::spawn(stream.run(request.into_inner(), responses, self.stop.clone()));
         Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
     }
@@ -189,7 +196,6 @@ struct Subscription {
 /// One ADS stream's protocol state; `on_request` and `on_change` decide, `run` does I/O.
 struct StreamState {
     source: Arc<dyn ResourceSource>,
-    log: Arc<LogSink>,
     stats: Arc<XdsStats>,
     subscriptions: HashMap<ResourceKind, Subscription>,
     /// Versions and nonces count up per stream: a client only compares them for equality.
@@ -198,8 +204,8 @@ struct StreamState {
 }
 
 impl StreamState {
-    fn new(source: Arc<dyn ResourceSource>, log: Arc<LogSink>, stats: Arc<XdsStats>) -> Self {
-        Self { source, log, stats, subscriptions: HashMap::new(), last_version: 0, last_nonce: 0 }
+    fn new(source: Arc<dyn ResourceSource>, stats: Arc<XdsStats>) -> Self {
+        Self { source, stats, subscriptions: HashMap::new(), last_version: 0, last_nonce: 0 }
     }
 
     async fn run(
@@ -249,10 +255,10 @@ impl StreamState {
         }
         if let Some(error) = &request.error_detail {
             self.stats.nacks.inc();
-            self.log.emit(
-                Level::Warning,
-                0,
-                format!(
+            self.source.rejected(
+                kind,
+                &request.resource_names,
+                &format!(
                     "an xDS client refused the server's {} resources: {}",
                     kind.message_name(),
                     error.message
@@ -321,11 +327,17 @@ mod tests {
     struct MemorySource {
         resources: Mutex<HashMap<(ResourceKind, String), Any>>,
         changes: watch::Sender<u64>,
+        /// (kind, names, message) of every NACK reported.
+        rejections: Mutex<Vec<(ResourceKind, Vec<String>, String)>>,
     }
 
     impl MemorySource {
         fn new() -> Arc<Self> {
-            Arc::new(Self { resources: Mutex::new(HashMap::new()), changes: watch::channel(0).0 })
+            Arc::new(Self {
+                resources: Mutex::new(HashMap::new()),
+                changes: watch::channel(0).0,
+                rejections: Mutex::new(Vec::new()),
+            })
         }
 
         fn set(&self, kind: ResourceKind, name: &str, body: &[u8]) {
@@ -342,6 +354,16 @@ mod tests {
 
         fn changes(&self) -> watch::Receiver<u64> {
             self.changes.subscribe()
+        }
+
+        fn rejected(
+            &self,
+            kind: ResourceKind,
+            names: &[String],
+            message: &str,
+            _: Vec<(&'static str, String)>,
+        ) {
+            lock(&self.rejections).push((kind, names.to_vec(), message.to_string()));
         }
     }
 
@@ -420,7 +442,7 @@ mod tests {
         source.set(ResourceKind::Listener, "s/b", b"L-b");
         source.set(ResourceKind::Cluster, "s/a", b"C-a");
         source.set(ResourceKind::ClusterLoadAssignment, "s/a", b"E-a1");
-        let server = AdsServer::start(source.clone(), Arc::new(LogSink::default())).await.unwrap();
+        let server = AdsServer::start(source.clone(), 0).await.unwrap();
         assert!(server.address().ip().is_loopback());
         let mut client = Client::connect(&server).await;
 
@@ -461,6 +483,13 @@ mod tests {
         client.nack(&push, &eds.version_info, &["s/a"]).await;
         client.expect_silence().await;
         assert_eq!(server.stats().nacks.get(), 1);
+        let rejections = lock(&source.rejections).clone();
+        assert_eq!(rejections.len(), 1);
+        assert_eq!(
+            (rejections[0].0, rejections[0].1.clone()),
+            (ResourceKind::ClusterLoadAssignment, vec!["s/a".into()])
+        );
+        assert!(rejections[0].2.contains("bad resource"), "{}", rejections[0].2);
         // A change of a resource nobody asked for pushes nothing.
         source.set(ResourceKind::ClusterLoadAssignment, "s/zzz", b"E-z");
         client.expect_silence().await;
@@ -484,7 +513,7 @@ mod tests {
     #[tokio::test]
     async fn unknown_names_are_answered_without_them_and_other_types_ignored() {
         let source = MemorySource::new();
-        let server = AdsServer::start(source.clone(), Arc::new(LogSink::default())).await.unwrap();
+        let server = AdsServer::start(source.clone(), 0).await.unwrap();
         let mut client = Client::connect(&server).await;
         // The name is left out of the answer (grpc then waits for it: see ResourceSource).
         client.send(ResourceKind::Listener, &["s/nothing"], None).await;
@@ -510,7 +539,7 @@ mod tests {
     async fn stopping_ends_streams_and_frees_the_port() {
         let source = MemorySource::new();
         source.set(ResourceKind::Listener, "s/a", b"L");
-        let server = AdsServer::start(source, Arc::new(LogSink::default())).await.unwrap();
+        let server = AdsServer::start(source, 0).await.unwrap();
         let address = server.address();
         let mut client = Client::connect(&server).await;
         client.send(ResourceKind::Listener, &["s/a"], None).await;

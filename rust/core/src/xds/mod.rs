@@ -6,20 +6,25 @@
 //!   a service's instances (pure).
 //! - `ads`: a state-of-the-world ADS server on TCP loopback that serves whatever a
 //!   [`ResourceSource`] provides.
+//! - `host`: the process's one server, started by its first user and stopped by its last.
+//! - `hosts`: endpoint host names, resolved ahead of time (grpc takes only IP literals).
 //! - `source`: the [`ResourceSource`] of the process, fed by the registries' caches.
 
 mod ads;
+pub mod host;
+mod hosts;
 mod names;
 mod resources;
 mod source;
 
 pub use ads::{AdsServer, ResourceSource};
-pub use names::{ResourceKind, XdsTarget};
+pub use hosts::HostCache;
+pub use names::{ResourceKind, XdsTarget, AUTHORITY};
 pub use resources::{
     build, cluster, instance_weight, listener, load_assignment, FailurePercentageEjection, HostResolver,
     IpLiteralsOnly, OutlierDetection, Policy, SuccessRateEjection, TargetConfig, MAX_WEIGHT,
 };
-pub use source::CacheSource;
+pub use source::{CacheSource, ScopeOwner};
 
 /// The builders behind the ADS server, as grpc's client uses them: a Listener names its
 /// cluster, the cluster names its endpoints, each fetched by the name the previous one gave.
@@ -45,7 +50,6 @@ mod tests {
 
     use super::*;
     use crate::instance::{fixtures, ServiceInstance};
-    use crate::log_sink::LogSink;
     use crate::sync::lock;
 
     /// Targets of one scope with one configuration, over instances the test changes.
@@ -71,6 +75,10 @@ mod tests {
 
         fn changes(&self) -> watch::Receiver<u64> {
             self.changes.subscribe()
+        }
+
+        fn rejected(&self, _: ResourceKind, names: &[String], message: &str, _: Vec<(&'static str, String)>) {
+            panic!("grpc's client would not refuse these: {names:?}: {message}");
         }
     }
 
@@ -121,7 +129,7 @@ mod tests {
             instances: Mutex::new(HashMap::new()),
             changes: watch::channel(0).0,
         });
-        let server = AdsServer::start(services.clone(), Arc::new(LogSink::default())).await.unwrap();
+        let server = AdsServer::start(services.clone(), 0).await.unwrap();
         let mut client =
             AggregatedDiscoveryServiceClient::connect(format!("http://{}", server.address())).await.unwrap();
         let (requests, outgoing) = mpsc::channel(16);

@@ -24,6 +24,9 @@ use envoy_types::pb::envoy::config::listener::v3::Listener;
 use crate::error::{Error, Result};
 use crate::instance::validate_segment;
 
+/// The authority of the library's targets in grpc's bootstrap, beside any of the user's.
+pub const AUTHORITY: &str = "genesis-registry";
+
 /// Longest scope accepted; scopes are labels, not data.
 const MAX_SCOPE_LEN: usize = 64;
 

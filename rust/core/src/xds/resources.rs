@@ -49,6 +49,7 @@ use envoy_types::pb::google::protobuf::{Any, Duration as ProtoDuration, UInt32Va
 use envoy_types::util::pack_any;
 
 use super::names::{ResourceKind, XdsTarget};
+use crate::error::{Error, Result};
 use crate::instance::{split_endpoint, ServiceInstance};
 
 /// The filter name grpc looks for at the end of the connection manager's filters.
@@ -75,6 +76,54 @@ pub enum Policy {
     RingHash { hash_header: String },
 }
 
+impl Policy {
+    /// The names accepted by [`Policy::from_name`].
+    pub const NAMES: [&'static str; 3] = ["round_robin", "pick_first", "ring_hash"];
+
+    /// The policy called `name`; `hash_header` is ring_hash's request header (required by
+    /// it, refused by the others), matched case-insensitively as HTTP/2 headers are.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] naming the unknown policy or the unusable header.
+    pub fn from_name(name: &str, hash_header: Option<&str>) -> Result<Self> {
+        match (name, hash_header) {
+            ("round_robin", None) => Ok(Policy::RoundRobin),
+            ("pick_first", None) => Ok(Policy::PickFirst),
+            ("ring_hash", Some(header)) => Ok(Policy::RingHash { hash_header: checked_header(header)? }),
+            ("ring_hash", None) => Err(Error::InvalidConfig(
+                "policy 'ring_hash' needs hash_header, the request header whose value picks the backend"
+                    .into(),
+            )),
+            ("round_robin" | "pick_first", Some(header)) => Err(Error::InvalidConfig(format!(
+                "hash_header {header:?} applies to policy 'ring_hash' only (got policy {name:?})"
+            ))),
+            _ => Err(Error::InvalidConfig(format!(
+                "unknown policy {name:?} for native mode; expected one of {}",
+                Self::NAMES.join(", ")
+            ))),
+        }
+    }
+}
+
+/// A header a hash policy can read: a plain ASCII name, not a pseudo-header, not binary
+/// (grpc does not hash `-bin` headers), lower-cased.
+fn checked_header(header: &str) -> Result<String> {
+    let lower = header.to_ascii_lowercase();
+    let allowed = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.');
+    if lower.is_empty()
+        || !lower.chars().all(allowed)
+        || lower.ends_with("-bin")
+        || lower.starts_with("grpc-")
+    {
+        return Err(Error::InvalidConfig(format!(
+            "hash_header {header:?} is not a usable request header name \
+             (letters, digits, '-', '_', '.'; not ending in -bin; not grpc-*)"
+        )));
+    }
+    Ok(lower)
+}
+
 /// Outlier detection with grpc's xDS fields and defaults (gRFC A50): success-rate
 /// ejection is on by default, failure-percentage ejection off.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,6 +145,43 @@ impl Default for OutlierDetection {
             max_ejection_percent: 10,
             success_rate: Some(SuccessRateEjection::default()),
             failure_percentage: None,
+        }
+    }
+}
+
+impl OutlierDetection {
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] naming the first field out of range: a zero interval or
+    /// base ejection time, a maximum ejection time below the base, a percentage above 100.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |field: &str, value: String, rule: &str| {
+            Err(Error::InvalidConfig(format!("outlier_detection.{field} {rule} (got {value})")))
+        };
+        if self.interval.is_zero() {
+            return bad("interval", format!("{:?}", self.interval), "must be positive");
+        }
+        if self.base_ejection_time.is_zero() {
+            return bad("base_ejection_time", format!("{:?}", self.base_ejection_time), "must be positive");
+        }
+        if self.max_ejection_time < self.base_ejection_time {
+            return bad(
+                "max_ejection_time",
+                format!("{:?}", self.max_ejection_time),
+                "must be at least base_ejection_time",
+            );
+        }
+        let mut percentages = vec![("max_ejection_percent", self.max_ejection_percent)];
+        if let Some(rate) = &self.success_rate {
+            percentages.push(("success_rate.enforcement_percentage", rate.enforcement_percentage));
+        }
+        if let Some(failures) = &self.failure_percentage {
+            percentages.push(("failure_percentage.threshold", failures.threshold));
+            percentages.push(("failure_percentage.enforcement_percentage", failures.enforcement_percentage));
+        }
+        match percentages.into_iter().find(|(_, value)| *value > 100) {
+            Some((field, value)) => bad(field, value.to_string(), "is a percentage, at most 100"),
+            None => Ok(()),
         }
     }
 }

@@ -19,9 +19,10 @@ failure is a traceback and a non-zero exit.
 * ``exit [--aio]``: makes a native channel (sync or asyncio), calls it, prints
   ``{"server", "served_by", "at"}`` (``at``: ``time.time()`` then) and returns without closing
   anything.
-* ``fork``: makes a native channel and calls it, forks; the child opens its own connector,
-  registry and native channel and calls it; the parent then calls its own channel again.
-  Prints both sides' ADS server addresses and what their calls reached.
+* ``fork [--close-before-fork]``: makes a native channel and calls it (then closes its registry,
+  with the flag), forks; the child opens its own connector, registry and native channel and
+  calls it; the parent then calls its own channel again (without the flag). Prints both
+  sides' ADS server addresses, what their calls reached and the child's exit status.
 """
 
 from __future__ import annotations
@@ -169,37 +170,39 @@ def _wait_child(pid: int, timeout: float) -> int | None:
 
 def fork(args: argparse.Namespace) -> None:
     with connector(args) as conn, gr.Registry(conn, config(args)) as reg:
-        with reg.get_connection(args.service, mode="native") as channel:
-            stub = EchoStub(channel)
-            before = server_of(stub.Unary(b"x", timeout=10, wait_for_ready=True))
-            parent_server = native.server_address()
-            read_end, write_end = os.pipe()
-            pid = os.fork()
-            if pid == 0:  # the child: report through the pipe, never return into the parent's code
-                os.close(read_end)
-                code = 1
-                try:
-                    result = _in_forked_child(args)
-                    code = 0
-                except BaseException as e:
-                    result = {"error": repr(e)}
-                os.write(write_end, json.dumps(result).encode())
-                os._exit(code)
-            os.close(write_end)
-            status = _wait_child(pid, 60.0)
-            with os.fdopen(read_end, "rb") as pipe:
-                child = json.loads(pipe.read() or b"null")
-            after = server_of(stub.Unary(b"x", timeout=10))
-            emit(
-                {
-                    "parent_server": parent_server,
-                    "parent_server_after": native.server_address(),
-                    "before": before,
-                    "after": after,
-                    "child_status": status,
-                    "child": child,
-                }
-            )
+        channel = reg.get_connection(args.service, mode="native")
+        stub = EchoStub(channel)
+        before = server_of(stub.Unary(b"x", timeout=10, wait_for_ready=True))
+        parent_server = native.server_address()
+        if args.close_before_fork:
+            reg.close()  # closes the channel, and stops the ADS server (the last registry using it)
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: report through the pipe, never return into the parent's code
+            os.close(read_end)
+            code = 1
+            try:
+                result = _in_forked_child(args)
+                code = 0
+            except BaseException as e:
+                result = {"error": repr(e)}
+            os.write(write_end, json.dumps(result).encode())
+            os._exit(code)
+        os.close(write_end)
+        status = _wait_child(pid, 60.0)
+        with os.fdopen(read_end, "rb") as pipe:
+            child = json.loads(pipe.read() or b"null")
+        after = None if args.close_before_fork else server_of(stub.Unary(b"x", timeout=10))
+        emit(
+            {
+                "parent_server": parent_server,
+                "parent_server_after": native.server_address(),
+                "before": before,
+                "after": after,
+                "child_status": status,
+                "child": child,
+            }
+        )
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -212,6 +215,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--their-server", help="user-app: the user's xDS server, HOST:PORT")
     parser.add_argument("--how", choices=["config", "file"], default="config", help="user-app: how the user set theirs")
     parser.add_argument("--aio", action="store_true", help="exit: an AsyncRegistry and a grpc.aio channel")
+    parser.add_argument("--close-before-fork", action="store_true", help="fork: close the registry first")
     return parser.parse_args(argv)
 
 

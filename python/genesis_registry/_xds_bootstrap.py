@@ -13,8 +13,12 @@ Why it is done this way (grpcio 1.85):
   target names an authority: ours goes there when theirs has none.
 
 What we wrote is remembered with the user's original, so a later :func:`install` at another
-address (our server restarted, e.g. in a forked child) merges from the user's original again,
-and :func:`uninstall` puts it back.
+address (our server restarted on another port) merges from the user's original again, and
+:func:`uninstall` puts it back.
+
+A forked child inherits grpc's xDS client with the bootstrap its parent read, pointing at the
+parent's server, which knows nothing of the child's registries: so once the parent installed
+ours, native mode in a child is refused with an error that says so (:func:`check_not_inherited`).
 """
 
 from __future__ import annotations
@@ -30,9 +34,9 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import InvalidConfigError
+from .errors import InvalidConfigError, RegistryError
 
-__all__ = ["AUTHORITY", "LISTENER_TEMPLATE", "install", "uninstall"]
+__all__ = ["AUTHORITY", "LISTENER_TEMPLATE", "check_not_inherited", "install", "uninstall"]
 
 AUTHORITY = "genesis-registry"
 LISTENER_TEMPLATE = "xdstp://genesis-registry/envoy.config.listener.v3.Listener/%s"
@@ -56,6 +60,23 @@ _installed: _Installed | None = None
 _directory: tuple[int, str] | None = None  # (owning pid, path) of our private temp directory
 
 
+def check_not_inherited() -> None:
+    """Raises :class:`RegistryError` in a process forked after its parent installed our
+    bootstrap: grpc's xDS client there still reaches the parent's server.
+
+    >>> check_not_inherited()  # nothing installed by a parent here
+    """
+    installed = _installed
+    if installed is not None and installed.pid != os.getpid():
+        raise RegistryError(
+            f"native mode cannot be used in a process forked (pid {os.getpid()}) after its parent "
+            f"(pid {installed.pid}) used it: grpc reads its xDS bootstrap once per process, so this "
+            "process's grpc would ask the parent's xDS server, which does not serve this process's "
+            "registries. Fork before the first native channel (e.g. no preloading in a pre-fork "
+            "server), or use balanced mode in forked children"
+        )
+
+
 def install(server_address: str) -> None:
     """Makes our ADS server at ``server_address`` (``"127.0.0.1:PORT"``) known to grpc as
     the authority :data:`AUTHORITY`. Idempotent and thread-safe; the environment is left
@@ -68,6 +89,7 @@ def install(server_address: str) -> None:
     >>> uninstall()
     """
     global _installed
+    check_not_inherited()
     with _lock:
         now, previous = _environment(), _installed
         if previous and (previous.address, previous.environment, previous.pid) == (server_address, now, os.getpid()):

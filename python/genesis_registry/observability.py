@@ -108,6 +108,9 @@ METRICS: tuple[tuple[str, str, str, str, str], ...] = (
     ("registry.leases.active", "1", "Leases this registry holds", "leases", "gauge"),
     ("registry.services.watched", "1", "Services watched on the connector", "watched_services", "gauge"),
     ("registry.calls_left_zone.total", "1", "Calls sent outside the caller's zone", "calls_left_zone", "counter"),
+    ("registry.xds.streams", "1", "xDS streams open on the process's native-mode server", "xds_streams", "gauge"),
+    ("registry.xds.responses.total", "1", "Resources pushed by the native-mode xDS server", "xds_responses", "counter"),
+    ("registry.xds.nacks.total", "1", "Native-mode pushes grpc refused", "xds_nacks", "counter"),
 )
 
 #: The ``ChannelStats`` fields reported by ``registry.channel.endpoints``, as its ``state``

@@ -161,6 +161,7 @@ class _RegistryBase:
         policy: str, hash_header: str | None, outlier_detection: OutlierDetection | None, zone: str | None
     ) -> tuple[str, str | None, _core._OutlierFields | None, str | None]:
         """The arguments of ``RegistryCore.native_target`` after ``name``."""
+        _xds_bootstrap.check_not_inherited()
         if not isinstance(policy, str):
             raise InvalidConfigError(f"policy must be a string (got {policy!r})")
         if hash_header is not None and not isinstance(hash_header, str):

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from genesis_registry import _xds_bootstrap as boot
-from genesis_registry.errors import InvalidConfigError
+from genesis_registry.errors import InvalidConfigError, RegistryError
 
 FILE = "GRPC_XDS_BOOTSTRAP"
 CONFIG = "GRPC_XDS_BOOTSTRAP_CONFIG"
@@ -254,24 +254,21 @@ def test_uninstall_leaves_a_value_the_user_set_since(monkeypatch: pytest.MonkeyP
     assert os.environ[CONFIG] == "{}"
 
 
-def test_a_forked_child_merges_anew_into_a_directory_of_its_own(
+def test_a_forked_child_of_a_parent_that_installed_ours_is_refused_and_changes_nothing(
     users_file: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """os.getpid() stands for the fork: module state is inherited, the pid is not."""
+    """os.getpid() stands for the fork: module state is inherited, the pid is not. The
+    child's grpc would still ask the parent's server (tests/integration/test_native.py forks
+    for real)."""
     boot.install(ADDRESS)
-    parents = Path(os.environ[FILE])
+    environment = {name: os.environ.get(name) for name in (FILE, CONFIG)}
     parent_pid = os.getpid()
     monkeypatch.setattr(os, "getpid", lambda: parent_pid + 1)
-    boot.install(ADDRESS)  # the same address, but in another process: not a no-op
-    childs = Path(os.environ[FILE])
-    assert childs.parent != parents.parent
-    assert in_file() == merged_with_theirs(ADDRESS)
-    boot.uninstall()
-    assert parents.exists()  # the parent's to remove
-    assert os.environ[FILE] == str(users_file)
-    boot._remove_directory()  # the child's exit
-    assert not childs.parent.exists()
-    assert parents.parent.exists()
+    with pytest.raises(RegistryError, match=rf"forked \(pid {parent_pid + 1}\) after its parent \(pid {parent_pid}\)"):
+        boot.install("127.0.0.1:50052")
+    assert {name: os.environ.get(name) for name in (FILE, CONFIG)} == environment
+    monkeypatch.setattr(os, "getpid", lambda: parent_pid)
+    boot.check_not_inherited()  # the parent itself goes on
 
 
 def test_the_private_directory_is_removed_at_exit(users_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:

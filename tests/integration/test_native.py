@@ -1008,25 +1008,41 @@ def test_interpreter_exit_leaves_nothing_running(registry, servers, etcd_endpoin
     assert report["server"] and not port_open(report["server"])
 
 
-@pytest.mark.parametrize("parent", ["channel-open-at-fork", "registry-closed-before-fork"])
-def test_a_forked_child_gets_its_own_ads_server(registry, servers, etcd_endpoints, namespace, parent):
-    """A process with a native channel forks; the child opens its own registry and native
-    channel, which work, on an ADS server of its own; the parent's channel still works. Also
-    when the parent closed its registry (and so stopped its server) before forking."""
+@pytest.mark.parametrize("parent", ["native-open", "native-closed"])
+def test_native_mode_in_a_child_forked_after_its_parent_used_it_is_refused_with_a_clear_error(
+    registry, servers, etcd_endpoints, namespace, parent
+):
+    """The parent made a native channel (still open, or its registry closed before the fork).
+    grpc's xDS client in the child would still ask the parent's server, so the child's native
+    channel is refused at once with a RegistryError saying why, rather than calls that hang to
+    their deadline; balanced mode works there, and the parent's own channel still works."""
     registry.register(instance_for(servers[0]))
-    extra = ["--close-before-fork"] if parent == "registry-closed-before-fork" else []
-    report, _ = run_child(child_command("fork", etcd_endpoints, namespace, "echo", *extra))
+    report, _ = run_child(child_command("fork", etcd_endpoints, namespace, "echo", "--parent", parent))
     child = report["child"]
     assert report["child_status"] == 0, child
-    assert child["served_by"] == "s0", child
-    assert child["server"], child
-    assert report["before"] == "s0", report
-    if extra:
-        assert report["parent_server_after"] is None, report
-    else:
-        assert child["server"] != report["parent_server"], "the child is served by its parent's server"
+    assert report["before"] == "s0" and report["parent_server"], report
+    error = child.get("native_error", "")
+    assert error.startswith("RegistryError: ") and "forked" in error, child
+    assert child["refused_in"] < 1, child
+    assert child["balanced"] == "s0", child
+    if parent == "native-open":
         assert report["after"] == "s0", report
         assert report["parent_server_after"] == report["parent_server"], report
+    else:
+        assert report["parent_server_after"] is None, report
+
+
+def test_a_child_forked_from_a_parent_that_never_used_native_mode_gets_its_own_ads_server(
+    registry, servers, etcd_endpoints, namespace
+):
+    registry.register(instance_for(servers[0]))
+    report, _ = run_child(child_command("fork", etcd_endpoints, namespace, "echo", "--parent", "balanced"))
+    child = report["child"]
+    assert report["child_status"] == 0, child
+    assert report["parent_server"] is None and report["parent_server_after"] is None, report
+    assert child.get("native") == "s0" and child["server"], child
+    assert child["balanced"] == "s0", child
+    assert report["before"] == report["after"] == "s0", report
 
 
 @pytest.mark.parametrize("how", ["config", "file"])

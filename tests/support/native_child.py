@@ -19,10 +19,11 @@ failure is a traceback and a non-zero exit.
 * ``exit [--aio]``: makes a native channel (sync or asyncio), calls it, prints
   ``{"server", "served_by", "at"}`` (``at``: ``time.time()`` then) and returns without closing
   anything.
-* ``fork [--close-before-fork]``: makes a native channel and calls it (then closes its registry,
-  with the flag), forks; the child opens its own connector, registry and native channel and
-  calls it; the parent then calls its own channel again (without the flag). Prints both
-  sides' ADS server addresses, what their calls reached and the child's exit status.
+* ``fork --parent native-open|native-closed|balanced``: makes a channel (native, or balanced)
+  and calls it (``native-closed``: then closes its registry), forks; the child opens its own
+  connector and registry, tries a native channel (reporting what it reached and its server, or
+  the error and how long it took), then calls through a balanced channel; the parent then calls
+  its own channel again (unless closed). Prints both sides' findings and the child's exit status.
 """
 
 from __future__ import annotations
@@ -149,10 +150,20 @@ def exit_without_close(args: argparse.Namespace) -> None:
 
 
 def _in_forked_child(args: argparse.Namespace) -> dict[str, Any]:
+    """What a forked child finds: whether native mode works (and on which server) or is refused
+    (the error, and how long it took), and whether balanced mode works."""
+    report: dict[str, Any] = {"pid": os.getpid()}
     with connector(args) as conn, gr.Registry(conn, config(args)) as reg:
-        with reg.get_connection(args.service, mode="native") as channel:
-            reply = EchoStub(channel).Unary(b"x", timeout=10, wait_for_ready=True)
-            return {"server": native.server_address(), "served_by": server_of(reply), "pid": os.getpid()}
+        started = time.monotonic()
+        try:
+            with reg.get_connection(args.service, mode="native") as channel:
+                reply = EchoStub(channel).Unary(b"x", timeout=10, wait_for_ready=True)
+                report.update(native=server_of(reply), server=native.server_address())
+        except Exception as e:
+            report.update(native_error=f"{type(e).__name__}: {e}", refused_in=time.monotonic() - started)
+        with reg.get_connection(args.service) as channel:
+            report["balanced"] = server_of(EchoStub(channel).Unary(b"x", timeout=10, wait_for_ready=True))
+    return report
 
 
 def _wait_child(pid: int, timeout: float) -> int | None:
@@ -170,11 +181,12 @@ def _wait_child(pid: int, timeout: float) -> int | None:
 
 def fork(args: argparse.Namespace) -> None:
     with connector(args) as conn, gr.Registry(conn, config(args)) as reg:
-        channel = reg.get_connection(args.service, mode="native")
+        mode = "balanced" if args.parent == "balanced" else "native"
+        channel = reg.get_connection(args.service, mode=mode)
         stub = EchoStub(channel)
         before = server_of(stub.Unary(b"x", timeout=10, wait_for_ready=True))
         parent_server = native.server_address()
-        if args.close_before_fork:
+        if args.parent == "native-closed":
             reg.close()  # closes the channel, and stops the ADS server (the last registry using it)
         read_end, write_end = os.pipe()
         pid = os.fork()
@@ -192,7 +204,7 @@ def fork(args: argparse.Namespace) -> None:
         status = _wait_child(pid, 60.0)
         with os.fdopen(read_end, "rb") as pipe:
             child = json.loads(pipe.read() or b"null")
-        after = None if args.close_before_fork else server_of(stub.Unary(b"x", timeout=10))
+        after = None if args.parent == "native-closed" else server_of(stub.Unary(b"x", timeout=10))
         emit(
             {
                 "parent_server": parent_server,
@@ -215,7 +227,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--their-server", help="user-app: the user's xDS server, HOST:PORT")
     parser.add_argument("--how", choices=["config", "file"], default="config", help="user-app: how the user set theirs")
     parser.add_argument("--aio", action="store_true", help="exit: an AsyncRegistry and a grpc.aio channel")
-    parser.add_argument("--close-before-fork", action="store_true", help="fork: close the registry first")
+    parser.add_argument(
+        "--parent",
+        choices=["native-open", "native-closed", "balanced"],
+        default="native-open",
+        help="fork: the parent's channel at the fork (native and open, native and its registry closed, balanced)",
+    )
     return parser.parse_args(argv)
 
 

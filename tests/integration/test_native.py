@@ -193,6 +193,29 @@ def port_open(address: str) -> bool:
         return False
 
 
+def failure_of(call: Callable[[], object]) -> tuple[grpc.StatusCode, str, float]:
+    """How ``call()`` failed: its code, its details and the seconds it took (the test fails if
+    it succeeded). The exception is not kept (pytest.raises keeps it): its traceback holds the
+    test's frame, and so every call and channel of the test, alive in a cycle until the garbage
+    collector runs; an xds channel kept so keeps its xDS client running after the test (see
+    test_a_native_channel_made_after_the_ads_server_restarted_works_at_once)."""
+    started = time.monotonic()
+    try:
+        call()
+    except grpc.RpcError as e:
+        return e.code(), e.details() or "", time.monotonic() - started
+    raise AssertionError("the call succeeded")
+
+
+async def afailure_of(call: Callable[[], Awaitable[object]]) -> tuple[grpc.StatusCode, str, float]:
+    started = time.monotonic()
+    try:
+        await call()
+    except grpc.aio.AioRpcError as e:
+        return e.code(), e.details() or "", time.monotonic() - started
+    raise AssertionError("the call succeeded")
+
+
 def fails_at_once(stub: EchoStub) -> Callable[[], bool]:
     """A predicate: a call fails with UNAVAILABLE within 5 s (a service with no instance)."""
 
@@ -584,13 +607,10 @@ async def test_a_stub_built_once_follows_churn_under_load_aio(areg, servers, etc
 def test_a_service_with_no_instance_fails_at_once_then_waits_and_works(registry, servers):
     with registry.get_connection("echo", mode="native") as channel:
         stub = EchoStub(channel)  # built before any instance exists
-        started = time.monotonic()
-        with pytest.raises(grpc.RpcError) as info:
-            stub.Unary(b"x", timeout=30)
-        elapsed = time.monotonic() - started
-        assert info.value.code() is grpc.StatusCode.UNAVAILABLE, info.value
+        code, details, elapsed = failure_of(lambda: stub.Unary(b"x", timeout=30))
+        assert code is grpc.StatusCode.UNAVAILABLE, (code, details)
         assert elapsed < 5, f"UNAVAILABLE after {elapsed:.1f} s, not at once (grpc's 15 s does-not-exist timer?)"
-        assert "echo" in (info.value.details() or ""), info.value.details()
+        assert "echo" in details, details
         waiting = stub.Unary.future(b"w", timeout=30, wait_for_ready=True)
         with pytest.raises(grpc.FutureTimeoutError):
             waiting.result(timeout=0.5)  # still waiting: no instance yet
@@ -603,13 +623,10 @@ def test_a_service_with_no_instance_fails_at_once_then_waits_and_works(registry,
 async def test_a_service_with_no_instance_fails_at_once_then_waits_and_works_aio(areg, servers):
     async with await areg.get_connection("echo", mode="native") as channel:
         stub = AsyncEchoStub(channel)
-        started = time.monotonic()
-        with pytest.raises(grpc.aio.AioRpcError) as info:
-            await stub.Unary(b"x", timeout=30)
-        elapsed = time.monotonic() - started
-        assert info.value.code() is grpc.StatusCode.UNAVAILABLE, info.value
+        code, details, elapsed = await afailure_of(lambda: stub.Unary(b"x", timeout=30))
+        assert code is grpc.StatusCode.UNAVAILABLE, (code, details)
         assert elapsed < 5, f"UNAVAILABLE after {elapsed:.1f} s, not at once (grpc's 15 s does-not-exist timer?)"
-        assert "echo" in (info.value.details() or ""), info.value.details()
+        assert "echo" in details, details
         waiting = asyncio.ensure_future(stub.Unary(b"w", timeout=30, wait_for_ready=True))
         done, _ = await asyncio.wait({waiting}, timeout=0.5)
         assert not done, "a wait_for_ready call ended with no instance registered"
@@ -988,6 +1005,36 @@ async def test_close_closes_native_channels_and_the_last_registry_stops_the_ads_
             await own.close()
         await first.close()
         await second.close()
+
+
+def test_a_native_channel_made_after_the_ads_server_restarted_works_at_once(registry, connector, namespace, servers):
+    """The ADS server stops with the last registry using native mode and starts again with the
+    next one. An xds channel of the user's that lived through the stop (on the first registry's
+    target, which now answers as a service with no instance) must not hold back the new
+    registry's channel: its first wait_for_ready call completes within seconds."""
+    registry.register(instance_for(servers[0]))
+    first = gr.Registry(connector, gr.Config(namespace=namespace))
+    own: grpc.Channel | None = None
+    try:
+        own = grpc.insecure_channel(first.native_target("echo"))
+        assert server_of(EchoStub(own).Unary(b"x", timeout=10, wait_for_ready=True)) == "s0"
+        first.close()
+        wait_until(lambda: native.server_address() is None, 5, "the ADS server to stop")
+        stopped_at = time.monotonic()
+        wait_until(lambda: time.monotonic() - stopped_at >= 3, 5, "the server to stay down 3 s")
+        with gr.Registry(connector, gr.Config(namespace=namespace)) as second:
+            with second.get_connection("echo", mode="native") as channel:
+                started = time.monotonic()
+                try:
+                    reply = server_of(EchoStub(channel).Unary(b"x", timeout=10, wait_for_ready=True))
+                except grpc.RpcError as e:
+                    reply = f"{e.code().name}: {e.details()}"
+                elapsed = time.monotonic() - started
+        assert reply == "s0" and elapsed < 5, f"the first call of the new channel: {reply!r} after {elapsed:.1f} s"
+    finally:
+        if own is not None:
+            own.close()
+        first.close()
 
 
 # --------------------------------------------------------------------------- processes

@@ -181,8 +181,10 @@ def _wait_child(pid: int, timeout: float) -> int | None:
 
 def fork(args: argparse.Namespace) -> None:
     with connector(args) as conn, gr.Registry(conn, config(args)) as reg:
-        mode = "balanced" if args.parent == "balanced" else "native"
-        channel = reg.get_connection(args.service, mode=mode)
+        if args.parent == "balanced":
+            channel: grpc.Channel = reg.get_connection(args.service)
+        else:
+            channel = reg.get_connection(args.service, mode="native")
         stub = EchoStub(channel)
         before = server_of(stub.Unary(b"x", timeout=10, wait_for_ready=True))
         parent_server = native.server_address()

@@ -43,6 +43,10 @@ LISTENER_TEMPLATE = "xdstp://genesis-registry/envoy.config.listener.v3.Listener/
 
 _FILE = "GRPC_XDS_BOOTSTRAP"
 _CONFIG = "GRPC_XDS_BOOTSTRAP_CONFIG"
+#: What we wrote and what it replaced, for processes started from this one: they inherit our
+#: variable, and must merge from the user's original too (their server has another port, and
+#: our file copy goes when we exit).
+_INHERITED = "GENESIS_REGISTRY_XDS_BOOTSTRAP_ORIGINAL"
 
 
 @dataclass(frozen=True)
@@ -97,6 +101,8 @@ def install(server_address: str) -> None:
         users = dict(now)
         if previous and users[previous.variable] == previous.written:
             users[previous.variable] = previous.original  # still ours: merge from theirs
+        elif previous is None:
+            _take_back_inherited(users)
         file, config = users[_FILE], users[_CONFIG]
         if file is not None:
             variable, theirs = _FILE, _read_file(file)
@@ -108,6 +114,7 @@ def install(server_address: str) -> None:
         written = _write_file(text) if variable == _FILE else text
         _restore()
         os.environ[variable] = written
+        os.environ[_INHERITED] = json.dumps({"variable": variable, "original": users[variable], "written": written})
         _installed = _Installed(server_address, variable, users[variable], written, _environment(), os.getpid())
 
 
@@ -127,6 +134,18 @@ def uninstall() -> None:
         _installed = None
 
 
+def _take_back_inherited(users: dict[str, str | None]) -> None:
+    """In a process started by one that installed ours: the user's original in place of what
+    that process wrote, if the variable still holds it."""
+    try:
+        record = json.loads(os.environ.get(_INHERITED, ""))
+        variable, original, written = record["variable"], record["original"], record["written"]
+    except (ValueError, TypeError, KeyError):
+        return
+    if variable in users and users[variable] == written and (original is None or isinstance(original, str)):
+        users[variable] = original
+
+
 def _environment() -> dict[str, str | None]:
     # Set means set, even empty: grpc's getenv sees "" too (and fails on it, as we do).
     return {name: os.environ.get(name) for name in (_FILE, _CONFIG)}
@@ -137,6 +156,7 @@ def _restore() -> None:
     changed it since: theirs stays), and removes our file."""
     if _installed is None:
         return
+    os.environ.pop(_INHERITED, None)
     if os.environ.get(_installed.variable) == _installed.written:
         if _installed.original is None:
             del os.environ[_installed.variable]

@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import os
 import stat
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -60,6 +62,7 @@ def clean(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     restores the environment)."""
     monkeypatch.delenv(FILE, raising=False)
     monkeypatch.delenv(CONFIG, raising=False)
+    monkeypatch.delenv(boot._INHERITED, raising=False)
     boot.uninstall()
     yield
     boot.uninstall()
@@ -194,6 +197,28 @@ def test_a_new_address_is_merged_from_the_users_original(users_file: Path) -> No
     assert in_file() == merged_with_theirs(OTHER_ADDRESS)
     assert not first.exists()  # our previous copy is removed
     assert users_file.read_bytes() == before
+
+
+def test_a_process_started_from_ours_merges_from_the_users_original(users_file: Path) -> None:
+    """A child process (not a fork) inherits our variable: it merges from the user's file,
+    not from our copy, which goes when we exit."""
+    boot.install(ADDRESS)
+    ours = os.environ[FILE]
+    script = (
+        "import json, os\n"
+        "from genesis_registry import _xds_bootstrap as boot\n"
+        f"boot.install({OTHER_ADDRESS!r})\n"
+        "print(json.dumps([os.environ['GRPC_XDS_BOOTSTRAP'], open(os.environ['GRPC_XDS_BOOTSTRAP']).read()]))\n"
+        "boot.uninstall()\n"
+        "print(os.environ['GRPC_XDS_BOOTSTRAP'])\n"
+    )
+    child = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True)
+    merged_at, _, restored = child.stdout.partition("\n")
+    path, text = json.loads(merged_at)
+    assert path not in (ours, str(users_file))
+    assert json.loads(text) == merged_with_theirs(OTHER_ADDRESS)
+    assert restored.strip() == str(users_file)
+    assert os.environ[FILE] == ours  # the parent's own is untouched
 
 
 def test_a_new_address_replaces_ours_at_the_top_too() -> None:

@@ -24,7 +24,7 @@ use envoy_types::pb::google::protobuf::Any;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
-use tokio_stream::Stream;
+use tokio_stream::{Stream, StreamExt};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -104,9 +104,17 @@ impl AdsServer {
         let shutdown = stop.clone();
         let task = tokio::spawn(async move {
             // The listener lives in this task: when it ends, the port is free again.
+            // Pushes are small writes that must leave at once: without TCP_NODELAY, Nagle's
+            // algorithm holds one back until the client's delayed ACK of the previous one.
+            let incoming = TcpListenerStream::new(listener).map(|accepted| {
+                if let Ok(stream) = &accepted {
+                    let _ = stream.set_nodelay(true);
+                }
+                accepted
+            });
             let served = tonic::transport::Server::builder()
                 .add_service(AggregatedDiscoveryServiceServer::new(service))
-                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled_owned())
+                .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
                 .await;
             drop(served);
         });

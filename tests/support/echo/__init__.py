@@ -7,7 +7,8 @@ No generated protobuf code: messages are raw bytes (identity serializers) and th
 ``echo.Echo`` is served through ``grpc.method_handlers_generic_handler``. Every reply names the
 server that produced it (``b"<server name>|<payload>"``, see :func:`server_of`), and each server
 counts the calls it served per method (:attr:`EchoServer.served`), so balancing tests can check
-who answered and how often.
+who answered and how often. The in-process sync server can also fail every call
+(:meth:`EchoServer.fail_calls`) and names the client connections that called (:attr:`EchoServer.peers`).
 
 Methods (requests and replies are bytes):
 

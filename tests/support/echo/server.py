@@ -34,7 +34,8 @@ class EchoServer(protocol.Counted, protocol.OnLoopback):
     serves again on the same port with a new ``grpc.server``. :attr:`served` counts calls per
     method across restarts (:meth:`reset_served` clears it). Each call holds a pool thread while
     it runs (an in-flight stream included): with ``max_workers`` calls in flight, further calls
-    wait in the pool's queue.
+    wait in the pool's queue. :meth:`fail_calls` makes every call fail (still counted), and
+    :attr:`peers` tells how many client connections called.
 
     Example::
 
@@ -56,6 +57,9 @@ class EchoServer(protocol.Counted, protocol.OnLoopback):
         self._server: grpc.Server | None = None
         self._executor: futures.ThreadPoolExecutor | None = None
         self._started = False
+        self._fail: grpc.StatusCode | None = None
+        self._peers: set[str] = set()
+        self._peers_lock = threading.Lock()  # not _lock: stop() holds that while handlers finish
         self.port = self._new_server(port, deadline=time.monotonic())
 
     # -- lifecycle --------------------------------------------------------
@@ -121,6 +125,29 @@ class EchoServer(protocol.Counted, protocol.OnLoopback):
     def __repr__(self) -> str:
         return f"<EchoServer {self.name} {self.address} {'running' if self.running else 'stopped'}>"
 
+    # -- failures and peers ----------------------------------------------
+
+    def fail_calls(self, code: grpc.StatusCode | None) -> None:
+        """From now on every call fails with ``code`` (each still counted in :attr:`served`),
+        as a broken backend would; ``None`` serves normally again."""
+        self._fail = code
+
+    @property
+    def peers(self) -> set[str]:
+        """The clients that made calls, as ``context.peer()`` names them (``ipv4:127.0.0.1:<port>``):
+        one per connection, so as many as the client connections that were used."""
+        with self._peers_lock:
+            return set(self._peers)
+
+    def _arrived(self, method: str, context: grpc.ServicerContext) -> None:
+        """Count a call and its peer; abort it if :meth:`fail_calls` asked for failures."""
+        self._counter.add(method)
+        with self._peers_lock:
+            self._peers.add(context.peer())
+        code = self._fail
+        if code is not None:
+            context.abort(code, f"{self.name} fails every call")
+
     # -- handlers ---------------------------------------------------------
 
     def _sleep(self, seconds: float, context: grpc.ServicerContext) -> bool:
@@ -137,17 +164,17 @@ class EchoServer(protocol.Counted, protocol.OnLoopback):
         return False
 
     def _handler(self) -> grpc.GenericRpcHandler:
-        name, counter = self.name, self._counter
+        name, arrived = self.name, self._arrived
 
         def unary(request: bytes, context: grpc.ServicerContext) -> bytes:
-            counter.add("Unary")
+            arrived("Unary", context)
             delay = protocol.sleep_request(request)
             if delay is not None and not self._sleep(delay, context):
                 context.abort(grpc.StatusCode.CANCELLED, "stopped while sleeping")
             return protocol.make_reply(name, request.decode("utf-8"))
 
         def server_stream(request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
-            counter.add("ServerStream")
+            arrived("ServerStream", context)
             count, delay = protocol.stream_request(request)
             for i in range(count):
                 if i and delay and not self._sleep(delay, context):
@@ -155,11 +182,11 @@ class EchoServer(protocol.Counted, protocol.OnLoopback):
                 yield protocol.make_reply(name, i)
 
         def client_stream(requests: Iterator[bytes], context: grpc.ServicerContext) -> bytes:
-            counter.add("ClientStream")
+            arrived("ClientStream", context)
             return protocol.make_reply(name, sum(1 for _ in requests))
 
         def bidi(requests: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[bytes]:
-            counter.add("BidiStream")
+            arrived("BidiStream", context)
             for request in requests:
                 yield protocol.make_reply(name, request.decode("utf-8"))
 

@@ -207,6 +207,12 @@ def fork(args: argparse.Namespace) -> None:
         with os.fdopen(read_end, "rb") as pipe:
             child = json.loads(pipe.read() or b"null")
         after = None if args.parent == "native-closed" else server_of(stub.Unary(b"x", timeout=10))
+        if args.parent == "native-closed":
+            # The server stops once grpc's xDS client has hung up (the child held a copy of
+            # its connection until it exited): give it the time it takes.
+            deadline = time.monotonic() + 5
+            while native.server_address() is not None and time.monotonic() < deadline:
+                time.sleep(0.02)
         emit(
             {
                 "parent_server": parent_server,

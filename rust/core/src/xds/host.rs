@@ -14,6 +14,8 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use arc_swap::ArcSwapOption;
+
 use super::ads::AdsServer;
 use super::source::CacheSource;
 use crate::error::Result;
@@ -25,7 +27,9 @@ const HOST_REFRESH: Duration = Duration::from_secs(30);
 /// How often a server without users looks for its last xDS client to go.
 const IDLE_CHECK: Duration = Duration::from_millis(100);
 
-static HOST: Mutex<Option<Arc<Host>>> = Mutex::new(None);
+/// Swapped without a lock, so that a forked child can drop the parent's host even when a
+/// thread that was not copied held one of its locks at the fork.
+static HOST: ArcSwapOption<Host> = ArcSwapOption::const_empty();
 
 struct Host {
     /// Held while the server starts or stops, so that the two never interleave.
@@ -56,10 +60,12 @@ pub struct Attached {
 }
 
 fn host() -> Arc<Host> {
-    let mut host = lock(&HOST);
-    Arc::clone(host.get_or_insert_with(|| {
-        Arc::new(Host { changing: tokio::sync::Mutex::new(()), state: Mutex::default() })
-    }))
+    if let Some(host) = HOST.load_full() {
+        return host;
+    }
+    let fresh = Arc::new(Host { changing: tokio::sync::Mutex::new(()), state: Mutex::default() });
+    HOST.rcu(|current| current.clone().or_else(|| Some(Arc::clone(&fresh))));
+    HOST.load_full().unwrap_or(fresh)
 }
 
 /// Counts `user` among the server's users, starting the server if none runs. Must be
@@ -165,26 +171,24 @@ async fn stop_when_idle(host: Arc<Host>) {
 
 /// The running server's address and counters, if one runs.
 pub fn running() -> Option<(SocketAddr, Arc<XdsStats>)> {
-    let host = lock(&HOST).clone()?;
+    let host = HOST.load_full()?;
     let state = lock(&host.state);
     state.running.as_ref().map(|running| (running.server.address(), Arc::clone(running.server.stats())))
 }
 
 /// What the running server serves, if one runs.
 pub fn running_source() -> Option<Arc<CacheSource>> {
-    let host = lock(&HOST).clone()?;
+    let host = HOST.load_full()?;
     let state = lock(&host.state);
     state.running.as_ref().map(|running| Arc::clone(&running.source))
 }
 
-/// In a forked child: the parent's server and its tasks do not exist here (and a lock may
-/// be held by a thread that was not copied), so forget them without touching them; the
-/// child's first user starts a server of its own.
+/// In a forked child: the parent's server and its tasks do not exist here, and its locks
+/// may be held by threads that were not copied, so it is forgotten without being touched;
+/// the child's first user starts a server of its own.
 pub fn forget_after_fork() {
-    if let Ok(mut host) = HOST.try_lock() {
-        if let Some(parent) = host.take() {
-            std::mem::forget(parent);
-        }
+    if let Some(parent) = HOST.swap(None) {
+        std::mem::forget(parent);
     }
 }
 

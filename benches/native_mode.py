@@ -55,7 +55,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from concurrent import futures
 from pathlib import Path
 from typing import Any
@@ -171,7 +171,7 @@ def serve(etcd: str) -> None:
                 reg.deregister(instance(name, PUSH_SERVICE).id)
             return f"{started} {time.monotonic_ns()}".encode()
 
-        run = grpc.unary_unary_rpc_method_handler(control)
+        run: Any = grpc.unary_unary_rpc_method_handler(control)
         start("control", grpc.method_handlers_generic_handler("bench.Control", {"Run": run}))
         reg.register(instance("one", PERCALL_SERVICE))
         for name in STEADY:
@@ -336,7 +336,7 @@ def percall_sync(args: argparse.Namespace) -> dict[str, Any]:
             begun = time.perf_counter()
             for _ in range(args.calls):
                 call(b"x", timeout=10)
-            return (time.perf_counter() - begun) / args.calls * 1e6
+            return (time.perf_counter() - begun) / float(args.calls) * 1e6
 
         samples: dict[str, list[float]] = {name: [] for name in PERCALL}
         for _, order in zip(range(args.rounds), orders(PERCALL), strict=False):
@@ -364,7 +364,7 @@ async def percall_aio(args: argparse.Namespace) -> dict[str, Any]:
             begun = time.perf_counter()
             for _ in range(args.calls):
                 await call(b"x", timeout=10)
-            return (time.perf_counter() - begun) / args.calls * 1e6
+            return (time.perf_counter() - begun) / float(args.calls) * 1e6
 
         async def concurrent(call: Callable[..., Awaitable[Any]]) -> float:
             each = max(1, args.calls // 32)
@@ -375,7 +375,7 @@ async def percall_aio(args: argparse.Namespace) -> dict[str, Any]:
 
             begun = time.perf_counter()
             await asyncio.gather(*(worker() for _ in range(32)))
-            return (time.perf_counter() - begun) / (each * 32) * 1e6
+            return (time.perf_counter() - begun) / float(each * 32) * 1e6
 
         seq: dict[str, list[float]] = {name: [] for name in PERCALL}
         conc: dict[str, list[float]] = {name: [] for name in PERCALL}
@@ -439,10 +439,14 @@ def push_sync(args: argparse.Namespace) -> dict[str, Any]:
     cycles: list[dict[str, Any]] = []
     started = time.perf_counter()
     with registry(args.etcd) as reg:
-        channel: Any = reg.get_connection(PUSH_SERVICE, **({"mode": "native"} if args.contender == "native" else {}))
+        channel: Any = (
+            reg.get_connection(PUSH_SERVICE, mode="native")
+            if args.contender == "native"
+            else reg.get_connection(PUSH_SERVICE)
+        )
         call = channel.unary_unary(UNARY)
         control_channel = grpc.insecure_channel(f"127.0.0.1:{args.control}")
-        control = control_channel.unary_unary(CONTROL)
+        control: Any = control_channel.unary_unary(CONTROL)
         seen: set[bytes] = set()
         while len(seen) < len(STEADY):  # both steady backends READY
             seen.add(call(b"warm", timeout=30, wait_for_ready=True))
@@ -486,12 +490,14 @@ async def push_aio(args: argparse.Namespace) -> dict[str, Any]:
     cycles: list[dict[str, Any]] = []
     started = time.perf_counter()
     async with async_registry(args.etcd) as areg:
-        channel: Any = await areg.get_connection(
-            PUSH_SERVICE, **({"mode": "native"} if args.contender == "native" else {})
+        channel: Any = (
+            await areg.get_connection(PUSH_SERVICE, mode="native")
+            if args.contender == "native"
+            else await areg.get_connection(PUSH_SERVICE)
         )
         call = channel.unary_unary(UNARY)
         control_channel = grpc.aio.insecure_channel(f"127.0.0.1:{args.control}")
-        control = control_channel.unary_unary(CONTROL)
+        control: Any = control_channel.unary_unary(CONTROL)
         seen: set[bytes] = set()
         while len(seen) < len(STEADY):
             seen.add(await call(b"warm", timeout=30, wait_for_ready=True))
@@ -559,7 +565,8 @@ def targets_of(args: argparse.Namespace) -> tuple[list[int], Callable[[int], int
 def memory_sync(args: argparse.Namespace) -> dict[str, Any]:
     checkpoints, service = targets_of(args)
     plain = grpc.insecure_channel(f"127.0.0.1:{args.port}")
-    plain.unary_unary(UNARY)(b"warm", timeout=30, wait_for_ready=True)
+    warm: Any = plain.unary_unary(UNARY)
+    warm(b"warm", timeout=30, wait_for_ready=True)
     rows: list[dict[str, Any]] = []
     with registry(args.etcd) as reg:
         gc.collect()
@@ -570,9 +577,10 @@ def memory_sync(args: argparse.Namespace) -> dict[str, Any]:
             s = service(i)
             if args.contender == "plain":
                 channel: Any = grpc.insecure_channel(f"{address(s)}:{args.port}")
+            elif args.contender == "native":
+                channel = reg.get_connection(memory_service(s), mode="native")
             else:
-                mode = {"mode": "native"} if args.contender == "native" else {}
-                channel = reg.get_connection(memory_service(s), **mode)
+                channel = reg.get_connection(memory_service(s))
             channel.unary_unary(UNARY)(b"x", timeout=60, wait_for_ready=True)
             channels.append(channel)
             if args.ads_nodelay and i == 0:
@@ -596,7 +604,8 @@ def memory_sync(args: argparse.Namespace) -> dict[str, Any]:
 async def memory_aio(args: argparse.Namespace) -> dict[str, Any]:
     checkpoints, service = targets_of(args)
     plain = grpc.aio.insecure_channel(f"127.0.0.1:{args.port}")
-    await plain.unary_unary(UNARY)(b"warm", timeout=30, wait_for_ready=True)
+    warm: Any = plain.unary_unary(UNARY)
+    await warm(b"warm", timeout=30, wait_for_ready=True)
     rows: list[dict[str, Any]] = []
     async with async_registry(args.etcd) as areg:
         gc.collect()
@@ -607,9 +616,10 @@ async def memory_aio(args: argparse.Namespace) -> dict[str, Any]:
             s = service(i)
             if args.contender == "plain":
                 channel: Any = grpc.aio.insecure_channel(f"{address(s)}:{args.port}")
+            elif args.contender == "native":
+                channel = await areg.get_connection(memory_service(s), mode="native")
             else:
-                mode = {"mode": "native"} if args.contender == "native" else {}
-                channel = await areg.get_connection(memory_service(s), **mode)
+                channel = await areg.get_connection(memory_service(s))
             await channel.unary_unary(UNARY)(b"x", timeout=60, wait_for_ready=True)
             channels.append(channel)
             if args.ads_nodelay and i == 0:
@@ -638,7 +648,7 @@ def child(args: argparse.Namespace) -> None:
         "push": push_sync,
         "memory": memory_sync,
     }
-    aio: dict[str, Callable[[argparse.Namespace], Awaitable[dict[str, Any]]]] = {
+    aio: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, dict[str, Any]]]] = {
         "percall": percall_aio,
         "push": push_aio,
         "memory": memory_aio,
@@ -796,20 +806,24 @@ def markdown(results: dict[str, Any]) -> str:
         out += ["#### Push to traffic: a new backend registered, to the first reply from it (ms)", ""]
         out += [
             "| mode | channel | cycles | from before `register()`: p50 | p90 | p99 | max "
-            "| from its return: p50 | p99 | `register()` p50 | failed calls |",
-            "|---" * 12 + "|",
+            "| from its return: p50 | p90 | p99 | `register()` p50 | failed calls "
+            "| served after `deregister()` returned: cycles | max |",
+            "|---" * 15 + "|",
         ]
         for key, r in results["push"].items():
             mode, contender = key.split("/")
             if "error" in r:
-                out += [f"| {mode} | {contender} | failed: {r['error']} |" + " |" * 9]
+                out += [f"| {mode} | {contender} | failed: {r['error']} |" + " |" * 12]
                 continue
             b, a, w = r["from_before_ms"], r["from_return_ms"], r["register_ms"]
             timeouts = f" ({r['timeouts']} without a hit in 10 s)" if r["timeouts"] else ""
+            late = r["last_served_after_deregister_ms"]
             out += [
                 f"| {mode} | {contender} | {r['cycles']}{timeouts} | {number(b['p50'])} | {number(b['p90'])} | "
-                f"{number(b['p99'])} | {number(b['max'])} | {number(a['p50'])} | {number(a['p99'])} | "
-                f"{number(w['p50'])} | {r['failures']} |"
+                f"{number(b['p99'])} | {number(b['max'])} | {number(a['p50'])} | {number(a['p90'])} | "
+                f"{number(a['p99'])} | "
+                f"{number(w['p50'])} | {r['failures']} | {r['served_after_deregister']} | "
+                f"{number(late['max']) if late else '–'} |"
             ]
         out += [""]
     if "memory" in results:

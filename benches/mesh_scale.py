@@ -1,6 +1,7 @@
 """gRPC at mesh scale: a balanced channel over a service of N instances (10, 1,000, 5,000),
-each on a loopback address of its own, beside grpcio's own round_robin over the same N
-addresses, and beside a plain channel to one endpoint for the cost of a call.
+each on a loopback address of its own, beside a native-mode channel (grpcio's own channel on
+the registry's xDS target), beside grpcio's own round_robin over the same N addresses, and
+beside a plain channel to one endpoint for the cost of a call.
 
     .venv/bin/python benches/mesh_scale.py                           # 10, 1,000 and 5,000 instances
     .venv/bin/python benches/mesh_scale.py --quick                   # 10 and 50: proves it runs
@@ -14,16 +15,18 @@ registry is connected and a plain channel has made a call:
 
 * the time from making the channel to its first successful call (``wait_for_ready=False``;
   failed attempts are counted), and until every endpoint (or the subset) is READY (polled:
-  ``stats()`` or ``ready_targets()``; for the floor, whose round_robin says READY once one
-  subchannel is, each subchannel's state in grpcio's channelz);
+  ``stats()`` or ``ready_targets()``; for native and the floor, whose round_robin says READY
+  once one subchannel is, each subchannel's state in grpcio's channelz);
 * OS threads, file descriptors and resident memory added, once READY;
 * CPU while idle for a few seconds, once READY (% of one core);
 * µs per sequential unary call through the contender and through the plain channel, rounds
   alternating which goes first; medians, and the median of the per-round ratios.
 
 Contenders: ``balanced`` (``get_connection``), ``balanced-subset`` (``get_connection(...,
-subset_size=32)``; "n/a" where the keyword does not exist) and ``floor`` (a grpcio channel to
-``ipv4:addr1,addr2,...`` with round_robin). Results go to benches/results/mesh.{json,md}
+subset_size=32)``; "n/a" where the keyword does not exist), ``native``
+(``get_connection(..., mode="native")``: round_robin in grpc's C core over the endpoints the
+registry's xDS server sends; "n/a" where the keyword does not exist) and ``floor`` (a grpcio
+channel to ``ipv4:addr1,addr2,...`` with round_robin). Results go to benches/results/mesh.{json,md}
 (mesh-quick.* with --quick); with --json, also one RESULT line for benches/run.py.
 """
 
@@ -60,7 +63,9 @@ HERE = Path(__file__).resolve().parent
 
 UNARY = "/echo.Echo/Unary"
 NAMESPACE = "/bench-mesh"
-CONTENDERS = ("balanced", "balanced-subset", "floor")
+CONTENDERS = ("balanced", "balanced-subset", "native", "floor")
+#: Contenders whose READY is every subchannel READY in channelz (their round_robin says READY at the first).
+CHANNELZ_READY = {"native": "xds:", "floor": "ipv4:"}
 SUBSET_SIZE = 32
 ROUND_ROBIN = json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})
 #: Sizes and effort: the full run, and the smoke run inside `make test`.
@@ -201,20 +206,22 @@ class Footprint:
 
 
 class SubchannelStates:
-    """The floor's subchannels, through grpcio's channelz (its private cygrpc module: round_robin
-    itself says READY once one subchannel is). Subchannels seen READY are not asked again, so a
-    poll costs about 0.2 ms per subchannel still connecting."""
+    """The subchannels of the floor's or a native channel, through grpcio's channelz (its private
+    cygrpc module: round_robin itself says READY once one subchannel is). Subchannels seen READY
+    are not asked again, so a poll costs about 0.2 ms per subchannel still connecting."""
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, prefix: str) -> None:
         self._cygrpc: Any = importlib.import_module("grpc._cython.cygrpc")
         self._size = size
+        self._prefix = prefix
         self._pending: set[int] | None = None
 
     def _subchannels(self) -> list[int]:
-        """The subchannel ids of this process's channel to an ``ipv4:`` address list."""
+        """The subchannel ids of this process's channel whose target starts with the prefix
+        (``ipv4:`` for the floor's address list, ``xds:`` for a native channel)."""
         top = json.loads(self._cygrpc.channelz_get_top_channels(0))
         for channel in top.get("channel", []):
-            if channel["data"].get("target", "").startswith("ipv4:"):
+            if channel["data"].get("target", "").startswith(self._prefix):
                 return [int(ref["subchannelId"]) for ref in channel.get("subchannelRef", [])]
         return []
 
@@ -234,9 +241,9 @@ class SubchannelStates:
 def readiness(channel: Any, args: argparse.Namespace) -> Callable[[], tuple[bool, dict[str, int]]]:
     """Says whether every endpoint of the contender (every endpoint of its subset) is READY,
     and what it saw: a balanced channel's ``stats()`` where it has one, else
-    ``ready_targets()``; the floor's subchannel states from channelz."""
-    if args.contender == "floor":
-        return SubchannelStates(args.size)
+    ``ready_targets()``; the subchannel states of native and the floor from channelz."""
+    if args.contender in CHANNELZ_READY:
+        return SubchannelStates(args.size, CHANNELZ_READY[args.contender])
 
     def balanced() -> tuple[bool, dict[str, int]]:
         stats = getattr(channel, "stats", None)
@@ -275,6 +282,8 @@ def summarise_rounds(samples: dict[str, list[float]]) -> dict[str, float]:
 
 
 def contender_kwargs(contender: str) -> dict[str, Any]:
+    if contender == "native":
+        return {"mode": "native"}
     return {"subset_size": SUBSET_SIZE} if contender == "balanced-subset" else {}
 
 
@@ -555,7 +564,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
         ready = number(row["ready_ms"])
         if row["ready_ms"] is None:
             ready = "not in time (" + ", ".join(f"{k} {v}" for k, v in row["seen"].items()) + ")"
-        elif row["contender"] == "floor":
+        elif row["contender"] in CHANNELZ_READY:
             ready, floor_note = f"{ready}†", True
         cells = [
             number(row["first_call_ms"]),
@@ -573,7 +582,8 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     if floor_note:
         out += [
             "",
-            "† round_robin itself is READY once one subchannel is: every subchannel's state, polled through channelz.",
+            "† grpc's round_robin itself is READY once one subchannel is: every subchannel's state, polled through "
+            "channelz.",
         ]
     return "\n".join(out)
 

@@ -5,6 +5,7 @@ otherwise pick, on this machine, in one run, against one local etcd.
     .venv/bin/python benches/run.py --quick         # tiny sizes: proves everything still runs
     .venv/bin/python benches/run.py --only lookup,watch --repeat 3
     .venv/bin/python benches/run.py --only mesh     # gRPC at mesh scale alone (scenario 8)
+    .venv/bin/python benches/run.py --only native   # native mode beside balanced mode (scenario 9)
 
 Each (scenario, client) runs in a fresh process, --repeat times; the tables show medians.
 python-etcd3 needs protobuf<4, so it runs from a virtualenv of its own, made on first use
@@ -164,6 +165,20 @@ class Bench:
             raise RuntimeError(f"mesh_scale.py: {len(failed)} measurement(s) failed: {failed[0]['error']}")
         self.results["mesh"] = result
 
+    def native(self) -> None:
+        """Scenario 9 (benches/native_mode.py): native mode per call, push to traffic, memory, on this etcd."""
+        script = str(HERE / "native_mode.py")
+        args = [script, "--etcd", self.endpoints, "--json", *(["--quick"] if self.quick else [])]
+        result = run_one(sys.executable, args, timeout=7200)
+        for part, figures in result["results"].items():
+            text = json.dumps(figures)
+            print(f"  native    {part}: {text[:400]}{'…' if len(text) > 400 else ''}", flush=True)
+        from native_mode import has_error
+
+        if self.quick and has_error(result["results"]):
+            raise RuntimeError(f"native_mode.py: a measurement failed: {json.dumps(result['results'])[:2000]}")
+        self.results["native"] = result
+
     def threads(self) -> None:
         seconds = "0.2" if self.quick else "2"
         table = {}
@@ -290,6 +305,11 @@ def report(results: dict[str, Any], info: dict[str, str], repeat: int) -> str:
 
         out += ["### 8. gRPC at mesh scale: one channel over N instances, each on its own address (1 run)", ""]
         out += [markdown(results["mesh"]["rows"]), ""]
+    if "native" in results:
+        from native_mode import markdown as native_markdown
+
+        out += ["### 9. Native mode beside balanced mode and a plain channel", ""]
+        out += [native_markdown(results["native"]["results"]), ""]
     return "\n".join(out)
 
 
@@ -297,7 +317,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes, one run each: a smoke test")
     parser.add_argument("--repeat", type=int, default=None, help="runs per measurement (default 5, quick 1)")
-    parser.add_argument("--only", default="lookup,watch,register,fanout,grpc,threads,overhead,mesh")
+    parser.add_argument("--only", default="lookup,watch,register,fanout,grpc,threads,overhead,mesh,native")
     parser.add_argument("--no-peers", action="store_true", help="genesis-registry and the floor only")
     options = parser.parse_args()
     options.repeat = options.repeat or (1 if options.quick else 5)

@@ -30,12 +30,8 @@ against backends in a process of their own (``serve``): one grpcio server per ba
   instance's address: the floor any channel costs). After the last checkpoint every channel is
   closed and RSS read again (what the process gives back).
 
-``--ads-nodelay`` (a diagnostic) sets TCP_NODELAY on the xDS server's accepted connections, which
-the server does not set itself: a push or a first resolution then no longer waits for a delayed
-ACK (40 ms on Linux) now and then.
-
-Results go to benches/results/native.{json,md} (native-quick.* with --quick, *-nodelay.* with
---ads-nodelay); with --json, also one RESULT line for benches/run.py.
+Results go to benches/results/native.{json,md} (native-quick.* with --quick); with --json, also
+one RESULT line for benches/run.py.
 """
 
 from __future__ import annotations
@@ -49,7 +45,6 @@ import itertools
 import json
 import os
 import selectors
-import socket
 import statistics
 import subprocess
 import sys
@@ -285,37 +280,6 @@ def summarise(samples: dict[str, list[float]], base: str = "plain") -> dict[str,
     }
 
 
-def ads_nodelay() -> int:
-    """Diagnostic (``--ads-nodelay``): sets TCP_NODELAY on the connections this process's xDS
-    server accepted (the server is in this process, so its sockets are ours to reach), which it
-    does not set itself, showing what that one-line change in the core would give. Returns how
-    many it set; nothing changes once the server sets it."""
-    address = gr.native.server_address()
-    if address is None:
-        return 0
-    port, count = int(address.rsplit(":", 1)[1]), 0
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            copy = os.dup(int(fd))
-        except OSError:  # closed meanwhile
-            continue
-        try:
-            sock = socket.socket(fileno=copy)
-        except OSError:  # not a socket
-            os.close(copy)
-            continue
-        with sock, contextlib.suppress(OSError):
-            if (
-                sock.family == socket.AF_INET
-                and sock.type == socket.SOCK_STREAM
-                and sock.getsockname()[1] == port
-                and not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
-            ):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                count += 1
-    return count
-
-
 # ---------------------------------------------------------------------------- a. per call
 
 
@@ -451,7 +415,6 @@ def push_sync(args: argparse.Namespace) -> dict[str, Any]:
         while len(seen) < len(STEADY):  # both steady backends READY
             seen.add(call(b"warm", timeout=30, wait_for_ready=True))
         control(b"ping", timeout=30, wait_for_ready=True)  # its connection is in the baseline
-        nodelay = ads_nodelay() if args.ads_nodelay else None
         sockets = socket_count()
         stage(f"warm, {sockets} sockets", started)
 
@@ -483,7 +446,7 @@ def push_sync(args: argparse.Namespace) -> dict[str, Any]:
         stage(f"{args.cycles} cycles", started)
         control_channel.close()
         channel.close()
-    return {"cycles": cycles, "ads_nodelay": nodelay}
+    return {"cycles": cycles}
 
 
 async def push_aio(args: argparse.Namespace) -> dict[str, Any]:
@@ -502,7 +465,6 @@ async def push_aio(args: argparse.Namespace) -> dict[str, Any]:
         while len(seen) < len(STEADY):
             seen.add(await call(b"warm", timeout=30, wait_for_ready=True))
         await control(b"ping", timeout=30, wait_for_ready=True)
-        nodelay = ads_nodelay() if args.ads_nodelay else None
         sockets = socket_count()
         stage(f"warm, {sockets} sockets", started)
 
@@ -534,7 +496,7 @@ async def push_aio(args: argparse.Namespace) -> dict[str, Any]:
         stage(f"{args.cycles} cycles", started)
         await control_channel.close()
         await channel.close()
-    return {"cycles": cycles, "ads_nodelay": nodelay}
+    return {"cycles": cycles}
 
 
 # ----------------------------------------------------------------------------- c. memory
@@ -572,7 +534,6 @@ def memory_sync(args: argparse.Namespace) -> dict[str, Any]:
         gc.collect()
         before, started = footprint(), time.perf_counter()
         channels: list[Any] = []
-        nodelay = None
         for i in range(checkpoints[-1]):
             s = service(i)
             if args.contender == "plain":
@@ -583,8 +544,6 @@ def memory_sync(args: argparse.Namespace) -> dict[str, Any]:
                 channel = reg.get_connection(memory_service(s))
             channel.unary_unary(UNARY)(b"x", timeout=60, wait_for_ready=True)
             channels.append(channel)
-            if args.ads_nodelay and i == 0:
-                nodelay = ads_nodelay()
             if i + 1 in checkpoints:
                 gc.collect()
                 rows.append({"channels": i + 1, "seconds": time.perf_counter() - started, **added(footprint(), before)})
@@ -598,7 +557,7 @@ def memory_sync(args: argparse.Namespace) -> dict[str, Any]:
         closed = {**added(footprint(), before), "xds_streams": gr.native.xds_stats().get("xds_streams")}
         closed["rss_mb_trimmed"] = trimmed_rss_mb() - before["rss_mb"]
     plain.close()
-    return {"rows": rows, "closed": closed, "xds_streams": xds.get("xds_streams"), "ads_nodelay": nodelay}
+    return {"rows": rows, "closed": closed, "xds_streams": xds.get("xds_streams")}
 
 
 async def memory_aio(args: argparse.Namespace) -> dict[str, Any]:
@@ -611,7 +570,6 @@ async def memory_aio(args: argparse.Namespace) -> dict[str, Any]:
         gc.collect()
         before, started = footprint(), time.perf_counter()
         channels: list[Any] = []
-        nodelay = None
         for i in range(checkpoints[-1]):
             s = service(i)
             if args.contender == "plain":
@@ -622,8 +580,6 @@ async def memory_aio(args: argparse.Namespace) -> dict[str, Any]:
                 channel = await areg.get_connection(memory_service(s))
             await channel.unary_unary(UNARY)(b"x", timeout=60, wait_for_ready=True)
             channels.append(channel)
-            if args.ads_nodelay and i == 0:
-                nodelay = ads_nodelay()
             if i + 1 in checkpoints:
                 gc.collect()
                 rows.append({"channels": i + 1, "seconds": time.perf_counter() - started, **added(footprint(), before)})
@@ -637,7 +593,7 @@ async def memory_aio(args: argparse.Namespace) -> dict[str, Any]:
         closed = {**added(footprint(), before), "xds_streams": gr.native.xds_stats().get("xds_streams")}
         closed["rss_mb_trimmed"] = trimmed_rss_mb() - before["rss_mb"]
     await plain.close()
-    return {"rows": rows, "closed": closed, "xds_streams": xds.get("xds_streams"), "ads_nodelay": nodelay}
+    return {"rows": rows, "closed": closed, "xds_streams": xds.get("xds_streams")}
 
 
 def child(args: argparse.Namespace) -> None:
@@ -720,7 +676,7 @@ def run(options: argparse.Namespace) -> dict[str, Any]:
     with contextlib.ExitStack() as stack:
         etcd = options.etcd or ",".join(stack.enter_context(EtcdServer()).endpoints)
         backends = stack.enter_context(Backends(etcd))
-        common = ["--etcd", etcd, *(["--ads-nodelay"] if options.ads_nodelay else [])]
+        common = ["--etcd", etcd]
         if "percall" in only:
             results["percall"] = {}
             for mode in modes:
@@ -877,7 +833,6 @@ def main() -> None:
         one.add_argument("--first", type=int, default=0)
         one.add_argument("--checkpoints", default="1")
         one.add_argument("--same", action="store_true")
-        one.add_argument("--ads-nodelay", action="store_true")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, few calls: a smoke test")
     parser.add_argument("--only", default="percall,push,memory")
     parser.add_argument("--modes", default="sync,aio", help="sync and/or aio, for percall and push")
@@ -890,9 +845,6 @@ def main() -> None:
     parser.add_argument("--memory-modes", help="sync and/or aio, for memory (default both; quick sync)")
     parser.add_argument("--memory-contenders", help="memory contenders (default plain,balanced,native)")
     parser.add_argument("--timeout", type=float, help="seconds one measurement may take (default 1800)")
-    parser.add_argument(
-        "--ads-nodelay", action="store_true", help="diagnostic: TCP_NODELAY on the xDS server's sockets (push, memory)"
-    )
     parser.add_argument("--etcd", help="endpoints of a running etcd to use (default: start one)")
     parser.add_argument("--json", action="store_true", help="print one RESULT line for benches/run.py")
     options = parser.parse_args()
@@ -914,14 +866,12 @@ def main() -> None:
     text = (
         f"Native mode: commit {info['commit']}, grpcio {info['grpcio']}, Python {info['python']}, "
         f"{info['cpus']} CPUs, {info['date']}; per call {options.calls} calls × {options.rounds} rounds; push "
-        f"{options.blocks} block(s) × {options.cycles} cycles per channel ({info['seconds']} s in all)"
-        + ("; TCP_NODELAY set on the xDS server's sockets (--ads-nodelay)" if options.ads_nodelay else "")
-        + ".\n\n"
+        f"{options.blocks} block(s) × {options.cycles} cycles per channel ({info['seconds']} s in all).\n\n"
         + markdown(results)
     )
     results_dir = HERE / "results"
     results_dir.mkdir(exist_ok=True)
-    stem = ("native-quick" if options.quick else "native") + ("-nodelay" if options.ads_nodelay else "")
+    stem = "native-quick" if options.quick else "native"
     (results_dir / f"{stem}.json").write_text(json.dumps({"machine": info, "results": results}, indent=2))
     (results_dir / f"{stem}.md").write_text(text + "\n")
     if options.json:

@@ -49,7 +49,7 @@ rust-test:
 py-test: install
 	$(PY) -m pytest -q
 
-# The comparison with other clients (about 15 minutes); the table lands in benches/results/.
+# The comparison with other clients and gRPC at scale (roughly 45 minutes); tables land in benches/results/.
 bench: install
 	$(PY) benches/run.py
 	$(PY) -m pytest benches/test_micro.py -q --benchmark-only

@@ -1,7 +1,7 @@
 """The comparison: every scenario, for genesis-registry and the clients users would
 otherwise pick, on this machine, in one run, against one local etcd.
 
-    .venv/bin/python benches/run.py                 # the full run (about 30 minutes)
+    .venv/bin/python benches/run.py                 # the full run (roughly 45 minutes)
     .venv/bin/python benches/run.py --quick         # tiny sizes: proves everything still runs
     .venv/bin/python benches/run.py --only lookup,watch --repeat 3
     .venv/bin/python benches/run.py --only mesh     # gRPC at mesh scale alone (scenario 8)

@@ -28,7 +28,7 @@ from typing import Any
 import grpc
 import grpc.aio
 
-from . import _core, _xds_bootstrap
+from . import _core
 from .errors import InvalidConfigError
 
 __all__ = [
@@ -194,10 +194,9 @@ def _whole_fields(group: str, **values: object) -> tuple[int, int, int, int]:
 
 
 def open_channel(
-    target: str, server: str, credentials: grpc.ChannelCredentials | None, options: Sequence[tuple[str, Any]]
+    target: str, credentials: grpc.ChannelCredentials | None, options: Sequence[tuple[str, Any]]
 ) -> grpc.Channel:
-    """grpcio's own blocking channel on ``target``, grpc's bootstrap naming ``server``."""
-    _xds_bootstrap.install(server)
+    """grpcio's own blocking channel on a target from ``native_target()``."""
     if credentials is None:
         return grpc.insecure_channel(target, options=options)
     return grpc.secure_channel(target, credentials, options=options)
@@ -205,13 +204,11 @@ def open_channel(
 
 def open_aio_channel(
     target: str,
-    server: str,
     credentials: grpc.ChannelCredentials | None,
     options: Sequence[tuple[str, Any]],
     interceptors: Sequence[Any] | None,
 ) -> grpc.aio.Channel:
-    """grpcio's own asyncio channel on ``target``, grpc's bootstrap naming ``server``."""
-    _xds_bootstrap.install(server)
+    """grpcio's own asyncio channel on a target from ``native_target()``."""
     if credentials is None:
         return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)
     return grpc.aio.secure_channel(target, credentials, options=options, interceptors=interceptors)

@@ -453,9 +453,10 @@ class Registry(_RegistryBase):
         """
         if native.check_mode(mode) == "native":
             native.check_balanced_only(subset_size=subset_size, subset_key=subset_key)
-            settings = self._native_settings(policy, hash_header, outlier_detection, zone)
-            target, server = self._core.native_target(name, *settings)
-            opened = native.open_channel(target, server, credentials, options)
+            target = self.native_target(
+                name, policy=policy, hash_header=hash_header, outlier_detection=outlier_detection, zone=zone
+            )
+            opened = native.open_channel(target, credentials, options)
             self._native_channels.add(opened)
             return opened
         native.check_native_only(hash_header=hash_header, outlier_detection=outlier_detection)
@@ -627,9 +628,10 @@ class AsyncRegistry(_RegistryBase):
         """
         if native.check_mode(mode) == "native":
             native.check_balanced_only(subset_size=subset_size, subset_key=subset_key)
-            settings = self._native_settings(policy, hash_header, outlier_detection, zone)
-            target, server = await self._core.native_target_async(name, *settings)
-            opened = native.open_aio_channel(target, server, credentials, options, interceptors)
+            target = await self.native_target(
+                name, policy=policy, hash_header=hash_header, outlier_detection=outlier_detection, zone=zone
+            )
+            opened = native.open_aio_channel(target, credentials, options, interceptors)
             self._native_channels.add(opened)
             return opened
         native.check_native_only(hash_header=hash_header, outlier_detection=outlier_detection)

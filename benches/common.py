@@ -7,6 +7,7 @@ import json
 import os
 import resource
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable, Generator
@@ -97,3 +98,41 @@ def instance(service: str, i: int, **metadata: str) -> dict[str, Any]:
         "metadata": {"zone": f"zone-{i % 3}", "weight": "100", **metadata},
         "endpoints": [f"grpc://10.{i // 65536 % 256}.{i // 256 % 256}.{i % 256}:9000"],
     }
+
+
+def apply_plan(options: Any, plan: dict[str, Any]) -> None:
+    """Fills the options left unset on the command line from ``plan`` (quick or full)."""
+    for key, value in plan.items():
+        if getattr(options, key) is None:
+            setattr(options, key, value)
+
+
+def commit() -> str:
+    """The short hash of the checked-out commit, for the results' header."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True)
+    return done.stdout.strip() or "unknown"
+
+
+def machine_info(began: float) -> dict[str, str]:
+    """What a results file says about the run: commit, grpcio, Python, CPUs, date, seconds since ``began``."""
+    import grpc
+
+    return {
+        "commit": commit(),
+        "grpcio": grpc.__version__,
+        "python": sys.version.split()[0],
+        "cpus": str(os.cpu_count()),
+        "date": time.strftime("%Y-%m-%d"),
+        "seconds": f"{time.perf_counter() - began:.0f}",
+    }
+
+
+def write_results(stem: str, payload: dict[str, Any], text: str) -> None:
+    """``benches/results/<stem>.json`` (``payload``) and ``<stem>.md`` (``text``)."""
+    directory = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+    os.makedirs(directory, exist_ok=True)
+    with open(os.path.join(directory, f"{stem}.json"), "w") as f:
+        json.dump(payload, f, indent=2)
+    with open(os.path.join(directory, f"{stem}.md"), "w") as f:
+        f.write(text + "\n")

@@ -57,7 +57,7 @@ import grpc.aio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import cpu_seconds, emit, rss_bytes, thread_count
+from common import apply_plan, cpu_seconds, emit, machine_info, rss_bytes, thread_count, write_results
 
 HERE = Path(__file__).resolve().parent
 
@@ -588,11 +588,6 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
-def commit() -> str:
-    done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True)
-    return done.stdout.strip() or "unknown"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command")
@@ -628,25 +623,17 @@ def main() -> None:
         serve(options.port)
         return
     raise_fd_limit()
-    plan = PLANS["quick" if options.quick else "full"]
-    for key, value in plan.items():
-        if getattr(options, key) is None:
-            setattr(options, key, value)
+    apply_plan(options, PLANS["quick" if options.quick else "full"])
     began = time.perf_counter()
     rows = run(options)
-    info = {"commit": commit(), "grpcio": grpc.__version__, "python": sys.version.split()[0]}
-    info.update(cpus=str(os.cpu_count()), date=time.strftime("%Y-%m-%d"), seconds=f"{time.perf_counter() - began:.0f}")
+    info = machine_info(began)
     text = (
         f"gRPC at mesh scale: commit {info['commit']}, grpcio {info['grpcio']}, Python {info['python']}, "
         f"{info['cpus']} CPUs, {info['date']}; {options.calls} calls × {options.rounds} rounds per call figure, "
         f"idle CPU over {options.idle} s, {options.repeat} run(s) each ({info['seconds']} s in all).\n\n"
         + markdown(rows)
     )
-    results_dir = HERE / "results"
-    results_dir.mkdir(exist_ok=True)
-    stem = "mesh-quick" if options.quick else "mesh"
-    (results_dir / f"{stem}.json").write_text(json.dumps({"machine": info, "rows": rows}, indent=2))
-    (results_dir / f"{stem}.md").write_text(text + "\n")
+    write_results("mesh-quick" if options.quick else "mesh", {"machine": info, "rows": rows}, text)
     if options.json:
         emit({"machine": info, "rows": rows})
     else:

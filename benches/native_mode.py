@@ -61,8 +61,8 @@ import grpc.aio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import emit, percentile, rss_bytes, thread_count
-from mesh_scale import EchoServerProcess, address, commit, last_stage, process_state, raise_fd_limit, socket_count
+from common import apply_plan, emit, machine_info, percentile, rss_bytes, thread_count, write_results
+from mesh_scale import EchoServerProcess, address, last_stage, process_state, raise_fd_limit, socket_count
 
 HERE = Path(__file__).resolve().parent
 
@@ -855,25 +855,17 @@ def main() -> None:
         child(options)
         return
     raise_fd_limit()
-    plan = PLANS["quick" if options.quick else "full"]
-    for key, value in plan.items():
-        if getattr(options, key) is None:
-            setattr(options, key, value)
+    apply_plan(options, PLANS["quick" if options.quick else "full"])
     began = time.perf_counter()
     results = run(options)
-    info = {"commit": commit(), "grpcio": grpc.__version__, "python": sys.version.split()[0]}
-    info.update(cpus=str(os.cpu_count()), date=time.strftime("%Y-%m-%d"), seconds=f"{time.perf_counter() - began:.0f}")
+    info = machine_info(began)
     text = (
         f"Native mode: commit {info['commit']}, grpcio {info['grpcio']}, Python {info['python']}, "
         f"{info['cpus']} CPUs, {info['date']}; per call {options.calls} calls × {options.rounds} rounds; push "
         f"{options.blocks} block(s) × {options.cycles} cycles per channel ({info['seconds']} s in all).\n\n"
         + markdown(results)
     )
-    results_dir = HERE / "results"
-    results_dir.mkdir(exist_ok=True)
-    stem = "native-quick" if options.quick else "native"
-    (results_dir / f"{stem}.json").write_text(json.dumps({"machine": info, "results": results}, indent=2))
-    (results_dir / f"{stem}.md").write_text(text + "\n")
+    write_results("native-quick" if options.quick else "native", {"machine": info, "results": results}, text)
     if options.json:
         emit({"machine": info, "results": {k: v for k, v in results.items() if k != "push_cycles"}})
     else:

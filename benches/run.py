@@ -9,13 +9,17 @@ otherwise pick, on this machine, in one run, against one local etcd.
 
 Each (scenario, client) runs in a fresh process, --repeat times; the tables show medians.
 python-etcd3 needs protobuf<4, so it runs from a virtualenv of its own, made on first use
-in ~/.cache/genesis-registry/venv-etcd3. Results go to benches/results/latest.{json,md}.
+in ~/.cache/genesis-registry/venv-etcd3. The other peers (aetcd, etcd3aio) install beside
+genesis-registry without conflict and run
+from its interpreter; a peer that is not installed is left out, with a message.
+Results go to benches/results/latest.{json,md}.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import json
 import os
 import platform
@@ -33,6 +37,13 @@ HERE = Path(__file__).resolve().parent
 ETCD3_VENV = Path.home() / ".cache" / "genesis-registry" / "venv-etcd3"
 ETCD3_REQUIREMENTS = ["etcd3==0.12.0", "protobuf==3.20.3", "psutil>=5.9"]
 SIZES = {"full": [10, 1000, 10000], "quick": [10, 100]}
+# The peers that run from genesis-registry's own interpreter: client name -> (module, pip requirement).
+PEERS = {
+    "aetcd": ("aetcd", "aetcd==1.0.0"),
+    "etcd3aio": ("etcd3aio", "etcd3aio==0.3.0"),
+}
+ALL_PEERS = ["etcd3", *PEERS]
+NOT_APPLICABLE: dict[str, dict[str, str]] = {"register": {}}
 
 
 def etcd3_python() -> str | None:
@@ -74,17 +85,21 @@ class Bench:
         self.etcd = etcd
         self.endpoints = ",".join(etcd.endpoints)
         self.quick = options.quick
-        self.peer_python = {"etcd3": etcd3_python() if not options.no_peers else None}
+        self.peer_python: dict[str, str | None] = {}
+        if not options.no_peers:
+            self.peer_python["etcd3"] = etcd3_python()
+            for client, (module, requirement) in PEERS.items():
+                found = importlib.util.find_spec(module) is not None
+                self.peer_python[client] = sys.executable if found else None
+                if not found:
+                    print(f"{client} is left out: not installed (pip install '{requirement}')", file=sys.stderr)
         self.results: dict[str, Any] = {}
 
     def python_for(self, client: str) -> str | None:
-        return self.peer_python["etcd3"] if client == "etcd3" else sys.executable
+        return self.peer_python.get(client) if client in ALL_PEERS else sys.executable
 
     def clients(self, *kinds: str) -> list[str]:
-        chosen = [k for k in kinds if self.python_for(k) is not None]
-        if self.options.no_peers:
-            chosen = [k for k in chosen if k not in ("etcd3", "aetcd")]
-        return chosen
+        return [k for k in kinds if self.python_for(k) is not None]
 
     def measure(self, scenario: str, client: str, *extra: str, repeat: int | None = None) -> dict[str, Any]:
         python = self.python_for(client)
@@ -103,7 +118,7 @@ class Bench:
         for size in sizes:
             service = f"svc-{size}"
             row = {}
-            for client in self.clients("ours", "ours-async", "etcd3", "aetcd", "floor"):
+            for client in self.clients("ours", "ours-async", *ALL_PEERS, "floor"):
                 extra = ["--namespace", "/bench-lookup", "--service", service, "--size", str(size)]
                 row[client] = self.measure("lookup", client, *extra)["us_per_call"]
             table[str(size)] = row
@@ -112,7 +127,7 @@ class Bench:
     def watch(self) -> None:
         count = 50 if self.quick else 1000
         table = {}
-        for client in self.clients("ours", "ours-async", "etcd3", "aetcd"):
+        for client in self.clients("ours", "ours-async", *ALL_PEERS):
             extra = ["--namespace", f"/bench-watch-{client}", "--service", "w", "--count", str(count)]
             table[client] = self.measure("watch", client, *extra, "--writer-python", sys.executable)
         self.results["watch"] = table
@@ -120,7 +135,11 @@ class Bench:
     def register(self) -> None:
         count, steady = (50, 1.0) if self.quick else (1000, 60.0)
         table = {}
-        for client in self.clients("ours", "ours-async", "etcd3", "aetcd"):
+        for client in self.clients("ours", "ours-async", *ALL_PEERS):
+            if client in NOT_APPLICABLE["register"]:
+                table[client] = {"n/a": NOT_APPLICABLE["register"][client]}
+                print(f"  register  {client:<11} n/a: {table[client]['n/a']}", flush=True)
+                continue
             extra = ["--namespace", f"/bench-reg-{client}", "--count", str(count), "--ttl", "30"]
             extra += ["--steady", str(steady), "--etcdctl", str(find_etcdctl_binary())]
             table[client] = self.measure("register", client, *extra, repeat=1)
@@ -129,7 +148,7 @@ class Bench:
     def fanout(self) -> None:
         services, per, rate, seconds = (20, 3, 100, 1.0) if self.quick else (1000, 10, 1000, 10.0)
         table = {}
-        for client in self.clients("ours", "ours-async", "etcd3", "aetcd"):
+        for client in self.clients("ours", "ours-async", *ALL_PEERS):
             extra = ["--namespace", "/bench-fanout", "--services", str(services), "--rate", str(rate)]
             extra += ["--seconds", str(seconds), "--writer-python", sys.executable]
             result = self.measure("fanout", client, *extra, repeat=1)
@@ -260,6 +279,9 @@ def report(results: dict[str, Any], info: dict[str, str], repeat: int) -> str:
         out += ["| client | one call each (ms) | register_many (ms) | leases | keep-alive streams | CPU % steady |"]
         out += ["|---|---|---|---|---|---|"]
         for client, r in results["register"].items():
+            if "n/a" in r:
+                out += [f"| {client} | n/a: {r['n/a']} | | | | |"]
+                continue
             batch = f"{r['batch_ms']:.0f}" if "batch_ms" in r else "–"
             out += [
                 f"| {client} | {r['wall_ms']:.0f} | {batch} | {r['leases']} | {r['streams']} | {r['cpu_percent']:.2f} |"

@@ -5,7 +5,8 @@
         --namespace /bench --service svc-1000
 
 Clients: ``ours``, ``ours-async`` (genesis-registry), ``etcd3`` (python-etcd3, run with the
-interpreter of its own virtualenv), ``aetcd``, and ``floor`` (the cheapest possible Python).
+interpreter of its own virtualenv), ``aetcd``, ``etcd3aio``, and ``floor`` (the cheapest
+possible Python).
 Writers (``watch`` and ``fanout`` need changes made by another process) always run with
 genesis-registry: pass its interpreter as ``--writer-python``.
 """
@@ -36,7 +37,7 @@ from common import (
 )
 
 HERE = Path(__file__).resolve().parent
-ASYNC_CLIENTS = {"ours-async", "aetcd"}
+ASYNC_CLIENTS = {"ours-async", "aetcd", "etcd3aio"}
 
 
 def make_client(kind: str, endpoints: list[str], namespace: str) -> Any:
@@ -56,6 +57,10 @@ def make_client(kind: str, endpoints: list[str], namespace: str) -> Any:
         from clients.aetcd_registry import AetcdRegistry
 
         return AetcdRegistry(endpoints, namespace)
+    if kind == "etcd3aio":
+        from clients.etcd3aio_registry import Etcd3aioRegistry
+
+        return Etcd3aioRegistry(endpoints, namespace)
     raise SystemExit(f"unknown client {kind!r}")
 
 

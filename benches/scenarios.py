@@ -5,8 +5,8 @@
         --namespace /bench --service svc-1000
 
 Clients: ``ours``, ``ours-async`` (genesis-registry), ``etcd3`` (python-etcd3, run with the
-interpreter of its own virtualenv), ``aetcd``, ``etcd3aio``, and ``floor`` (the cheapest
-possible Python).
+interpreter of its own virtualenv), ``aetcd``, ``etcd3aio``, ``etcd-sdk-python`` (``pyetcd``), and
+``floor`` (the cheapest possible Python).
 Writers (``watch`` and ``fanout`` need changes made by another process) always run with
 genesis-registry: pass its interpreter as ``--writer-python``.
 """
@@ -61,6 +61,10 @@ def make_client(kind: str, endpoints: list[str], namespace: str) -> Any:
         from clients.etcd3aio_registry import Etcd3aioRegistry
 
         return Etcd3aioRegistry(endpoints, namespace)
+    if kind == "etcd-sdk-python":
+        from clients.pyetcd_registry import PyetcdRegistry
+
+        return PyetcdRegistry(endpoints, namespace)
     raise SystemExit(f"unknown client {kind!r}")
 
 

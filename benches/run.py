@@ -9,8 +9,8 @@ otherwise pick, on this machine, in one run, against one local etcd.
 
 Each (scenario, client) runs in a fresh process, --repeat times; the tables show medians.
 python-etcd3 needs protobuf<4, so it runs from a virtualenv of its own, made on first use
-in ~/.cache/genesis-registry/venv-etcd3. The other peers (aetcd, etcd3aio, etcd-sdk-python)
-install beside genesis-registry without conflict and run
+in ~/.cache/genesis-registry/venv-etcd3. The other peers (aetcd, etcd3aio, etcd-sdk-python,
+etcd-client-py) install beside genesis-registry without conflict and run
 from its interpreter; a peer that is not installed is left out, with a message.
 Results go to benches/results/latest.{json,md}.
 """
@@ -42,9 +42,15 @@ PEERS = {
     "aetcd": ("aetcd", "aetcd==1.0.0"),
     "etcd3aio": ("etcd3aio", "etcd3aio==0.3.0"),
     "etcd-sdk-python": ("pyetcd", "etcd-sdk-python==0.0.7"),
+    "etcd-client-py": ("etcd_client", "etcd-client-py==0.5.1"),
 }
 ALL_PEERS = ["etcd3", *PEERS]
-NOT_APPLICABLE: dict[str, dict[str, str]] = {"register": {}}
+NOT_APPLICABLE = {
+    "register": {
+        "etcd-client-py": "its put() takes no lease: a key cannot be tied to a lease, so an instance "
+        "would outlive its process",
+    },
+}
 
 
 def etcd3_python() -> str | None:

@@ -5,8 +5,9 @@
         --namespace /bench --service svc-1000
 
 Clients: ``ours``, ``ours-async`` (genesis-registry), ``etcd3`` (python-etcd3, run with the
-interpreter of its own virtualenv), ``aetcd``, ``etcd3aio``, ``etcd-sdk-python`` (``pyetcd``), and
-``floor`` (the cheapest possible Python).
+interpreter of its own virtualenv), ``aetcd``, ``etcd3aio``, ``etcd-sdk-python`` (``pyetcd``),
+``etcd-client-py`` (no registration: it cannot tie a key to a lease), and ``floor`` (the
+cheapest possible Python).
 Writers (``watch`` and ``fanout`` need changes made by another process) always run with
 genesis-registry: pass its interpreter as ``--writer-python``.
 """
@@ -37,7 +38,7 @@ from common import (
 )
 
 HERE = Path(__file__).resolve().parent
-ASYNC_CLIENTS = {"ours-async", "aetcd", "etcd3aio"}
+ASYNC_CLIENTS = {"ours-async", "aetcd", "etcd3aio", "etcd-client-py"}
 
 
 def make_client(kind: str, endpoints: list[str], namespace: str) -> Any:
@@ -65,6 +66,10 @@ def make_client(kind: str, endpoints: list[str], namespace: str) -> Any:
         from clients.pyetcd_registry import PyetcdRegistry
 
         return PyetcdRegistry(endpoints, namespace)
+    if kind == "etcd-client-py":
+        from clients.etcd_client_py_registry import EtcdClientPyRegistry
+
+        return EtcdClientPyRegistry(endpoints, namespace)
     raise SystemExit(f"unknown client {kind!r}")
 
 

@@ -81,6 +81,8 @@ def run_one(python: str, args: list[str], timeout: float = 900) -> dict[str, Any
 def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
     def combine(key: str) -> Any:
         first = runs[0][key]
+        if isinstance(first, list):  # per-event samples: every run's, pooled
+            return [x for r in runs for x in r[key]]
         return statistics.median(r[key] for r in runs) if isinstance(first, (int, float)) else first
 
     return {key: combine(key) for key in runs[0]}
@@ -114,7 +116,8 @@ class Bench:
         args = [str(HERE / "scenarios.py"), scenario, "--client", client, "--endpoints", self.endpoints, *extra]
         runs = [run_one(python, args) for _ in range(repeat or self.options.repeat)]
         result = median_of(runs)
-        print(f"  {scenario:<9} {client:<11} {json.dumps({k: round(v, 3) for k, v in result.items()})}", flush=True)
+        figures = {k: round(v, 3) for k, v in result.items() if not isinstance(v, list)}
+        print(f"  {scenario:<9} {client:<11} {json.dumps(figures)}", flush=True)
         return result
 
     # ------------------------------------------------------------------------ scenarios
@@ -366,6 +369,10 @@ def main() -> None:
     (results_dir / f"{suffix}.md").write_text(text)
     print()
     print(text)
+    import charts  # matplotlib, of the bench extra; quick runs draw to benches/results/charts-quick
+
+    for path in charts.draw(results_dir, charts.QUICK_CHARTS if options.quick else charts.CHARTS, options.quick):
+        print(f"chart: {path.relative_to(HERE.parent)}")
 
 
 if __name__ == "__main__":

@@ -164,6 +164,7 @@ def watch(args: argparse.Namespace) -> dict[str, Any]:
         "p50_us": percentile(latencies, 0.50),
         "p99_us": percentile(latencies, 0.99),
         "max_us": max(latencies),
+        "samples_us": [round(x, 1) for x in latencies],  # every event, for benches/charts.py's CDF
     }
 
 

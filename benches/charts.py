@@ -306,8 +306,8 @@ def memory_chart(
         ax.set_ylabel("RSS added per endpoint (KiB)")
         ax.grid(True, axis="y", alpha=0.3)
         modes = [Patch(facecolor="#999999", label="sync"), Patch(facecolor="#dddddd", hatch="//", label="asyncio")]
-        ax.legend(handles=modes, loc="upper right", fontsize=9, edgecolor="#333333")
-        ax.set_ylim(0, ax.get_ylim()[1] * 1.1)
+        ax.legend(handles=modes, loc="upper center", ncol=2, fontsize=9, edgecolor="#333333")
+        ax.set_ylim(0, ax.get_ylim()[1] * 1.25)  # room for the legend above the tallest bar
     return save(fig, out, "memory_per_instance", "; ".join(sources))
 
 

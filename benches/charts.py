@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -111,8 +112,11 @@ def legend_below(fig: Figure, axes: list[Axes]) -> int:
     return -(-len(seen) // columns)
 
 
-def figure(title: str, columns: int = 1, sharey: bool = False) -> tuple[Figure, list[Axes]]:
-    fig, axes = plt.subplots(1, columns, figsize=SIZE, dpi=DPI, sharey=sharey, squeeze=False)
+def figure(
+    title: str, columns: int = 1, sharey: bool = False, widths: list[float] | None = None
+) -> tuple[Figure, list[Axes]]:
+    grid = {"width_ratios": widths} if widths else None
+    fig, axes = plt.subplots(1, columns, figsize=SIZE, dpi=DPI, sharey=sharey, squeeze=False, gridspec_kw=grid)
     fig.suptitle(title, fontsize=13)
     return fig, list(axes[0])
 
@@ -151,6 +155,7 @@ def lookup_chart(lookup: dict[str, dict[str, float]], out: Path, source: str) ->
     fig, (ax,) = figure("get_service latency against service size")
     sizes = sorted(lookup, key=int)
     clients = list(dict.fromkeys(c for size in sizes for c in lookup[size]))
+    ends: list[tuple[float, int, str]] = []  # each line's last figure, labelled at the right
     for client in clients:
         points = [(int(s), lookup[s][client]) for s in sizes if is_number(lookup[s].get(client))]
         if not points:
@@ -158,20 +163,25 @@ def lookup_chart(lookup: dict[str, dict[str, float]], out: Path, source: str) ->
         colour, marker = style(client)
         xs, ys = zip(*points, strict=True)
         ax.plot(xs, ys, marker=marker, color=colour, label=label(client), linewidth=2, markersize=7)
-        ax.annotate(
-            plain_number(float(f"{ys[-1]:.3g}")) if ys[-1] >= 1 else f"{ys[-1]:.3g}",
-            (xs[-1], ys[-1]),
-            textcoords="offset points",
-            xytext=(8, 0),
-            va="center",
-            fontsize=9,
-        )
+        ends.append((ys[-1], xs[-1], colour))
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("instances in the service (log)")
     ax.set_ylabel("µs per get_service call (log)")
     ax.set_xlim(int(sizes[0]) / 1.6, int(sizes[-1]) * 3)
     log_axis(ax.xaxis, [int(s) for s in sizes])
+    low, high = (math.log10(v) for v in ax.get_ylim())
+    gap = (high - low) * 0.05  # a line of text
+    ends.sort()
+    placed = [math.log10(y) for y, _, _ in ends]
+    for k in range(1, len(placed)):  # bottom up, each label at least a line above the one below
+        placed[k] = max(placed[k], placed[k - 1] + gap)
+    for k in reversed(range(len(placed))):  # then top down, none above the plot
+        ceiling = placed[k + 1] - gap if k + 1 < len(placed) else high - gap / 2
+        placed[k] = min(placed[k], ceiling)
+    for (y, x, colour), at in zip(ends, placed, strict=True):
+        text = plain_number(float(f"{y:.3g}")) if y >= 1 else f"{y:.3g}"
+        ax.annotate(text, (x, 10**at), xytext=(8, 0), textcoords="offset points", va="center", fontsize=9, color=colour)
     low, high = ax.get_ylim()
     log_axis(ax.yaxis, [10.0**e for e in range(-3, 8) if low <= 10.0**e <= high])
     ax.grid(True, which="major", alpha=0.3)
@@ -266,15 +276,20 @@ def memory_chart(
     panels = [p for p in (fanout, rows) if p]
     if not panels:
         return None
-    fig, axes = figure("Memory per instance", columns=len(panels))
+    widths = [max(4.0, len(fanout)), 5.0] if len(panels) == 2 else None  # a bar per client, 4 groups
+    fig, axes = figure("Memory per instance", columns=len(panels), widths=widths)
     ax_iter = iter(axes)
     if fanout:
         ax = next(ax_iter)
         clients = list(fanout)
         values = [fanout[c]["bytes_per_instance"] for c in clients]
         bars = ax.bar(range(len(clients)), values, color=[style(c)[0] for c in clients])
-        ax.bar_label(bars, labels=[f"{v:,.0f}" for v in values], fontsize=9, padding=2)
-        ax.set_xticks(range(len(clients)), clients, fontsize=9, rotation=30 if len(clients) > 4 else 0)
+        texts = [f"{v / 1000:,.0f}k" if v >= 10_000 else f"{v:,.0f}" for v in values]
+        ax.bar_label(bars, labels=texts, fontsize=8 if len(clients) > 4 else 9, padding=2)
+        if len(clients) > 4:
+            ax.set_xticks(range(len(clients)), clients, fontsize=9, rotation=30, ha="right", rotation_mode="anchor")
+        else:
+            ax.set_xticks(range(len(clients)), clients, fontsize=9)
         instances = max(int(fanout[c]["instances"]) for c in clients)
         ax.set_title(f"a client following {instances:,} instances", fontsize=11)
         ax.set_ylabel("RSS added per instance (bytes)")
@@ -301,7 +316,7 @@ def memory_chart(
             )
             ax.bar_label(bars, labels=[f"{v:.0f}" if v else "" for v in values], fontsize=8, padding=2)
         names = ["floor\n(round_robin)" if c == "floor" else c.replace("-", "-\n") for c in contenders]
-        ax.set_xticks(range(len(contenders)), names, fontsize=9)
+        ax.set_xticks(range(len(contenders)), names, fontsize=8 if len(fanout) > 4 else 9)
         ax.set_title(f"a gRPC channel over {size:,} endpoints", fontsize=11)
         ax.set_ylabel("RSS added per endpoint (KiB)")
         ax.grid(True, axis="y", alpha=0.3)

@@ -127,18 +127,13 @@ def check_mode(mode: object) -> str:
     return str(mode)
 
 
-def check_balanced_only(**settings: object) -> None:
-    """Refuses balanced mode's settings in native mode, naming the first one given."""
+def refuse_settings_of(mode: str, **settings: object) -> None:
+    """Refuses the settings of ``mode`` (``"balanced"`` or ``"native"``) given to the other
+    mode, naming the first one given."""
+    where = "balanced mode only, not mode='native'" if mode == "balanced" else "mode='native' only"
     for name, value in settings.items():
         if value is not None:
-            raise InvalidConfigError(f"{name}={value!r} applies to balanced mode only, not mode='native'")
-
-
-def check_native_only(**settings: object) -> None:
-    """Refuses native mode's settings in balanced mode, naming the first one given."""
-    for name, value in settings.items():
-        if value is not None:
-            raise InvalidConfigError(f"{name}={value!r} applies to mode='native' only")
+            raise InvalidConfigError(f"{name}={value!r} applies to {where}")
 
 
 def outlier_fields(settings: OutlierDetection | None) -> _core._OutlierFields | None:

@@ -452,14 +452,14 @@ class Registry(_RegistryBase):
         >>> channel.close()
         """
         if native.check_mode(mode) == "native":
-            native.check_balanced_only(subset_size=subset_size, subset_key=subset_key)
+            native.refuse_settings_of("balanced", subset_size=subset_size, subset_key=subset_key)
             target = self.native_target(
                 name, policy=policy, hash_header=hash_header, outlier_detection=outlier_detection, zone=zone
             )
             opened = native.open_channel(target, credentials, options)
             self._native_channels.add(opened)
             return opened
-        native.check_native_only(hash_header=hash_header, outlier_detection=outlier_detection)
+        native.refuse_settings_of("native", hash_header=hash_header, outlier_detection=outlier_detection)
         channel = BalancedChannel(
             self,
             name,
@@ -627,14 +627,14 @@ class AsyncRegistry(_RegistryBase):
         >>> await channel.close()
         """
         if native.check_mode(mode) == "native":
-            native.check_balanced_only(subset_size=subset_size, subset_key=subset_key)
+            native.refuse_settings_of("balanced", subset_size=subset_size, subset_key=subset_key)
             target = await self.native_target(
                 name, policy=policy, hash_header=hash_header, outlier_detection=outlier_detection, zone=zone
             )
             opened = native.open_aio_channel(target, credentials, options, interceptors)
             self._native_channels.add(opened)
             return opened
-        native.check_native_only(hash_header=hash_header, outlier_detection=outlier_detection)
+        native.refuse_settings_of("native", hash_header=hash_header, outlier_detection=outlier_detection)
         channel = AsyncBalancedChannel(
             self,
             name,

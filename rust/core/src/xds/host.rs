@@ -124,11 +124,10 @@ pub fn detach_now(user: u64) {
 fn release(host: &Arc<Host>, user: u64) -> Option<Running> {
     let mut state = lock(&host.state);
     state.users.remove(&user);
-    let running = state.running.as_ref()?;
     if !state.users.is_empty() {
         return None;
     }
-    if running.server.stats().streams.get() == 0 {
+    if state.running.as_ref().is_none_or(|running| !running.has_clients()) {
         return state.running.take();
     }
     if !state.stopping_when_idle {
@@ -147,25 +146,26 @@ async fn stop_when_idle(host: Arc<Host>) {
         let _changing = host.changing.lock().await;
         let stopping = {
             let mut state = lock(&host.state);
-            let idle = match &state.running {
-                Some(running) => state.users.is_empty() && running.server.stats().streams.get() == 0,
-                None => true,
-            };
-            if !idle && !state.users.is_empty() {
-                state.stopping_when_idle = false;
-                return;
-            }
-            if idle {
-                state.stopping_when_idle = false;
-                state.running.take()
-            } else {
+            if state.running.as_ref().is_some_and(Running::has_clients) && state.users.is_empty() {
                 continue;
             }
+            state.stopping_when_idle = false;
+            if !state.users.is_empty() {
+                return;
+            }
+            state.running.take()
         };
         if let Some(running) = stopping {
             running.server.stop().await;
         }
         return;
+    }
+}
+
+impl Running {
+    /// Whether a grpc xDS client is connected.
+    fn has_clients(&self) -> bool {
+        self.server.stats().streams.get() > 0
     }
 }
 

@@ -3,8 +3,8 @@
     .venv/bin/python benches/charts.py                  # benches/results/*.json -> benches/charts/*.png
     .venv/bin/python benches/charts.py --quick          # the quick runs' files -> benches/results/charts-quick/
 
-Reads benches/results/latest.json (benches/run.py: scenarios 1, 2 and 4; and 8 and 9 when the run had
-them), mesh.json (benches/mesh_scale.py) and native.json (benches/native_mode.py); for scenarios 8 and 9
+Reads benches/results/latest.json (benches/run.py: scenarios 1 to 6 and 10; and 8 and 9 when the run
+had them), mesh.json (benches/mesh_scale.py) and native.json (benches/native_mode.py); for scenarios 8 and 9
 the newer of latest.json and the scenario's own file is drawn. A chart whose results are missing is
 skipped (and said so); the file already there is left as it is. benches/run.py calls `draw` at the end
 of a run.
@@ -326,6 +326,111 @@ def memory_chart(
     return save(fig, out, "memory_per_instance", "; ".join(sources))
 
 
+def hbars(ax: Axes, names: list[str], values: list[float], text: Callable[[float], str], colours: list[str]) -> None:
+    """Horizontal bars, one per name (first at the top), each labelled with its figure."""
+    ys = list(range(len(names)))[::-1]
+    bars = ax.barh(ys, values, color=colours, height=0.7)
+    ax.bar_label(bars, labels=[text(v) for v in values], fontsize=9, padding=3)
+    ax.set_yticks(ys, [label(n) for n in names], fontsize=9)
+    ax.set_xlim(0, max(values) * 1.3 if max(values) > 0 else 1)
+    ax.xaxis.set_major_formatter(FuncFormatter(plain_number))
+    ax.grid(True, axis="x", alpha=0.3)
+
+
+def register_chart(register: dict[str, dict[str, Any]], out: Path, source: str) -> Path | None:
+    """Scenario 3: registering N instances one call each, and the CPU their keep-alive costs."""
+    drawn = {c: r for c, r in register.items() if is_number(r.get("wall_ms"))}
+    if not drawn:
+        return None
+    count = max(int(r["leases"]) for r in drawn.values())
+    fig, axes = figure(f"Registering {count:,} instances, each with a lease, and keeping them alive", columns=2)
+    clients = list(drawn)
+    colours = [style(c)[0] for c in clients]
+    hbars(axes[0], clients, [drawn[c]["wall_ms"] / 1000 for c in clients], lambda v: f"{v:.2f} s", colours)
+    axes[0].set_xlabel("seconds to register them, one call each")
+    hbars(axes[1], clients, [drawn[c]["cpu_percent"] for c in clients], lambda v: f"{v:.2f} %", colours)
+    axes[1].set_xlabel("CPU keeping them alive (% of one core)")
+    axes[1].set_yticks([])
+    skipped = [c for c, r in register.items() if c not in drawn]
+    if skipped:
+        fig.text(0.01, 0.005, "n/a: " + ", ".join(skipped) + " (no lease on a put)", fontsize=8, color="#555555")
+    return save(fig, out, "register", source)
+
+
+def herd_chart(herd: dict[str, dict[str, Any]], out: Path, source: str) -> Path | None:
+    """Scenario 10: time until every view is exact after an etcd restart, and what etcd served."""
+    if not herd:
+        return None
+    first = next(iter(herd.values()))
+    title = f"etcd restarts under {first['clients']} clients, each following {first['services']} services"
+    fig, axes = figure(title, columns=2)
+    clients = list(herd)
+    deadline = max(float(r["deadline_s"]) for r in herd.values())
+    times = [r["all_exact_s"] if is_number(r["all_exact_s"]) else deadline for r in herd.values()]
+    colours = [style(c)[0] for c in clients]
+    ys = list(range(len(clients)))[::-1]
+    ax = axes[0]
+    bars = ax.barh(ys, times, color=colours, height=0.7)
+    for bar, r in zip(bars, herd.values(), strict=True):
+        if not is_number(r["all_exact_s"]):
+            bar.set_hatch("//")
+            bar.set_alpha(0.35)
+    texts = [
+        f"{r['all_exact_s']:.2f} s" if is_number(r["all_exact_s"]) else f"stale after {deadline:.0f} s"
+        for r in herd.values()
+    ]
+    ax.bar_label(bars, labels=texts, fontsize=9, padding=3)
+    ax.set_xscale("log")
+    ax.set_xlim(min(times) / 2, deadline * 20)
+    log_axis(ax.xaxis)
+    ax.set_yticks(ys, [label(c) for c in clients], fontsize=9)
+    ax.set_xlabel("s from etcd answering to every view exact (log)")
+    ax.grid(True, axis="x", alpha=0.3)
+    hbars(axes[1], clients, [float(r["requests"]) for r in herd.values()], lambda v: f"{v:,.0f}", colours)
+    axes[1].set_yticks([])
+    axes[1].set_xlabel("requests etcd served after the restart")
+    return save(fig, out, "herd_restart", source)
+
+
+def dispatch_chart(grpc: dict[str, Any], threads: dict[str, Any] | None, out: Path, source: str) -> Path | None:
+    """Scenarios 5 and 6: µs per gRPC call through a balanced and a plain channel; get_service
+    throughput from 1, 4 and 16 threads beside a dict lookup."""
+    fig, axes = figure("The hot paths: a gRPC call, and get_service from many threads", columns=2 if threads else 1)
+    ax = axes[0]
+    rows = [
+        ("sync", "sync_plain_us", "sync_balanced_us"),
+        ("aio", "aio_seq_plain_us", "aio_seq_balanced_us"),
+        ("aio, 32\nconcurrent", "aio_32_plain_us", "aio_32_balanced_us"),
+    ]
+    width = 0.38
+    for k, (name, colour) in enumerate((("plain", style("plain")[0]), ("balanced", style("balanced")[0]))):
+        values = [grpc[row[1 + k]] for row in rows]
+        bars = ax.bar([i + (k - 0.5) * width for i in range(len(rows))], values, width, color=colour, label=name)
+        ax.bar_label(bars, labels=[f"{v:.0f}" for v in values], fontsize=8, padding=2)
+    ax.set_xticks(range(len(rows)), [row[0] for row in rows], fontsize=9)
+    ax.set_ylabel("µs per unary call")
+    ax.set_title("balanced channel vs a plain one", fontsize=11)
+    ax.legend(fontsize=9, loc="upper left")
+    ax.set_ylim(0, ax.get_ylim()[1] * 1.15)
+    ax.grid(True, axis="y", alpha=0.3)
+    if threads:
+        ax = axes[1]
+        counts = (1, 4, 16)
+        for client, r in threads.items():
+            colour, marker = style(client)
+            per_second = [r[f"calls_per_s_{n}"] / 1e6 for n in counts]
+            ax.plot(counts, per_second, marker=marker, color=colour, label=label(client))
+        ax.set_xscale("log")
+        log_axis(ax.xaxis, list(counts))
+        ax.set_xlabel("threads calling at once (log)")
+        ax.set_ylabel("million get_service calls per second, all threads")
+        ax.set_ylim(0, ax.get_ylim()[1] * 1.1)
+        ax.set_title("get_service of 10 instances", fontsize=11)
+        ax.legend(fontsize=9)
+        ax.grid(True, alpha=0.3)
+    return save(fig, out, "hot_paths", source)
+
+
 def native_memory_chart(native: dict[str, Any], out: Path, source: str) -> Path | None:
     """Scenario 9: RSS added against the number of channels, each to a service of its own."""
     memory = native.get("memory") or {}
@@ -456,6 +561,15 @@ def draw(results_dir: Path = RESULTS, out: Path = CHARTS, quick: bool = False) -
         written.append(memory_chart(results.get("fanout"), mesh[1] if mesh else None, out, sources))
     else:
         missing.append("memory_per_instance (no fanout or mesh results)")
+    threads = results.get("threads")
+    for name, drawn in (
+        ("register", register_chart(results["register"], out, here) if results.get("register") else None),
+        ("herd_restart", herd_chart(results["herd"], out, here) if results.get("herd") else None),
+        ("hot_paths", dispatch_chart(results["grpc"], threads, out, here) if results.get("grpc") else None),
+    ):
+        written.append(drawn)
+        if drawn is None:
+            missing.append(f"{name} (no results for it in {run_file.name})")
     if native:
         path, figures, native_machine = native
         written.append(native_memory_chart(figures, out, describe(native_machine, path.name)))

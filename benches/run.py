@@ -6,6 +6,7 @@ otherwise pick, on this machine, in one run, against one local etcd.
     .venv/bin/python benches/run.py --only lookup,watch --repeat 3
     .venv/bin/python benches/run.py --only mesh     # gRPC at mesh scale alone (scenario 8)
     .venv/bin/python benches/run.py --only native   # native mode beside balanced mode (scenario 9)
+    .venv/bin/python benches/run.py --only herd     # 50 clients when etcd restarts (scenario 10)
 
 Each (scenario, client) runs in a fresh process, --repeat times; the tables show medians.
 python-etcd3 needs protobuf<4, so it runs from a virtualenv of its own, made on first use
@@ -208,6 +209,22 @@ class Bench:
             raise RuntimeError(f"native_mode.py: a measurement failed: {json.dumps(result['results'])[:2000]}")
         self.results["native"] = result
 
+    def herd(self) -> None:
+        """Scenario 10 (benches/herd.py): 50 clients × 20 services when etcd restarts, every client
+        in etcds of its own (their /metrics count that client's requests only)."""
+        repeat = "1" if self.quick else str(min(3, self.options.repeat))
+        table = {}
+        for client in self.clients("ours", "ours-async", *ALL_PEERS):
+            python = self.python_for(client)
+            assert python is not None
+            args = [str(HERE / "herd.py"), "--client", client, "--python", python, "--repeat", repeat, "--json"]
+            result = run_one(sys.executable, [*args, *(["--quick"] if self.quick else [])])
+            print(f"  herd      {client:<11} {json.dumps(result)}", flush=True)
+            table[client] = result
+        if self.quick and any(table[c]["stale"] for c in self.clients("ours", "ours-async")):
+            raise RuntimeError(f"herd: genesis-registry left views stale: {table}")
+        self.results["herd"] = table
+
     def threads(self) -> None:
         seconds = "0.2" if self.quick else "2"
         table = {}
@@ -342,6 +359,30 @@ def report(results: dict[str, Any], info: dict[str, str], repeat: int) -> str:
 
         out += ["### 9. Native mode beside balanced mode and a plain channel", ""]
         out += [native_markdown(results["native"]["results"]), ""]
+    if "herd" in results:
+        first = next(iter(results["herd"].values()))
+        out += [
+            f"### 10. Restart herd: {first['clients']} clients each following {first['services']} services "
+            f"when etcd restarts (medians of {first['runs']} restarts)",
+            "",
+            "Seconds from etcd answering again until the clients' views are exact; what etcd served after "
+            "its restart (its `/metrics`; one of the transactions is the benchmark's own write).",
+            "",
+            "| client | all views exact (s) | half (s) | views stale at the deadline | range reads | watch streams "
+            "| watch requests | requests in all |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for client, r in results["herd"].items():
+
+            def seconds(value: float | None) -> str:
+                return "never" if value is None else f"{value:.3f}"
+
+            stale = f"{r['stale']} of {r['clients']} after {r['deadline_s']:.0f} s" if r["stale"] else "0"
+            out += [
+                f"| {client} | {seconds(r['all_exact_s'])} | {seconds(r['half_exact_s'])} | {stale} | {r['ranges']} "
+                f"| {r['watch_streams']} | {r['watch_requests']} | {r['requests']} |"
+            ]
+        out += [""]
     return "\n".join(out)
 
 
@@ -349,7 +390,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes, one run each: a smoke test")
     parser.add_argument("--repeat", type=int, default=None, help="runs per measurement (default 5, quick 1)")
-    parser.add_argument("--only", default="lookup,watch,register,fanout,grpc,threads,overhead,mesh,native")
+    parser.add_argument("--only", default="lookup,watch,register,fanout,herd,grpc,threads,overhead,mesh,native")
     parser.add_argument("--no-peers", action="store_true", help="genesis-registry and the floor only")
     options = parser.parse_args()
     options.repeat = options.repeat or (1 if options.quick else 5)

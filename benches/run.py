@@ -1,19 +1,22 @@
 """The comparison: every scenario, for genesis-registry and the clients users would
 otherwise pick, on this machine, in one run, against one local etcd.
 
-    .venv/bin/python benches/run.py                 # the full run (roughly 45 minutes)
+    .venv/bin/python benches/run.py                 # the full run (about an hour)
     .venv/bin/python benches/run.py --quick         # tiny sizes: proves everything still runs
     .venv/bin/python benches/run.py --only lookup,watch --repeat 3
     .venv/bin/python benches/run.py --only mesh     # gRPC at mesh scale alone (scenario 8)
     .venv/bin/python benches/run.py --only native   # native mode beside balanced mode (scenario 9)
     .venv/bin/python benches/run.py --only herd     # 50 clients when etcd restarts (scenario 10)
+    .venv/bin/python benches/run.py --report        # the tables and charts again from the last results
 
-Each (scenario, client) runs in a fresh process, --repeat times; the tables show medians.
+Each (scenario, client) runs in a fresh process, --repeat times (default 5); the tables show medians.
 python-etcd3 needs protobuf<4, so it runs from a virtualenv of its own, made on first use
 in ~/.cache/genesis-registry/venv-etcd3. The other peers (aetcd, etcd3aio, etcd-sdk-python,
 etcd-client-py) install beside genesis-registry without conflict and run
 from its interpreter; a peer that is not installed is left out, with a message.
-Results go to benches/results/latest.{json,md}.
+Results go to benches/results/latest.{json,md} (a subset's to partial.{json,md}), the charts to
+benches/charts/ (benches/charts.py). Registration, the follower of many services, the restart herd
+and gRPC at mesh scale run at most 3 times each (they take minutes).
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ PEERS = {
     "etcd-client-py": ("etcd_client", "etcd-client-py==0.5.1"),
 }
 ALL_PEERS = ["etcd3", *PEERS]
+ALL_SCENARIOS = "lookup,watch,register,fanout,herd,grpc,threads,overhead,mesh,native"
 NOT_APPLICABLE = {
     "register": {
         "etcd-client-py": "its put() takes no lease: a key cannot be tied to a lease, so an instance "
@@ -104,6 +108,8 @@ class Bench:
                 if not found:
                     print(f"{client} is left out: not installed (pip install '{requirement}')", file=sys.stderr)
         self.results: dict[str, Any] = {}
+        # The long scenarios (registration, the follower, the herd, mesh scale) run at most 3 times.
+        self.few = min(3, options.repeat)
 
     def python_for(self, client: str) -> str | None:
         return self.peer_python.get(client) if client in ALL_PEERS else sys.executable
@@ -144,7 +150,7 @@ class Bench:
         self.results["watch"] = table
 
     def register(self) -> None:
-        count, steady = (50, 1.0) if self.quick else (1000, 60.0)
+        count, steady = (50, 1.0) if self.quick else (1000, 30.0)
         table = {}
         for client in self.clients("ours", "ours-async", *ALL_PEERS):
             if client in NOT_APPLICABLE["register"]:
@@ -153,7 +159,7 @@ class Bench:
                 continue
             extra = ["--namespace", f"/bench-reg-{client}", "--count", str(count), "--ttl", "30"]
             extra += ["--steady", str(steady), "--etcdctl", str(find_etcdctl_binary())]
-            table[client] = self.measure("register", client, *extra, repeat=1)
+            table[client] = self.measure("register", client, *extra, repeat=self.few)
         self.results["register"] = table
 
     def fanout(self) -> None:
@@ -162,7 +168,7 @@ class Bench:
         for client in self.clients("ours", "ours-async", *ALL_PEERS):
             extra = ["--namespace", "/bench-fanout", "--services", str(services), "--rate", str(rate)]
             extra += ["--seconds", str(seconds), "--writer-python", sys.executable]
-            result = self.measure("fanout", client, *extra, repeat=1)
+            result = self.measure("fanout", client, *extra, repeat=self.few)
             assert result["instances"] == services * per, result
             table[client] = result
         self.results["fanout"] = table
@@ -185,8 +191,8 @@ class Bench:
     def mesh(self) -> None:
         """Scenario 8 (benches/mesh_scale.py): balanced channels over 10 to 5,000 instances, on this etcd."""
         script = str(HERE / "mesh_scale.py")
-        args = [script, "--etcd", self.endpoints, "--json", *(["--quick"] if self.quick else [])]
-        result = run_one(sys.executable, args, timeout=7200)
+        args = [script, "--etcd", self.endpoints, "--json", "--repeat", str(self.few)]
+        result = run_one(sys.executable, [*args, *(["--quick"] if self.quick else [])], timeout=7200)
         for row in result["rows"]:
             figures = {k: round(v, 2) if isinstance(v, float) else v for k, v in row.items() if k != "seen"}
             print(f"  mesh      {json.dumps(figures)}", flush=True)
@@ -212,7 +218,7 @@ class Bench:
     def herd(self) -> None:
         """Scenario 10 (benches/herd.py): 50 clients × 20 services when etcd restarts, every client
         in etcds of its own (their /metrics count that client's requests only)."""
-        repeat = "1" if self.quick else str(min(3, self.options.repeat))
+        repeat = str(self.few)
         table = {}
         for client in self.clients("ours", "ours-async", *ALL_PEERS):
             python = self.python_for(client)
@@ -273,8 +279,19 @@ def machine() -> dict[str, str]:
     }
 
 
+def sig(value: float) -> str:
+    """Three significant digits, thousands separated: 0.134, 5.2, 14,500, 1,310,000."""
+    if value >= 100:
+        return f"{float(f'{value:.3g}'):,.0f}"
+    return f"{value:.3g}"
+
+
+def runs_note(count: int, what: str = "runs") -> str:
+    return f"1 {what[:-1]}" if count == 1 else f"medians of {count} {what}"
+
+
 def ratio(a: float, b: float) -> str:
-    return f"{a / b:.1f}×" if b else "–"
+    return f"{sig(a / b)}×" if b else "–"
 
 
 def report(results: dict[str, Any], info: dict[str, str], repeat: int) -> str:
@@ -288,40 +305,43 @@ def report(results: dict[str, Any], info: dict[str, str], repeat: int) -> str:
     if "lookup" in results:
         out += ["### 1. get_service latency (µs per call)", ""]
         clients = list(next(iter(results["lookup"].values())))
-        out += ["| instances | " + " | ".join(clients) + " | python-etcd3 ÷ ours | ours ÷ floor |"]
+        out += ["| instances | " + " | ".join(clients) + " | fastest peer ÷ ours | ours ÷ floor |"]
         out += ["|---" * (len(clients) + 3) + "|"]
         for size, row in results["lookup"].items():
-            cells = " | ".join(f"{row[c]:.3g}" for c in clients)
-            peer = ratio(row["etcd3"], row["ours"]) if "etcd3" in row else "–"
-            out += [f"| {size} | {cells} | {peer} | {ratio(row['ours'], row['floor'])} |"]
+            cells = " | ".join(sig(row[c]) for c in clients)
+            peers = [row[c] for c in ALL_PEERS if c in row]
+            peer = ratio(min(peers), row["ours"]) if peers else "–"
+            out += [f"| {int(size):,} | {cells} | {peer} | {ratio(row['ours'], row['floor'])} |"]
         out += [""]
     if "watch" in results:
         out += ["### 2. Watch propagation (µs from another process's put to the event)", ""]
         out += ["| client | events | p50 | p99 | max |", "|---|---|---|---|---|"]
         for client, r in results["watch"].items():
-            out += [f"| {client} | {r['events']} | {r['p50_us']:.0f} | {r['p99_us']:.0f} | {r['max_us']:.0f} |"]
+            out += [f"| {client} | {r['events']:,} | {r['p50_us']:,.0f} | {r['p99_us']:,.0f} | {r['max_us']:,.0f} |"]
         out += [""]
     if "register" in results:
-        out += ["### 3. Registering instances with one TTL, then keeping them alive (1 run)", ""]
+        few = min(3, repeat)
+        out += [f"### 3. Registering instances with one TTL, then keeping them alive ({runs_note(few)})", ""]
         out += ["| client | one call each (ms) | register_many (ms) | leases | keep-alive streams | CPU % steady |"]
         out += ["|---|---|---|---|---|---|"]
         for client, r in results["register"].items():
             if "n/a" in r:
                 out += [f"| {client} | n/a: {r['n/a']} | | | | |"]
                 continue
-            batch = f"{r['batch_ms']:.0f}" if "batch_ms" in r else "–"
+            batch = f"{r['batch_ms']:,.0f}" if "batch_ms" in r else "–"
             out += [
-                f"| {client} | {r['wall_ms']:.0f} | {batch} | {r['leases']} | {r['streams']} | {r['cpu_percent']:.2f} |"
+                f"| {client} | {r['wall_ms']:,.0f} | {batch} | {r['leases']:,} | {r['streams']:,} "
+                f"| {r['cpu_percent']:.2f} |"
             ]
         out += [""]
     if "fanout" in results:
-        out += ["### 4. A client following many services (1 run)", ""]
+        out += [f"### 4. A client following many services ({runs_note(min(3, repeat))})", ""]
         out += ["| client | instances | first complete view (s) | RSS added (MB) | bytes/instance | CPU % updating |"]
         out += ["|---|---|---|---|---|---|"]
         for client, r in results["fanout"].items():
             out += [
                 f"| {client} | {r['instances']} | {r['ready_s']:.2f} | {r['rss_added'] / 1e6:.1f} | "
-                f"{r['bytes_per_instance']:.0f} | {r['cpu_percent']:.1f} |"
+                f"{r['bytes_per_instance']:,.0f} | {r['cpu_percent']:.1f} |"
             ]
         out += [""]
     if "grpc" in results:
@@ -352,7 +372,7 @@ def report(results: dict[str, Any], info: dict[str, str], repeat: int) -> str:
     if "mesh" in results:
         from mesh_scale import markdown
 
-        out += ["### 8. gRPC at mesh scale: one channel over N instances, each on its own address (1 run)", ""]
+        out += ["### 8. gRPC at mesh scale: one channel over N instances, each on its own address", ""]
         out += [markdown(results["mesh"]["rows"]), ""]
     if "native" in results:
         from native_mode import markdown as native_markdown
@@ -363,7 +383,7 @@ def report(results: dict[str, Any], info: dict[str, str], repeat: int) -> str:
         first = next(iter(results["herd"].values()))
         out += [
             f"### 10. Restart herd: {first['clients']} clients each following {first['services']} services "
-            f"when etcd restarts (medians of {first['runs']} restarts)",
+            f"when etcd restarts ({runs_note(first['runs'], 'restarts')})",
             "",
             "Seconds from etcd answering again until the clients' views are exact; what etcd served after "
             "its restart (its `/metrics`; one of the transactions is the benchmark's own write).",
@@ -390,10 +410,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes, one run each: a smoke test")
     parser.add_argument("--repeat", type=int, default=None, help="runs per measurement (default 5, quick 1)")
-    parser.add_argument("--only", default="lookup,watch,register,fanout,herd,grpc,threads,overhead,mesh,native")
+    parser.add_argument("--only", default=ALL_SCENARIOS, help="a subset: results go to benches/results/partial.*")
     parser.add_argument("--no-peers", action="store_true", help="genesis-registry and the floor only")
+    parser.add_argument(
+        "--report", action="store_true", help="no run: the tables and charts again from the last run's results file"
+    )
     options = parser.parse_args()
     options.repeat = options.repeat or (1 if options.quick else 5)
+    results_dir = HERE / "results"
+    partial = options.only != ALL_SCENARIOS
+    # A subset is kept apart: it neither replaces the full run's results nor redraws the committed charts.
+    suffix = "quick" if options.quick else "partial" if partial else "latest"
+    if options.report:
+        saved = json.loads((results_dir / f"{suffix}.json").read_text())
+        publish(saved["results"], saved["machine"], saved.get("repeat", options.repeat), suffix)
+        return
     info = machine()
     with EtcdServer() as etcd:
         registries = asyncio.run(populate(etcd.endpoints, options.quick))
@@ -402,17 +433,26 @@ def main() -> None:
             print(f"{name}:", flush=True)
             getattr(bench, name)()
         del registries  # the lease lapses with the run
-    text = report(bench.results, info, options.repeat)
-    results_dir = HERE / "results"
     results_dir.mkdir(exist_ok=True)
-    suffix = "quick" if options.quick else "latest"
-    (results_dir / f"{suffix}.json").write_text(json.dumps({"machine": info, "results": bench.results}, indent=2))
-    (results_dir / f"{suffix}.md").write_text(text)
+    saved = {"machine": info, "repeat": options.repeat, "results": bench.results}
+    (results_dir / f"{suffix}.json").write_text(json.dumps(saved, indent=2))
+    publish(bench.results, info, options.repeat, suffix)
+
+
+def publish(results: dict[str, Any], info: dict[str, str], repeat: int, suffix: str) -> None:
+    """Writes and prints the tables (benches/results/<suffix>.md) and draws the charts of a full
+    or quick run."""
+    text = report(results, info, repeat)
+    (HERE / "results" / f"{suffix}.md").write_text(text)
     print()
     print(text)
+    if suffix == "partial":
+        print("charts: not drawn for a subset of the scenarios (benches/charts.py draws from a full run)")
+        return
     import charts  # matplotlib, of the bench extra; quick runs draw to benches/results/charts-quick
 
-    for path in charts.draw(results_dir, charts.QUICK_CHARTS if options.quick else charts.CHARTS, options.quick):
+    quick = suffix == "quick"
+    for path in charts.draw(HERE / "results", charts.QUICK_CHARTS if quick else charts.CHARTS, quick):
         print(f"chart: {path.relative_to(HERE.parent)}")
 
 

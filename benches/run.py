@@ -294,13 +294,85 @@ def ratio(a: float, b: float) -> str:
     return f"{sig(a / b)}×" if b else "–"
 
 
+def headline(results: dict[str, Any]) -> list[str]:
+    """How many times each peer's figure is genesis-registry's, for the figures where lower is better."""
+    peers = [c for c in ALL_PEERS if any(c in table for table in results.values() if isinstance(table, dict))]
+    rows: list[tuple[str, Any]] = []
+    if "lookup" in results:
+        size = max(results["lookup"], key=int)
+        row = results["lookup"][size]
+        rows.append((f"`get_service`, {int(size):,} instances (ours: `Registry`)", lambda c: (row.get(c), row["ours"])))
+    if "watch" in results:
+        watch = results["watch"]
+        rows.append(("watch propagation p99", lambda c: (watch.get(c, {}).get("p99_us"), watch["ours"]["p99_us"])))
+    if "register" in results:
+        reg = results["register"]
+        many = reg["ours"].get("batch_ms")
+        rows.append(
+            ("registering the instances (ours: `register_many`)", lambda c: (reg.get(c, {}).get("wall_ms"), many))
+        )
+        one = reg.get("ours-async", {}).get("wall_ms")
+        rows.append(("registering them one call each (ours: asyncio)", lambda c: (reg.get(c, {}).get("wall_ms"), one)))
+        rows.append(
+            ("CPU keeping them alive", lambda c: (reg.get(c, {}).get("cpu_percent"), reg["ours"]["cpu_percent"]))
+        )
+    if "fanout" in results:
+        fan = results["fanout"]
+        rows.append(
+            (
+                "following many services: CPU under updates",
+                lambda c: (fan.get(c, {}).get("cpu_percent"), fan["ours"]["cpu_percent"]),
+            )
+        )
+        rows.append(
+            (
+                "following many services: memory per instance",
+                lambda c: (fan.get(c, {}).get("bytes_per_instance"), fan["ours"]["bytes_per_instance"]),
+            )
+        )
+    if "herd" in results:
+        herd = results["herd"]
+
+        def restart(c: str) -> Any:
+            if c not in herd:
+                return None, None
+            theirs = herd[c]["all_exact_s"]
+            return ("never" if theirs is None else theirs), herd["ours"]["all_exact_s"]
+
+        rows.append(("etcd restart: every view exact again", restart))
+    if not rows or not peers:
+        return []
+    out = [
+        "### Headline: each peer's figure ÷ genesis-registry's (lower is better for all; > 1× means ours is ahead)",
+        "",
+    ]
+    out += ["| | " + " | ".join(peers) + " |", "|---" * (len(peers) + 1) + "|"]
+    for name, pair in rows:
+        cells = []
+        for client in peers:
+            theirs, ours = pair(client)
+            if theirs == "never":
+                cells.append("never exact")
+            elif is_figure(theirs) and is_figure(ours) and ours:
+                cells.append(ratio(theirs, ours))
+            else:
+                cells.append("n/a")
+        out += [f"| {name} | " + " | ".join(cells) + " |"]
+    return [*out, ""]
+
+
+def is_figure(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def report(results: dict[str, Any], info: dict[str, str], repeat: int) -> str:
     """The results as markdown tables."""
     out = [
         f"Machine: {info['cpus']} CPUs ({info['cpu']}), Python {info['python']}, etcd {info['etcd']}, "
         f"grpcio {info['grpcio']}, genesis-registry {info['genesis-registry']}, {info['date']}; "
-        f"medians of {repeat} runs unless noted.",
+        f"{runs_note(repeat)} unless noted.",
         "",
+        *headline(results),
     ]
     if "lookup" in results:
         out += ["### 1. get_service latency (µs per call)", ""]

@@ -49,7 +49,8 @@ rust-test:
 py-test: install
 	$(PY) -m pytest -q
 
-# The comparison with other clients and gRPC at scale (roughly 45 minutes); tables land in benches/results/.
+# The comparison with other clients, gRPC at scale and the restart herd (about 50 minutes); tables land in
+# benches/results/, charts in benches/charts/
 bench: install
 	$(PY) benches/run.py
 	$(PY) -m pytest benches/test_micro.py -q --benchmark-only

@@ -764,12 +764,12 @@ def markdown(results: dict[str, Any]) -> str:
             "| mode | channel | cycles | from before `register()`: p50 | p90 | p99 | max "
             "| from its return: p50 | p90 | p99 | `register()` p50 | failed calls "
             "| served after `deregister()` returned: cycles | max |",
-            "|---" * 15 + "|",
+            "|---" * 14 + "|",
         ]
         for key, r in results["push"].items():
             mode, contender = key.split("/")
             if "error" in r:
-                out += [f"| {mode} | {contender} | failed: {r['error']} |" + " |" * 12]
+                out += [f"| {mode} | {contender} | failed: {r['error']} |" + " |" * 11]
                 continue
             b, a, w = r["from_before_ms"], r["from_return_ms"], r["register_ms"]
             timeouts = f" ({r['timeouts']} without a hit in 10 s)" if r["timeouts"] else ""

@@ -412,7 +412,7 @@ def report(results: dict[str, Any], info: dict[str, str], repeat: int) -> str:
         out += ["|---|---|---|---|---|---|"]
         for client, r in results["fanout"].items():
             out += [
-                f"| {client} | {r['instances']} | {r['ready_s']:.2f} | {r['rss_added'] / 1e6:.1f} | "
+                f"| {client} | {r['instances']:,} | {r['ready_s']:.2f} | {r['rss_added'] / 1e6:.1f} | "
                 f"{r['bytes_per_instance']:,.0f} | {r['cpu_percent']:.1f} |"
             ]
         out += [""]
@@ -471,8 +471,8 @@ def report(results: dict[str, Any], info: dict[str, str], repeat: int) -> str:
 
             stale = f"{r['stale']} of {r['clients']} after {r['deadline_s']:.0f} s" if r["stale"] else "0"
             out += [
-                f"| {client} | {seconds(r['all_exact_s'])} | {seconds(r['half_exact_s'])} | {stale} | {r['ranges']} "
-                f"| {r['watch_streams']} | {r['watch_requests']} | {r['requests']} |"
+                f"| {client} | {seconds(r['all_exact_s'])} | {seconds(r['half_exact_s'])} | {stale} | {r['ranges']:,} "
+                f"| {r['watch_streams']:,} | {r['watch_requests']:,} | {r['requests']:,} |"
             ]
         out += [""]
     return "\n".join(out)

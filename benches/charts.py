@@ -25,6 +25,7 @@ import matplotlib
 matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt
+from common import is_number
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
@@ -72,11 +73,6 @@ def style(name: str) -> tuple[str, str]:
 
 def label(name: str) -> str:
     return LABEL.get(name, name)
-
-
-def is_number(value: Any) -> bool:
-    """A figure to draw (a client a scenario does not apply to has none, or a note instead)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def plain_number(value: float, _pos: int = 0) -> str:

@@ -83,6 +83,11 @@ def thread_count() -> int:
     return len(os.listdir("/proc/self/task"))
 
 
+def is_number(value: Any) -> bool:
+    """A figure (a client a scenario does not apply to has none, or a note or None instead)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def emit(result: dict[str, Any]) -> None:
     """The scenario's result, as the one JSON line the orchestrator reads."""
     sys.stdout.write("RESULT " + json.dumps(result) + "\n")

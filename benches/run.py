@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import genesis_registry as gr
+from common import is_number
 from genesis_registry.localetcd import EtcdServer, find_etcd_binary, find_etcdctl_binary
 
 HERE = Path(__file__).resolve().parent
@@ -353,16 +354,12 @@ def headline(results: dict[str, Any]) -> list[str]:
             theirs, ours = pair(client)
             if theirs == "never":
                 cells.append("never exact")
-            elif is_figure(theirs) and is_figure(ours) and ours:
+            elif is_number(theirs) and is_number(ours) and ours:
                 cells.append(ratio(theirs, ours))
             else:
                 cells.append("n/a")
         out += [f"| {name} | " + " | ".join(cells) + " |"]
     return [*out, ""]
-
-
-def is_figure(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def report(results: dict[str, Any], info: dict[str, str], repeat: int) -> str:

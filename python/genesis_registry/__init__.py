@@ -31,7 +31,7 @@ from .errors import (
     ServiceNotFoundError,
 )
 from .follow import AsyncServiceFollower, ServiceFollower
-from .model import EventType, ServiceEvent, ServiceInstance
+from .model import EventType, LeaseTime, ServiceEvent, ServiceInstance
 from .native import FailurePercentageEjection, OutlierDetection, SuccessRateEjection
 from .registry import AsyncRegistry, AsyncWatch, Registry, Watch
 from .stream import AsyncStreamManager, StreamManager, StreamManagerConfig
@@ -58,6 +58,7 @@ __all__ = [
     "InvalidServiceInstanceError",
     "InvalidTTLError",
     "LeaseExpiredError",
+    "LeaseTime",
     "OutlierDetection",
     "Registry",
     "RegistryClosedError",

@@ -257,6 +257,12 @@ class RegistryCore:
     def list_services_async(self) -> Awaitable[list[tuple[str, int]]]:
         """``list_services()`` as an awaitable."""
 
+    def lease_times(self, name: str) -> list[tuple[str, int, int | None, int | None]]:
+        """Per instance of service ``name``: (id, lease, granted s, remaining s; None without a live lease)."""
+
+    def lease_times_async(self, name: str) -> Awaitable[list[tuple[str, int, int | None, int | None]]]:
+        """``lease_times()`` as an awaitable."""
+
     def remove(self, name: str, id: str) -> bool:
         """Delete any instance's key (deregister it if registered here); True if one was deleted."""
 

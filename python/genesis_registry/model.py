@@ -1,5 +1,5 @@
 """The data model: :class:`ServiceInstance` (from the Rust core), :class:`ServiceEvent`,
-:class:`EventType`.
+:class:`EventType`, :class:`LeaseTime`.
 
     >>> import genesis_registry as gr
     >>> inst = gr.ServiceInstance(id="user-1", name="user-service", version="1.0.0",
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from ._core import ServiceInstance
 
-__all__ = ["EventType", "ServiceEvent", "ServiceInstance"]
+__all__ = ["EventType", "LeaseTime", "ServiceEvent", "ServiceInstance"]
 
 
 class EventType(str, enum.Enum):
@@ -45,6 +45,22 @@ class ServiceEvent:
 
     type: EventType
     service: ServiceInstance
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseTime:
+    """The lease behind an instance's key, as etcd tells it now (``Registry.lease_times``).
+
+    ``lease`` is 0 for a key written without a lease (it never expires); ``granted_ttl``
+    and ``ttl_left`` (whole seconds) are None when the key has no live lease.
+
+    >>> LeaseTime(lease=0x6b3a, granted_ttl=30, ttl_left=24).ttl_left
+    24
+    """
+
+    lease: int
+    granted_ttl: int | None
+    ttl_left: int | None
 
 
 _EVENT_TYPES = {t.value: t for t in EventType}

@@ -36,7 +36,7 @@ from .config import Config, Seconds, to_seconds
 from .connector import EtcdConnector
 from .errors import InvalidConfigError, InvalidServiceInstanceError, InvalidTTLError, ServiceNotFoundError
 from .follow import AsyncServiceFollower, ServiceFollower
-from .model import ServiceEvent, ServiceInstance, event_from_core
+from .model import LeaseTime, ServiceEvent, ServiceInstance, event_from_core
 from .native import OutlierDetection
 from .observability import RegistryMetrics
 
@@ -187,6 +187,10 @@ class _RegistryBase:
         return [cls._instance(i) for i in instances]
 
     @staticmethod
+    def _lease_times(rows: list[tuple[str, int, int | None, int | None]]) -> dict[str, LeaseTime]:
+        return {id: LeaseTime(lease, granted, left) for id, lease, granted, left in rows}
+
+    @staticmethod
     def _ttl(ttl: Seconds | None) -> float | None:
         return None if ttl is None else to_seconds("ttl", ttl, error=InvalidTTLError)
 
@@ -271,6 +275,18 @@ class Registry(_RegistryBase):
         {'order-service': 2, 'user-service': 3}
         """
         return dict(self._core.list_services())
+
+    def lease_times(self, name: str) -> dict[str, LeaseTime]:
+        """Per instance of service ``name`` (whoever registered it), the lease behind its key
+        and the seconds etcd gives it left, by id. Read from etcd on every call (a lookup
+        per distinct lease), for operators' views; discovery never needs it.
+
+        >>> reg.register(instance, ttl=30)
+        >>> times = reg.lease_times("user-service")
+        >>> times["user-1"].granted_ttl, 25 <= times["user-1"].ttl_left <= 30
+        (30, True)
+        """
+        return self._lease_times(self._core.lease_times(name))
 
     def register_many(self, instances: Iterable[ServiceInstance], ttl: Seconds | None = None) -> None:
         """Register many instances with one TTL at once (a transaction per 100 of them),
@@ -511,6 +527,10 @@ class AsyncRegistry(_RegistryBase):
     async def list_services(self) -> dict[str, int]:
         """See :meth:`Registry.list_services`."""
         return dict(await self._core.list_services_async())
+
+    async def lease_times(self, name: str) -> dict[str, LeaseTime]:
+        """See :meth:`Registry.lease_times`."""
+        return self._lease_times(await self._core.lease_times_async(name))
 
     async def register_many(self, instances: Iterable[ServiceInstance], ttl: Seconds | None = None) -> None:
         """See :meth:`Registry.register_many`."""

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
-use genesis_registry_core::{Registry, RegistryConfig, ServiceCache};
+use genesis_registry_core::{LeaseTime, Registry, RegistryConfig, ServiceCache};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 
@@ -18,6 +18,11 @@ use crate::py::runtime;
 use crate::py::watch::WatchCore;
 
 type Views = HashMap<String, Arc<ServiceView>, foldhash::fast::RandomState>;
+type LeaseTuple = (String, i64, Option<i64>, Option<i64>);
+
+fn lease_tuple(time: LeaseTime) -> LeaseTuple {
+    (time.id, time.lease, time.granted_seconds, time.remaining_seconds)
+}
 
 struct CachedTuple {
     generation: u64,
@@ -237,6 +242,21 @@ impl RegistryCore {
     fn list_services_async<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let core = self.check()?.clone();
         runtime::into_awaitable(py, async move { core.list_services().await })
+    }
+
+    /// Per instance of service `name`: (id, lease, granted seconds, remaining seconds); the
+    /// times are None without a live lease.
+    fn lease_times(&self, py: Python<'_>, name: String) -> PyResult<Vec<LeaseTuple>> {
+        let core = self.check()?.clone();
+        let times = runtime::block_on(py, async move { core.lease_times(&name).await })?.into_py_result()?;
+        Ok(times.into_iter().map(lease_tuple).collect())
+    }
+
+    fn lease_times_async<'py>(&self, py: Python<'py>, name: String) -> PyResult<Bound<'py, PyAny>> {
+        let core = self.check()?.clone();
+        runtime::into_awaitable(py, async move {
+            core.lease_times(&name).await.map(|times| times.into_iter().map(lease_tuple).collect::<Vec<_>>())
+        })
     }
 
     /// Deletes any instance's key (deregisters it if this registry registered it).

@@ -429,6 +429,30 @@ def test_list_services_counts_instances_per_service(registry, second_registry, e
     assert registry.list_services() == {"alpha": 3, "beta": 1}
 
 
+def test_lease_times_read_every_key_s_lease_from_etcd(registry, second_registry, etcd_server, namespace):
+    registry.register(instance("mine"), ttl=30)
+    second_registry.register_many([instance("theirs-1"), instance("theirs-2")], ttl=12)
+    etcd_server.etcdctl("put", f"{namespace}/svc/no-lease", instance("no-lease").to_json())
+    held = etcd_keys(etcd_server, namespace)
+    times = registry.lease_times("svc")
+    assert list(times) == ["mine", "no-lease", "theirs-1", "theirs-2"]
+    for id, granted in [("mine", 30), ("theirs-1", 12), ("theirs-2", 12)]:
+        assert times[id].lease == held[f"{namespace}/svc/{id}"][1] != 0
+        assert times[id].granted_ttl == granted
+        assert 0 < times[id].ttl_left <= granted
+    assert times["theirs-1"].lease == times["theirs-2"].lease  # one lease, shared
+    assert times["no-lease"] == gr.LeaseTime(lease=0, granted_ttl=None, ttl_left=None)
+    assert registry.lease_times("nothing-here") == {}
+    with pytest.raises(gr.InvalidServiceInstanceError, match="a/b"):
+        registry.lease_times("a/b")
+
+
+async def test_async_lease_times(areg, etcd_server, namespace):
+    await areg.register(instance("a"), ttl=15)
+    times = await areg.lease_times("svc")
+    assert times["a"].granted_ttl == 15 and 0 < times["a"].ttl_left <= 15
+
+
 def test_remove_deletes_any_instance(registry, second_registry, etcd_server, namespace):
     second_registry.register(instance("theirs"))
     registry.register(instance("mine"))

@@ -9,9 +9,11 @@
 //! - [`native`] gives a registry `xds:` targets that grpc's own balancer follows, served by
 //!   the process's xDS server ([`xds`]) from the same caches.
 //! - [`instance::ServiceInstance`] is the stored value, encoded as Go's `json.Marshal` does.
+//! - [`lease_times`] reads how long each instance's lease has left, for operators' views.
 //!
 //! Dependencies run one way: registry → connector → watch → cache → instance → error,
-//! and connector, watch, lease and registry → etcd → error.
+//! and connector, watch, lease, lease_times and registry → etcd → error (lease_times reads
+//! keys by the watch's grammar).
 //!
 //! Background work (keep-alive, watches) runs on the caller's tokio runtime and reports
 //! through [`log_sink::LogSink`] and [`stats`] counters, which the bindings read; nothing
@@ -24,6 +26,7 @@ pub mod error;
 mod etcd;
 pub mod instance;
 pub mod lease;
+pub mod lease_times;
 pub mod log_sink;
 pub mod native;
 pub mod registry;
@@ -36,5 +39,6 @@ pub use cache::{CacheStats, Event, EventKind, ServiceCache, Snapshot, Watch};
 pub use connector::{EtcdConfig, EtcdConnector, TlsConfig};
 pub use error::{Error, Result};
 pub use instance::{endpoint_target, ServiceInstance};
+pub use lease_times::LeaseTime;
 pub use log_sink::{Level, LogRecord, LogSink};
 pub use registry::{effective_namespace, lease_seconds, Registry, RegistryConfig, DEFAULT_NAMESPACE};

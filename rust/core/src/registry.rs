@@ -17,6 +17,7 @@ use crate::error::{Error, Result, Status};
 use crate::etcd::{read_range, EtcdAccess};
 use crate::instance::{validate_segment, ServiceInstance};
 use crate::lease::{grant_seconds, LeaseContext, LeasePool};
+use crate::lease_times::{read_lease_times, LeaseTime};
 use crate::log_sink::Level;
 use crate::native::{NativeScopes, NativeTarget};
 use crate::stats::RegistryStats;
@@ -505,6 +506,15 @@ impl Registry {
         });
         self.unless_closed(read).await?;
         Ok(counts.into_iter().collect())
+    }
+
+    /// The lease behind every instance key of service `name`, with the time etcd gives it
+    /// left, sorted by id: whoever registered the instances (read from etcd, not cached).
+    pub async fn lease_times(&self, name: &str) -> Result<Vec<LeaseTime>> {
+        self.check_open()?;
+        validate_segment("service name", name)?;
+        let prefix = self.prefix_of(name);
+        self.unless_closed(read_lease_times(&self.inner.access, &prefix)).await
     }
 
     /// Deletes the key of any instance of service `name`, registered here or not (an

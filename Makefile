@@ -31,7 +31,7 @@ $(STAMP): pyproject.toml Cargo.toml Cargo.lock $(shell find rust python -name '*
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "maturin>=1.9.4,<2"
-	$(VENV)/bin/maturin develop --release --extras test,bench,dev -q
+	$(VENV)/bin/maturin develop --release --extras test,bench,dev,console -q
 	touch $(STAMP)
 
 # Formatting, lints and types, Rust and Python.

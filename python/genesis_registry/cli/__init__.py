@@ -14,7 +14,7 @@ Examples::
 
 Modules: ``main`` (the entry point: dispatch and exit codes), ``parser`` (options and their
 defaults), ``client`` (list, get, watch, register, deregister), ``etcd`` (the local etcd),
-``demo`` (the tour), ``output`` (tables and the JSON shapes), ``exits`` (exit codes),
+``console`` (the web console), ``demo`` (the tour), ``output`` (tables and the JSON shapes), ``exits`` (exit codes),
 ``signals`` (Ctrl-C and SIGTERM as :class:`Interrupted`).
 """
 

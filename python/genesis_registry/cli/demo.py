@@ -2,6 +2,7 @@
 
     genesis-registry demo                    # or: python -m genesis_registry.demo
     genesis-registry demo --keep-etcd        # then keep etcd up for your own session (Ctrl-C)
+    genesis-registry demo --console          # with the web console beside it: open the URL it prints
 
 What it does, all in this process except etcd:
 
@@ -36,6 +37,7 @@ import time
 from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 
@@ -46,6 +48,8 @@ from ..errors import RegistryError
 from ..localetcd import EtcdNotFoundError, EtcdServer
 from ..model import EventType, ServiceInstance
 from ..registry import Registry, Watch
+from .console import load_console
+from .exits import CliError
 from .signals import Interrupted, stop_on_signals
 
 __all__ = ["METHOD", "NAMESPACE", "SERVICE", "GreeterServer", "main", "run", "tour"]
@@ -62,8 +66,12 @@ PHASE_SECONDS = 2.0
 CALL_INTERVAL = 0.005
 #: Longest wait for etcd or the client to see a change before the demo gives up.
 CHANGE_TIMEOUT = 10.0
+#: With the console: longest wait for a page to open it before the tour starts anyway.
+PAGE_WAIT = 60.0
 
 _SERVER_OPTIONS = (("grpc.so_reuseport", 0),)  # a port held by a live server is never shared
+#: An encoded ``grpc.health.v1.HealthCheckResponse{status: SERVING}``.
+_SERVING = b"\x08\x01"
 
 
 class GreeterServer:
@@ -87,16 +95,23 @@ class GreeterServer:
         self.version = version
         self.zone = zone
         self._executor = futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix=f"demo-{name}")
-        handler = grpc.method_handlers_generic_handler(
+        greeter = grpc.method_handlers_generic_handler(
             "demo.Greeter", {"SayHello": grpc.unary_unary_rpc_method_handler(self._say_hello)}
         )
-        self._server = grpc.server(self._executor, handlers=[handler], options=_SERVER_OPTIONS)
+        # The standard health service, which the console's probe asks.
+        health = grpc.method_handlers_generic_handler(
+            "grpc.health.v1.Health", {"Check": grpc.unary_unary_rpc_method_handler(self._health)}
+        )
+        self._server = grpc.server(self._executor, handlers=[greeter, health], options=_SERVER_OPTIONS)
         self.port = int(self._server.add_insecure_port("127.0.0.1:0"))
         self._registry: Registry | None = None
         self._stopped = False
 
     def _say_hello(self, request: bytes, context: grpc.ServicerContext) -> bytes:
         return self.name.encode() + b": hello " + request
+
+    def _health(self, request: bytes, context: grpc.ServicerContext) -> bytes:
+        return _SERVING
 
     @property
     def address(self) -> str:
@@ -387,9 +402,27 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def run(keep_etcd: bool = False, say: Callable[[str], None] = print) -> int:
+def _start_console(endpoints: list[str], out: Callable[[str], None]) -> Any:
+    """The console over the demo's namespace, on its default port or else a free one."""
+    console_type = load_console()
+    from ..console import ConsoleError
+
+    config = EtcdConfig(endpoints=endpoints, dial_timeout=5)
+    try:
+        console = console_type(config, namespace=NAMESPACE).start()
+    except ConsoleError:  # the default port is taken
+        console = console_type(config, namespace=NAMESPACE, port=0).start()
+    out(f"console: {console.url}  (open it to watch the tour; it waits up to {PAGE_WAIT:.0f} s for a page)")
+    if console.wait_for_page(PAGE_WAIT):
+        out("console: a page is open; starting the tour")
+    return console
+
+
+def run(keep_etcd: bool = False, say: Callable[[str], None] = print, console: bool = False) -> int:
     """The whole demo: a local etcd, :func:`tour`, the check that nothing is left running, and
-    with ``keep_etcd`` etcd kept up until Ctrl-C or SIGTERM. Returns the exit code (0 ok, 1
+    with ``keep_etcd`` etcd kept up until Ctrl-C or SIGTERM. With ``console``, the web console
+    runs beside it: the tour waits for a page to open it (up to :data:`PAGE_WAIT` s), and the
+    console and etcd stay up after the tour until Ctrl-C. Returns the exit code (0 ok, 1
     failed, 130 interrupted during the tour). Main thread only (it handles SIGINT/SIGTERM).
 
     Example::
@@ -408,6 +441,7 @@ def run(keep_etcd: bool = False, say: Callable[[str], None] = print) -> int:
             print(f"genesis-registry: error: {exc}", file=sys.stderr, flush=True)
             return 1
         pid: int | None = None
+        running_console: Any = None
         try:
             try:
                 etcd.start()
@@ -418,11 +452,20 @@ def run(keep_etcd: bool = False, say: Callable[[str], None] = print) -> int:
             endpoint = etcd.endpoints[0]
             out(f"local etcd at {endpoint} (pid {pid}), data in a temporary dir")
             try:
+                if console:
+                    running_console = _start_console(etcd.endpoints, out)
                 ok = tour(etcd.endpoints, out)
-            except (RuntimeError, RegistryError) as exc:
+            except (RuntimeError, RegistryError, CliError) as exc:
                 print(f"genesis-registry: error: {exc}", file=sys.stderr, flush=True)
                 ok = False
-            if keep_etcd:
+            if running_console is not None:
+                out(f"\nthe console stays at {running_console.url}, over etcd at {endpoint}; Ctrl-C stops both")
+                try:
+                    while etcd.is_running():
+                        time.sleep(0.2)
+                except Interrupted:
+                    pass
+            elif keep_etcd:
                 out(f"\netcd keeps running at {endpoint}. In another shell:")
                 out(f"    export GENESIS_ETCD_ENDPOINTS={endpoint}")
                 out("    genesis-registry register --name user-service --id u1 --endpoint 127.0.0.1:9001 &")
@@ -436,9 +479,13 @@ def run(keep_etcd: bool = False, say: Callable[[str], None] = print) -> int:
                     pass
         except Interrupted:
             out("interrupted: stopping everything")
+            if running_console is not None:
+                running_console.close()
             etcd.close()
             return 130
         finally:
+            if running_console is not None:
+                running_console.close()
             etcd.close()
     leftovers = _leftover_threads()
     if pid is not None and _pid_alive(pid):
@@ -446,16 +493,18 @@ def run(keep_etcd: bool = False, say: Callable[[str], None] = print) -> int:
     if leftovers:
         out(f"FAILED: still running after the demo: {', '.join(leftovers)}")
         return 1
-    out(f"stopped: the client, {4} gRPC servers, etcd (pid {pid}); no thread or process left")
+    also = ", the console" if running_console is not None else ""
+    out(f"stopped: the client, {4} gRPC servers{also}, etcd (pid {pid}); no thread or process left")
     return 0 if ok else 1
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m genesis_registry.demo [--keep-etcd]`` (the same as ``genesis-registry demo``)."""
+    """``python -m genesis_registry.demo [--keep-etcd] [--console]`` (the same as ``genesis-registry demo``)."""
     parser = argparse.ArgumentParser(prog="python -m genesis_registry.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--keep-etcd", action="store_true", help="keep the local etcd running after the tour")
+    parser.add_argument("--console", action="store_true", help="serve the running_console console beside the tour")
     args = parser.parse_args(argv)
-    return run(keep_etcd=args.keep_etcd)
+    return run(keep_etcd=args.keep_etcd, console=args.console)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from ..errors import (
 )
 from . import demo
 from .client import cmd_deregister, cmd_get, cmd_list, cmd_register, cmd_watch
+from .console import cmd_console
 from .etcd import cmd_etcd
 from .exits import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, CliError
 from .output import Output, one_line
@@ -29,7 +30,7 @@ __all__ = ["main"]
 
 
 def _cmd_demo(args: argparse.Namespace, out: Output) -> int:
-    return demo.run(keep_etcd=args.keep_etcd)
+    return demo.run(keep_etcd=args.keep_etcd, console=args.console)
 
 
 _COMMANDS: dict[str, Callable[[argparse.Namespace, Output], int]] = {
@@ -39,11 +40,12 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace, Output], int]] = {
     "register": cmd_register,
     "deregister": cmd_deregister,
     "etcd": cmd_etcd,
+    "console": cmd_console,
     "demo": _cmd_demo,
 }
 
 #: Commands that run until Ctrl-C or SIGTERM, which end them cleanly (exit 0).
-_RUN_UNTIL_STOPPED = ("watch", "register", "etcd")
+_RUN_UNTIL_STOPPED = ("watch", "register", "etcd", "console")
 
 
 def _error(message: str) -> None:

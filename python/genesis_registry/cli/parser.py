@@ -38,7 +38,15 @@ CLIENT_COMMANDS = ("list", "get", "watch", "register", "deregister")
 #: Common options (their ``dest``) each command accepts.
 COMMON_OPTIONS: tuple[str, ...] = ("endpoints", "namespace", "user", "password", "cacert", "cert", "key", "server_name")
 COMMON_OPTIONS += ("dial_timeout", "json", "stats", "verbose")
-ACCEPTS: dict[str, tuple[str, ...]] = {**dict.fromkeys(CLIENT_COMMANDS, COMMON_OPTIONS), "etcd": ("json",), "demo": ()}
+ACCEPTS: dict[str, tuple[str, ...]] = {
+    **dict.fromkeys(CLIENT_COMMANDS, COMMON_OPTIONS),
+    "console": tuple(o for o in COMMON_OPTIONS if o != "stats"),
+    "etcd": ("json",),
+    "demo": (),
+}
+#: The console's defaults.
+DEFAULT_CONSOLE_HOST = "127.0.0.1"
+DEFAULT_CONSOLE_PORT = 8765
 
 
 class _Parser(argparse.ArgumentParser):
@@ -71,6 +79,10 @@ def _whole_number(text: str, not_a_number: str, out_of_range: str, top: int | No
 
 def _port(text: str) -> int:
     return _whole_number(text, "not a port number", "not a port number (1-65535)", 65535)
+
+
+def _port_or_any(text: str) -> int:
+    return 0 if text.strip() == "0" else _port(text)
 
 
 def _positive_int(text: str) -> int:
@@ -133,6 +145,16 @@ _TEXTS: dict[str, tuple[str, str, str]] = {
         "client calling them through reg.get_connection('greeter') while one server leaves and another joins. "
         "Exit 0 if no call failed outside the changes and traffic moved; nothing is left running.",
         "example:\n  genesis-registry demo\n  genesis-registry demo --keep-etcd    # then use its etcd from a shell",
+    ),
+    "console": (
+        "a read-only web console over the namespace, until Ctrl-C",
+        "Serve a web page (on 127.0.0.1 by default) showing the services of the namespace, their instances "
+        "(endpoints, metadata, zone, weight, lease time left), every registration and deregistration as it "
+        "happens, the registry's figures, and a gRPC health probe of each endpoint. Read-only. Binding to an "
+        "address other than loopback needs --token (or $GENESIS_CONSOLE_TOKEN). Needs the console extra: "
+        "pip install 'genesis-registry[console]'.",
+        "examples:\n  genesis-registry console\n  genesis-registry console --namespace /demo --port 9000\n"
+        "  GENESIS_CONSOLE_TOKEN=$(openssl rand -hex 16) genesis-registry console --host 0.0.0.0",
     ),
     "etcd": (
         "run a local etcd (one member or a loopback cluster) until Ctrl-C",
@@ -207,6 +229,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub["demo"].add_argument(
         "--keep-etcd", action="store_true", help="keep etcd running after the tour and print its endpoint (Ctrl-C)"
+    )
+    sub["demo"].add_argument(
+        "--console",
+        action="store_true",
+        help=f"serve the web console beside the tour (port {DEFAULT_CONSOLE_PORT}, or a free one) and print its URL",
+    )
+
+    console = sub["console"]
+    console.add_argument(
+        "--host", default=DEFAULT_CONSOLE_HOST, help=f"address to listen on (default {DEFAULT_CONSOLE_HOST})"
+    )
+    console.add_argument(
+        "--port",
+        type=_port_or_any,
+        default=DEFAULT_CONSOLE_PORT,
+        help=f"port (default {DEFAULT_CONSOLE_PORT}; 0: any free one)",
+    )
+    console.add_argument(
+        "--token",
+        metavar="T",
+        help="required of every request (at least 16 characters; needed off loopback); prefer $GENESIS_CONSOLE_TOKEN",
     )
 
     etcd = sub["etcd"]

@@ -1,0 +1,367 @@
+// genesis-registry console: one page, no framework. The server pushes every change over
+// server-sent events (/api/events); the page fetches a service's leases and probes on demand.
+// Every value from etcd reaches the page through textContent, never as HTML.
+"use strict";
+
+const EVENTS_SHOWN = 300;
+const LEASE_REFRESH_MS = 5000;
+
+const state = {
+  about: null,
+  services: {},        // name -> instance count
+  selected: null,      // the service shown
+  detail: null,        // {name, instances: [...], stats, fetchedAt}
+  probes: {},          // endpoint -> probe result, for the selected service
+  stats: null,
+  events: [],          // newest first
+};
+
+const $ = (id) => document.getElementById(id);
+
+function el(tag, props = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(props)) {
+    if (key === "text") node.textContent = value;
+    else if (key === "class") node.className = value;
+    else if (key.startsWith("data-") || key.startsWith("aria-") || key === "title") node.setAttribute(key, value);
+    else node[key] = value;
+  }
+  for (const child of children) if (child != null) node.append(child);
+  return node;
+}
+
+function clockTime(iso) {
+  const d = new Date(iso);
+  const pad = (n, w = 2) => String(n).padStart(w, "0");
+  return `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}.${pad(d.getMilliseconds(), 3)}`;
+}
+
+function number(value, digits = 0) {
+  return Number(value).toLocaleString("en-US", { maximumFractionDigits: digits, minimumFractionDigits: digits });
+}
+
+// ---- the header ---------------------------------------------------------------------------
+
+function renderAbout() {
+  const about = state.about;
+  if (!about) return;
+  const items = [["namespace", about.namespace], ["etcd", about.endpoints.join(", ")]];
+  if (about.user) items.push(["user", about.user]);
+  if (about.tls) items.push(["tls", "on"]);
+  items.push(["version", about.version]);
+  $("about").replaceChildren(...items.map(([k, v]) => el("div", {}, el("dt", { text: k }), el("dd", { text: v, title: v }))));
+}
+
+function setFeedState(name, text) {
+  const node = $("feed-state");
+  node.dataset.state = name;
+  node.textContent = text;
+}
+
+// ---- services -----------------------------------------------------------------------------
+
+function renderServices() {
+  const filter = $("filter").value.trim().toLowerCase();
+  const names = Object.keys(state.services).sort();
+  const total = names.reduce((sum, n) => sum + state.services[n], 0);
+  $("service-total").textContent = `${names.length} · ${number(total)} instances`;
+  $("no-services").hidden = names.length > 0;
+  const items = names
+    .filter((n) => n.toLowerCase().includes(filter))
+    .map((name) => {
+      const count = state.services[name];
+      const item = el(
+        "li",
+        { "data-service": name, "aria-selected": String(name === state.selected), "data-empty": String(count === 0) },
+        el("span", { class: "name", text: name, title: name }),
+        el("span", { class: "count", text: number(count) }),
+      );
+      item.addEventListener("click", () => select(name));
+      return item;
+    });
+  $("services").replaceChildren(...items);
+}
+
+function select(name) {
+  if (state.selected !== name) {
+    state.selected = name;
+    state.detail = null;
+    state.probes = {};
+    history.replaceState(null, "", `#service=${encodeURIComponent(name)}`);
+  }
+  renderServices();
+  renderService();
+  probedAt = -Infinity;
+  loadService(true);
+}
+
+// ---- the selected service -----------------------------------------------------------------
+
+let loading = null;
+let loadAgain = false;
+
+async function loadService(probe) {
+  const name = state.selected;
+  if (!name) return;
+  if (loading) { loadAgain = true; return; }
+  loading = fetch(`/api/services/${encodeURIComponent(name)}`, { credentials: "same-origin" });
+  try {
+    const answer = await loading;
+    if (state.selected !== name) return;
+    if (answer.ok) {
+      const doc = await answer.json();
+      if (state.selected !== name) return;
+      const previous = new Set((state.detail?.instances ?? []).map((i) => i.id));
+      doc.fetchedAt = performance.now();
+      doc.fresh = state.detail ? new Set(doc.instances.filter((i) => !previous.has(i.id)).map((i) => i.id)) : new Set();
+      state.detail = doc;
+      renderService();
+      if (probe) probeSoon();
+    } else if (answer.status === 404) {
+      state.detail = { name, instances: [], gone: true, fetchedAt: performance.now() };
+      renderService();
+    }
+  } catch (error) {
+    // The feed's state says whether the server is reachable; the next change loads again.
+  } finally {
+    loading = null;
+    if (loadAgain) { loadAgain = false; loadService(false); }
+  }
+}
+
+// Probes run when a service is picked, on the button, and after an instance joins; at most
+// once per PROBE_AFTER_CHANGE_MS for changes, so a churning mesh is not probed on every event.
+const PROBE_AFTER_CHANGE_MS = 3000;
+let probedAt = -Infinity;
+let probeLater = null;
+
+function probeSoon() {
+  if (probeLater) return;
+  const wait = Math.max(0, probedAt + PROBE_AFTER_CHANGE_MS - performance.now());
+  probeLater = setTimeout(() => { probeLater = null; probeService(); }, wait);
+}
+
+async function probeService() {
+  const name = state.selected;
+  if (!name) return;
+  probedAt = performance.now();
+  const button = $("probe");
+  button.disabled = true;
+  button.textContent = "Probing…";
+  try {
+    const answer = await fetch(`/api/services/${encodeURIComponent(name)}/probe`, { credentials: "same-origin" });
+    if (answer.ok && state.selected === name) {
+      const doc = await answer.json();
+      state.probes = Object.fromEntries(doc.probes.map((p) => [p.endpoint, p]));
+      renderInstances();
+    }
+  } finally {
+    button.disabled = !state.selected;
+    button.textContent = "Probe endpoints";
+  }
+}
+
+function renderService() {
+  const name = state.selected;
+  $("service-title").textContent = name ?? "Select a service";
+  $("probe").disabled = !name;
+  renderFigures();
+  renderInstances();
+}
+
+function renderFigures() {
+  const name = state.selected;
+  const figures = name && state.stats ? state.stats.services[name] : null;
+  if (!name) { $("service-figures").replaceChildren(); return; }
+  const items = [["instances", number(state.services[name] ?? 0)]];
+  if (figures) {
+    items.push(["cache age", `${number(figures.age_s, 2)} s`]);
+    items.push(["last event lag", `${number(figures.event_lag_us)} µs`]);
+    items.push(["max event lag", `${number(figures.event_lag_max_us)} µs`]);
+  }
+  $("service-figures").replaceChildren(...items.map(([k, v]) => el("div", {}, el("dt", { text: k }), el("dd", { text: v }))));
+}
+
+function leaseCell(lease, fetchedAt) {
+  if (!lease) return el("span", { class: "muted", text: "…" });
+  if (lease.id === "0") return el("span", { class: "muted", text: "no lease (never expires)" });
+  if (lease.ttl_left == null) return el("span", { class: "muted", text: "lease gone" });
+  const left = Math.max(0, lease.ttl_left - (performance.now() - fetchedAt) / 1000);
+  const share = lease.granted_ttl ? Math.min(1, left / lease.granted_ttl) : 0;
+  const bar = el("span");
+  bar.style.width = `${(share * 100).toFixed(1)}%`;
+  return el(
+    "div",
+    { class: "lease", "data-low": String(share < 0.34), title: `lease ${lease.id}` },
+    el("span", { class: "left", text: `${Math.round(left)} s of ${lease.granted_ttl} s` }),
+    el("div", { class: "bar" }, bar),
+  );
+}
+
+function endpointCell(endpoint) {
+  const probe = state.probes[endpoint];
+  const badge = probe
+    ? el("span", { class: "badge", "data-state": probe.state, text: probe.state, title: `${probe.detail} (${number(probe.millis, 1)} ms)` })
+    : null;
+  return el("div", { class: "endpoint", "data-endpoint": endpoint }, el("span", { class: "mono", text: endpoint }), badge);
+}
+
+function renderInstances() {
+  const detail = state.detail;
+  const note = $("service-note");
+  const body = $("instances").tBodies[0];
+  if (!state.selected) {
+    body.replaceChildren();
+    note.textContent = "Pick a service on the left to see its instances.";
+    return;
+  }
+  if (!detail) { note.textContent = "Loading…"; return; }
+  const rows = detail.instances.map((inst) => {
+    const meta = Object.entries(inst.metadata).filter(([k]) => k !== "zone" && k !== "weight");
+    const row = el(
+      "tr",
+      { "data-id": inst.id, class: detail.fresh?.has(inst.id) ? "fresh" : "" },
+      el("td", { class: "id", text: inst.id }),
+      el("td", { text: inst.version || "–" }),
+      el("td", {}, ...inst.endpoints.map(endpointCell)),
+      el("td", { text: inst.zone ?? "–" }),
+      el("td", { class: "num", text: inst.weight ?? "–" }),
+      el("td", {}, ...meta.map(([k, v]) => el("span", { class: "chip", text: `${k}=${v}` }))),
+      el("td", { class: "lease-cell" }, leaseCell(inst.lease, detail.fetchedAt)),
+    );
+    return row;
+  });
+  body.replaceChildren(...rows);
+  if (detail.gone) note.textContent = "This service has no instances now.";
+  else if (detail.lease_error) note.textContent = `Leases could not be read: ${detail.lease_error}`;
+  else note.textContent = rows.length ? "" : "No instances.";
+  if (detail.fresh) detail.fresh = new Set();  // highlight once
+}
+
+function tickLeases() {
+  const detail = state.detail;
+  if (!detail) return;
+  for (const row of $("instances").tBodies[0].rows) {
+    const inst = detail.instances.find((i) => i.id === row.dataset.id);
+    if (inst) row.querySelector(".lease-cell").replaceChildren(leaseCell(inst.lease, detail.fetchedAt));
+  }
+}
+
+// A change to the shown service, applied at once; its lease follows from a fetch.
+function applyToDetail(change) {
+  const detail = state.detail;
+  if (!detail || detail.gone) { loadService(true); return; }
+  const others = detail.instances.filter((i) => i.id !== change.id);
+  if (change.type === "PUT") {
+    others.push({ ...change.instance, lease: null });
+    others.sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
+    detail.fresh = new Set([change.id]);
+  }
+  detail.instances = others;
+  renderInstances();
+  loadService(change.type === "PUT");
+}
+
+// ---- the event log and counters -----------------------------------------------------------
+
+function eventItem(doc) {
+  const verb = { registered: "+ registered", updated: "~ updated", deregistered: "− deregistered" }[doc.change];
+  const extra = doc.instance ? [doc.instance.version && `v${doc.instance.version}`, doc.instance.endpoints[0]].filter(Boolean).join("  ") : "";
+  const item = el(
+    "li",
+    { "data-change": doc.change, "data-service": doc.service, "data-id": doc.id },
+    el("span", { class: "time", text: clockTime(doc.time), title: doc.time }),
+    el("span", { class: "what", text: verb }),
+    el("span", { class: "detail" }, el("span", { text: `${doc.service} / ` }), el("span", { class: "id", text: doc.id }), extra ? el("span", { class: "extra", text: extra }) : null),
+  );
+  item.addEventListener("click", () => select(doc.service));
+  return item;
+}
+
+function renderEvents() {
+  $("events").replaceChildren(...state.events.map(eventItem));
+  $("event-count").textContent = state.events.length ? `${state.events.length} shown` : "";
+}
+
+function addEvent(doc) {
+  state.events.unshift(doc);
+  const list = $("events");
+  list.prepend(eventItem(doc));
+  while (state.events.length > EVENTS_SHOWN) { state.events.pop(); list.lastChild.remove(); }
+  $("event-count").textContent = `${state.events.length} shown`;
+}
+
+function renderStats() {
+  const stats = state.stats;
+  if (!stats) return;
+  $("stats-time").textContent = `at ${clockTime(stats.time).slice(0, 8)}`;
+  const error = $("etcd-error");
+  error.hidden = !stats.etcd_error;
+  error.textContent = stats.etcd_error ? `etcd: ${stats.etcd_error}` : "";
+  const entries = Object.entries(stats.registry).sort(([a], [b]) => (a < b ? -1 : 1));
+  $("counters").replaceChildren(...entries.flatMap(([k, v]) => [el("dt", { text: k }), el("dd", { text: number(v) })]));
+  renderFigures();
+}
+
+// ---- the feed -----------------------------------------------------------------------------
+
+function onSnapshot(doc) {
+  state.about = doc.about;
+  state.services = doc.services;
+  state.stats = doc.stats;
+  state.events = doc.events.slice(-EVENTS_SHOWN).reverse();
+  renderAbout();
+  renderEvents();
+  renderStats();
+  const wanted = new URLSearchParams(location.hash.slice(1)).get("service");
+  const first = Object.keys(state.services).sort()[0];
+  const pick = state.selected ?? (wanted in state.services ? wanted : first);
+  if (pick) select(pick);
+  else { renderServices(); renderService(); }
+}
+
+function onChange(doc) {
+  state.services[doc.service] = doc.count;
+  addEvent(doc);
+  renderServices();
+  if (doc.service === state.selected) { applyToDetail(doc); renderFigures(); }
+}
+
+function onServices(doc) {
+  state.services = doc.services;
+  renderServices();
+  if (state.selected && !(state.selected in state.services)) loadService(false);
+}
+
+function connect() {
+  const feed = new EventSource("/api/events");
+  const handle = (kind, fn) => feed.addEventListener(kind, (message) => fn(JSON.parse(message.data)));
+  feed.onopen = () => setFeedState("live", "live");
+  feed.onerror = async () => {
+    if (feed.readyState === EventSource.CLOSED) {
+      // EventSource gives up on an HTTP error: a refused token, or the console went away.
+      const answer = await fetch("/api/overview", { credentials: "same-origin" }).catch(() => null);
+      if (answer && (answer.status === 401 || answer.status === 403)) {
+        setFeedState("refused", "not authorized: open the URL with ?token=…");
+        return;
+      }
+      setFeedState("reconnecting", "reconnecting…");
+      setTimeout(connect, 2000);
+    } else {
+      setFeedState("reconnecting", "reconnecting…");
+    }
+  };
+  handle("snapshot", onSnapshot);
+  handle("change", onChange);
+  handle("services", onServices);
+  handle("stats", (doc) => { state.stats = doc; renderStats(); });
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  $("filter").addEventListener("input", renderServices);
+  $("probe").addEventListener("click", probeService);
+  setInterval(tickLeases, 1000);
+  setInterval(() => { if (!document.hidden) loadService(false); }, LEASE_REFRESH_MS);
+  renderService();
+  connect();
+});

@@ -100,14 +100,14 @@ def reader(etcd_endpoints: list[str], namespace: str) -> Iterator[Callable[[], d
 # --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("command", [None, "demo", "etcd", "list", "get", "watch", "register", "deregister"])
+@pytest.mark.parametrize("command", [None, "demo", "etcd", "list", "get", "watch", "register", "deregister", "console"])
 def test_help_works_for_the_command_and_every_subcommand(command: str | None) -> None:
     result = run_cli(*([command] if command else []), "--help")
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(f"usage: genesis-registry{' ' + command if command else ''}")
     assert result.stderr == ""
     if command is None:
-        for name in ("demo", "etcd", "list", "get", "watch", "register", "deregister"):
+        for name in ("demo", "etcd", "list", "get", "watch", "register", "deregister", "console"):
             assert name in result.stdout
 
 
@@ -119,7 +119,7 @@ def test_version_and_the_demo_module_entry_point() -> None:
         [sys.executable, "-m", "genesis_registry.demo", "--help"], capture_output=True, text=True, timeout=60
     )
     assert demo_help.returncode == 0
-    assert "--keep-etcd" in demo_help.stdout
+    assert "--keep-etcd" in demo_help.stdout and "--console" in demo_help.stdout
 
 
 # --------------------------------------------------------------------------

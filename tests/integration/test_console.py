@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import socket
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -17,7 +18,7 @@ import pytest
 from genesis_registry.console import Console, ConsoleAccessError, ConsoleError
 from genesis_registry.console.access import COOKIE, Access
 from genesis_registry.localetcd import EtcdServer
-from support.cli_process import assert_one_line_error, run_cli
+from support.cli_process import Child, assert_one_line_error, child_env, run_cli
 from support.echo import EchoServer, instance_for
 from support.etcd import etcd_keys, instance
 
@@ -280,6 +281,35 @@ def test_the_command_refuses_to_bind_off_loopback_without_a_token(etcd_endpoints
     result = run_cli("console", "--endpoints", etcd_endpoints[0], "--host", "0.0.0.0", "--port", "0")
     assert result.returncode == 2
     assert_one_line_error(result, "0.0.0.0", "--token", "GENESIS_CONSOLE_TOKEN")
+
+
+async def test_the_command_serves_until_ctrl_c(etcd_endpoints, registry, namespace, http):
+    registry.register(instance("c-1", name="cli"))
+    env = child_env(GENESIS_CONSOLE_TOKEN=TOKEN)
+    child = Child(
+        "console",
+        "--endpoints",
+        etcd_endpoints[0],
+        "--namespace",
+        namespace,
+        "--host",
+        "127.0.0.2",
+        "--port",
+        "0",
+        "--json",
+        env=env,
+    )
+    try:
+        announced = json.loads(await asyncio.to_thread(child.readline, 30))
+        assert announced["token_required"] is True  # from $GENESIS_CONSOLE_TOKEN
+        assert announced["url"].startswith("http://127.0.0.2:")
+        overview = await get_json(http, announced["url"] + "api/overview", headers={"Authorization": f"Bearer {TOKEN}"})
+        assert overview["services"] == {"cli": 1}
+        code, _ = await asyncio.to_thread(child.stop, signal.SIGINT)
+        assert code == 0, child.stderr
+        assert child.stderr == ""  # no traceback, no note in --json mode
+    finally:
+        child.close()
 
 
 def test_a_taken_port_is_named(start_console, etcd_endpoints):

@@ -67,6 +67,8 @@ ILLUSTRATIONS: dict[tuple[str, str], str] = {
     ("genesis_registry.cli.client", "cmd_register"): _UNTIL_STOPPED,
     ("genesis_registry.cli.client", "cmd_watch"): _UNTIL_STOPPED,
     ("genesis_registry.cli.etcd", "cmd_etcd"): _UNTIL_STOPPED,
+    ("genesis_registry.cli.console", "cmd_console"): "runs until Ctrl-C; tests/integration/test_console.py runs it "
+    "as a process and interrupts it",
     ("genesis_registry.cli.demo", "run"): _UNTIL_STOPPED,
     ("genesis_registry.cli.demo", "tour"): "the whole demo (seconds of traffic); tests/integration/test_cli.py runs it",
     ("genesis_registry.testing", ""): _PYTEST_CODE,

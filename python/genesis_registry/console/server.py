@@ -154,7 +154,8 @@ def build_app(view: MeshView, access: Access, probe_timeout: float) -> web.Appli
 
     Example::
 
-        >>> app = build_app(view, Access(token=None, loopback_only=True), probe_timeout=2.0)  # view: a MeshView
+        >>> from genesis_registry.console.view import MeshView
+        >>> app = build_app(MeshView(areg, about={}), Access(token=None, loopback_only=True), probe_timeout=2.0)
         >>> sorted(r.resource.canonical for r in app.router.routes() if r.method == "GET")[:3]
         ['/', '/api/events', '/api/overview']
     """

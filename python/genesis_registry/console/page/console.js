@@ -99,10 +99,12 @@ function select(name) {
 
 let loading = null;
 let loadAgain = false;
+let probeWanted = false;  // survives a load that was already under way for another service
 
 async function loadService(probe) {
   const name = state.selected;
   if (!name) return;
+  probeWanted = probeWanted || probe;
   if (loading) { loadAgain = true; return; }
   loading = fetch(`/api/services/${encodeURIComponent(name)}`, { credentials: "same-origin" });
   try {
@@ -116,7 +118,7 @@ async function loadService(probe) {
       doc.fresh = state.detail ? new Set(doc.instances.filter((i) => !previous.has(i.id)).map((i) => i.id)) : new Set();
       state.detail = doc;
       renderService();
-      if (probe) probeSoon();
+      if (probeWanted) { probeWanted = false; probeSoon(); }
     } else if (answer.status === 404) {
       state.detail = { name, instances: [], gone: true, fetchedAt: performance.now() };
       renderService();
@@ -320,15 +322,24 @@ function onSnapshot(doc) {
   else { renderServices(); renderService(); }
 }
 
+// With nothing shown yet, the first service to appear is opened.
+function selectFirstIfNone() {
+  const first = Object.keys(state.services).sort()[0];
+  if (!state.selected && first) { select(first); return true; }
+  return false;
+}
+
 function onChange(doc) {
   state.services[doc.service] = doc.count;
   addEvent(doc);
+  if (selectFirstIfNone()) return;
   renderServices();
   if (doc.service === state.selected) { applyToDetail(doc); renderFigures(); }
 }
 
 function onServices(doc) {
   state.services = doc.services;
+  if (selectFirstIfNone()) return;
   renderServices();
   if (state.selected && !(state.selected in state.services)) loadService(false);
 }

@@ -12,7 +12,7 @@ export CARGO_TARGET_DIR ?= $(HOME)/.cache/genesis-registry/target
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install rust-test py-test bench bench-smoke lint clean
+.PHONY: demo test install rust-test py-test bench bench-smoke lint console-screenshots clean
 
 demo: install
 	$(VENV)/bin/genesis-registry demo
@@ -59,6 +59,10 @@ bench: install
 bench-smoke: install
 	$(PY) benches/run.py --quick
 	$(PY) -m pytest benches/test_micro.py -q --benchmark-disable
+
+# The console's screenshots in the README (needs chromium: apt-get install chromium).
+console-screenshots: install
+	cd tests && ../$(PY) -m support.console_screenshots ../docs/console
 
 clean:
 	rm -rf $(VENV)

@@ -8,6 +8,8 @@ import asyncio
 import json
 import signal
 import socket
+import subprocess
+import sys
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
@@ -190,11 +192,13 @@ async def test_probes_tell_serving_from_down(start_console, registry, http):
             registry.register(gr.ServiceInstance(id="gone", name="probed", endpoints=[down]))
             console = start_console(probe_timeout=2.0)
             doc = await get_json(http, console.url + "api/services/probed/probe")
+            just_one = await get_json(http, console.url + "api/services/probed/probe?id=gone")
     probes = {p["endpoint"]: p for p in doc["probes"]}
     assert probes[echo.endpoint]["state"] == "up"  # answers; the echo server has no health service
     assert "UNIMPLEMENTED" in probes[echo.endpoint]["detail"]
     assert probes[down]["state"] == "down"
     assert "UNAVAILABLE" in probes[down]["detail"]
+    assert [p["endpoint"] for p in just_one["probes"]] == [down]  # ?id=: those instances only
 
 
 async def test_probe_reads_the_standard_health_service(start_console, registry, http):
@@ -265,6 +269,17 @@ async def test_a_token_guards_every_route(start_console, http):
         assert cookie.value == TOKEN and cookie["httponly"] and cookie["samesite"] == "Strict"
     async with http.get(console.url + "api/overview", cookies={COOKIE: TOKEN}) as response:
         assert response.status == 200
+
+
+def test_without_its_extra_the_command_says_what_to_install():
+    script = (
+        "import sys; sys.modules['aiohttp'] = None\n"  # as if aiohttp were not installed
+        "from genesis_registry.cli import main\n"
+        "sys.exit(main(['console', '--port', '0']))"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert_one_line_error(result, "pip install 'genesis-registry[console]'")
 
 
 def test_binding_off_loopback_needs_a_long_enough_token(etcd_endpoints):

@@ -7,7 +7,8 @@ Routes, all ``GET`` (the console changes nothing):
   the package (no build step, nothing fetched from the internet);
 * ``/api/overview``: the snapshot the feed starts with (:meth:`MeshView.snapshot`);
 * ``/api/services/NAME``: a service's instances with their leases;
-* ``/api/services/NAME/probe``: a health probe of each of its endpoints;
+* ``/api/services/NAME/probe``: a health probe of each of its endpoints (``?id=ID&id=...``:
+  of those instances only);
 * ``/api/events``: the live feed, as server-sent events (``snapshot``, ``change``,
   ``services``, ``stats``; see :mod:`genesis_registry.console.view`).
 """
@@ -122,7 +123,9 @@ async def _service(request: web.Request) -> web.Response:
 async def _probe(request: web.Request) -> web.Response:
     view = request.app[_VIEW]
     name = _followed(request)
-    endpoints = list(dict.fromkeys(e for i in await view.registry.get_service(name) for e in i.endpoints))
+    ids = set(request.query.getall("id", []))  # none: every instance
+    instances = [i for i in await view.registry.get_service(name) if not ids or i.id in ids]
+    endpoints = list(dict.fromkeys(e for i in instances for e in i.endpoints))
     results = await probe_endpoints(endpoints, request.app[_PROBE_TIMEOUT])
     return _json({"name": name, "probes": [r.to_dict() for r in results]})
 

@@ -35,14 +35,16 @@ import collections
 import contextlib
 import datetime
 import itertools
+import math
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any
 
 from ..balancer.endpoints import instance_weight
 from ..errors import RegistryError
-from ..model import EventType, ServiceEvent, ServiceInstance
+from ..model import EventType, LeaseTime, ServiceEvent, ServiceInstance
 from ..registry import AsyncRegistry
 
 __all__ = ["DISCOVER_EVERY", "STATS_EVERY", "MeshView", "Subscription", "instance_doc"]
@@ -55,6 +57,10 @@ STATS_EVERY = 1.0
 LOG_SIZE = 500
 #: Messages a page may fall behind by before it is sent a snapshot instead.
 QUEUE_SIZE = 1000
+#: Seconds a service's leases, once read, are shown without reading them again...
+LEASES_FRESH_FOR = 3.0
+#: ...or longer for big services: at most this many lease lookups a second, per service shown.
+LEASE_LOOKUPS_PER_SECOND = 250
 
 Message = tuple[str, dict[str, Any]]
 
@@ -151,6 +157,7 @@ class MeshView:
         self._seq = itertools.count(1)
         self._subscriptions: set[Subscription] = set()
         self._tasks: list[asyncio.Task[None]] = []
+        self._leases: dict[str, tuple[float, dict[str, LeaseTime], str | None]] = {}
         self._etcd_error: str | None = None
         self._closed = False
         #: Set once a page subscribed; other threads may wait on it (the demo does).
@@ -213,14 +220,29 @@ class MeshView:
             "etcd_error": self._etcd_error,
         }
 
-    async def service(self, name: str) -> dict[str, Any]:
-        """A followed service's instances, each with its lease (read from etcd now)."""
-        instances = await self.registry.get_service(name)
+    async def _lease_times(self, name: str, instances: int) -> tuple[dict[str, LeaseTime], str | None]:
+        """The service's leases, read again once the last read is older than its horizon:
+        :data:`LEASES_FRESH_FOR` seconds, more for big services (a lookup per lease), so that
+        pages watching a mesh do not load etcd with lease lookups."""
+        horizon = max(LEASES_FRESH_FOR, instances / LEASE_LOOKUPS_PER_SECOND)
+        read_at, leases, error = self._leases.get(name, (-math.inf, {}, None))
+        if time.monotonic() - read_at < horizon:
+            return leases, error
         try:
-            leases = await self.registry.lease_times(name)
-            lease_error = None
+            leases, error = await self.registry.lease_times(name), None
         except RegistryError as exc:
-            leases, lease_error = {}, str(exc)
+            leases, error = {}, str(exc)
+        self._leases[name] = (time.monotonic(), leases, error)
+        return leases, error
+
+    async def service(self, name: str) -> dict[str, Any]:
+        """A followed service's instances, each with its lease (as etcd told at most a few
+        seconds ago; an instance that joined since then is looked up at once)."""
+        instances = await self.registry.get_service(name)
+        leases, lease_error = await self._lease_times(name, len(instances))
+        if any(i.id not in leases for i in instances):
+            self._leases.pop(name, None)
+            leases, lease_error = await self._lease_times(name, len(instances))
         docs = []
         for instance in instances:
             doc = instance_doc(instance)

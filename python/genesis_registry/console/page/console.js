@@ -36,6 +36,10 @@ function clockTime(iso) {
   return `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}.${pad(d.getMilliseconds(), 3)}`;
 }
 
+// Ids as people count them: web-2 before web-10.
+const collator = new Intl.Collator("en", { numeric: true });
+const byId = (a, b) => collator.compare(a.id, b.id);
+
 function number(value, digits = 0) {
   return Number(value).toLocaleString("en-US", { maximumFractionDigits: digits, minimumFractionDigits: digits });
 }
@@ -87,11 +91,11 @@ function select(name) {
     state.selected = name;
     state.detail = null;
     state.probes = {};
+    probeIds = null;
     history.replaceState(null, "", `#service=${encodeURIComponent(name)}`);
   }
   renderServices();
   renderService();
-  probedAt = -Infinity;
   loadService(true);
 }
 
@@ -115,10 +119,14 @@ async function loadService(probe) {
       if (state.selected !== name) return;
       const previous = new Set((state.detail?.instances ?? []).map((i) => i.id));
       doc.fetchedAt = performance.now();
+      doc.instances.sort(byId);
       doc.fresh = state.detail ? new Set(doc.instances.filter((i) => !previous.has(i.id)).map((i) => i.id)) : new Set();
       state.detail = doc;
       renderService();
-      if (probeWanted) { probeWanted = false; probeSoon(); }
+      if (probeWanted) {
+        probeWanted = false;
+        if (doc.instances.length <= AUTO_PROBE_LIMIT) probeSoon("all");
+      }
     } else if (answer.status === 404) {
       state.detail = { name, instances: [], gone: true, fetchedAt: performance.now() };
       renderService();
@@ -131,35 +139,39 @@ async function loadService(probe) {
   }
 }
 
-// Probes run when a service is picked, on the button, and after an instance joins; at most
-// once per PROBE_AFTER_CHANGE_MS for changes, so a churning mesh is not probed on every event.
-const PROBE_AFTER_CHANGE_MS = 3000;
-let probedAt = -Infinity;
-let probeLater = null;
+// Probes: every endpoint when a service is opened (up to AUTO_PROBE_LIMIT instances; above
+// that, on the button), all of them on the button, and after a change only the instance that
+// joined or changed, so a churning mesh is not probed whole on every event.
+const AUTO_PROBE_LIMIT = 200;
+let probeIds = null;   // waiting to be probed: null, "all", or instance ids
+let probeTimer = null;
 
-function probeSoon() {
-  if (probeLater) return;
-  const wait = Math.max(0, probedAt + PROBE_AFTER_CHANGE_MS - performance.now());
-  probeLater = setTimeout(() => { probeLater = null; probeService(); }, wait);
+function probeSoon(ids) {
+  probeIds = ids === "all" || probeIds === "all" ? "all" : [...(probeIds ?? []), ...ids];
+  if (probeTimer) return;
+  probeTimer = setTimeout(() => {
+    const wanted = probeIds;
+    probeTimer = null;
+    probeIds = null;
+    probe(wanted);
+  }, 100);
 }
 
-async function probeService() {
+async function probe(ids) {
   const name = state.selected;
-  if (!name) return;
-  probedAt = performance.now();
+  if (!name || !ids) return;
   const button = $("probe");
-  button.disabled = true;
-  button.textContent = "Probing…";
+  const query = ids === "all" ? "" : "?" + ids.map((id) => `id=${encodeURIComponent(id)}`).join("&");
+  if (ids === "all") { button.disabled = true; button.textContent = "Probing…"; }
   try {
-    const answer = await fetch(`/api/services/${encodeURIComponent(name)}/probe`, { credentials: "same-origin" });
+    const answer = await fetch(`/api/services/${encodeURIComponent(name)}/probe${query}`, { credentials: "same-origin" });
     if (answer.ok && state.selected === name) {
       const doc = await answer.json();
-      state.probes = Object.fromEntries(doc.probes.map((p) => [p.endpoint, p]));
+      for (const result of doc.probes) state.probes[result.endpoint] = result;
       renderInstances();
     }
   } finally {
-    button.disabled = !state.selected;
-    button.textContent = "Probe endpoints";
+    if (ids === "all") { button.disabled = !state.selected; button.textContent = "Probe endpoints"; }
   }
 }
 
@@ -256,12 +268,13 @@ function applyToDetail(change) {
   const others = detail.instances.filter((i) => i.id !== change.id);
   if (change.type === "PUT") {
     others.push({ ...change.instance, lease: null });
-    others.sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
+    others.sort(byId);
     detail.fresh = new Set([change.id]);
   }
   detail.instances = others;
   renderInstances();
-  loadService(change.type === "PUT");
+  loadService(false);
+  if (change.type === "PUT") probeSoon([change.id]);
 }
 
 // ---- the event log and counters -----------------------------------------------------------
@@ -301,7 +314,12 @@ function renderStats() {
   error.hidden = !stats.etcd_error;
   error.textContent = stats.etcd_error ? `etcd: ${stats.etcd_error}` : "";
   const entries = Object.entries(stats.registry).sort(([a], [b]) => (a < b ? -1 : 1));
-  $("counters").replaceChildren(...entries.flatMap(([k, v]) => [el("dt", { text: k }), el("dd", { text: number(v) })]));
+  $("counters").replaceChildren(
+    ...entries.flatMap(([k, v]) => {
+      const zero = v === 0 ? "zero" : "";
+      return [el("dt", { text: k, class: zero }), el("dd", { text: number(v), class: zero })];
+    }),
+  );
   renderFigures();
 }
 
@@ -370,7 +388,7 @@ function connect() {
 
 document.addEventListener("DOMContentLoaded", () => {
   $("filter").addEventListener("input", renderServices);
-  $("probe").addEventListener("click", probeService);
+  $("probe").addEventListener("click", () => probe("all"));
   setInterval(tickLeases, 1000);
   setInterval(() => { if (!document.hidden) loadService(false); }, LEASE_REFRESH_MS);
   renderService();

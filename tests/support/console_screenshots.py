@@ -110,26 +110,18 @@ async def shoot(folder: pathlib.Path) -> None:
                     await page.wait_for("document.querySelector('#feed-state').dataset.state === 'live'")
                     await page.wait_for("document.querySelectorAll('#instances .badge').length === 4")
                     # Some life in the event log.
-                    churn.register(
-                        gr.ServiceInstance(
-                            id="orders-6",
-                            name="orders",
-                            version="3.2.0",
-                            endpoints=[serve("127.0.4.6")],
-                            metadata={"zone": ZONES[2], "weight": "100"},
+                    for id, version, host, zone in [
+                        ("orders-6", "3.2.0", "127.0.4.6", 2),
+                        ("payments-4", "5.0.1", "127.0.5.4", 0),
+                    ]:
+                        name = id.rpartition("-")[0]
+                        meta = {"zone": ZONES[zone], "weight": "100"}
+                        churn.register(
+                            gr.ServiceInstance(
+                                id=id, name=name, version=version, endpoints=[serve(host)], metadata=meta
+                            )
                         )
-                    )
-                    reg.deregister("search-12")
-                    churn.register(
-                        gr.ServiceInstance(
-                            id="payments-4",
-                            name="payments",
-                            version="5.0.1",
-                            endpoints=[serve("127.0.5.4")],
-                            metadata={"zone": ZONES[0], "weight": "100"},
-                        )
-                    )
-                    reg.deregister("recommendations-4")
+                        reg.deregister("search-12" if name == "orders" else "recommendations-4")
                     await page.wait_for("document.querySelectorAll('#events li').length === 4")
                     await asyncio.sleep(2.5)  # the highlight of new rows fades; counters tick once more
                     await page.screenshot(folder / "console.png")

@@ -5,11 +5,15 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from typing import TYPE_CHECKING
 
 from .client import etcd_config
 from .exits import EXIT_OK, EXIT_USAGE, CliError
 from .output import Output
 from .signals import Interrupted
+
+if TYPE_CHECKING:
+    from ..console import Console
 
 __all__ = ["cmd_console", "console_extra_missing", "load_console"]
 
@@ -25,7 +29,7 @@ def console_extra_missing() -> str | None:
     return None
 
 
-def load_console() -> type:
+def load_console() -> type[Console]:
     """:class:`genesis_registry.console.Console`, or :class:`CliError` naming the extra."""
     missing = console_extra_missing()
     if missing:

@@ -37,7 +37,7 @@ import time
 from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 import grpc
 
@@ -51,6 +51,9 @@ from ..registry import Registry, Watch
 from .console import load_console
 from .exits import CliError
 from .signals import Interrupted, stop_on_signals
+
+if TYPE_CHECKING:
+    from ..console import Console
 
 __all__ = ["METHOD", "NAMESPACE", "SERVICE", "GreeterServer", "main", "run", "tour"]
 
@@ -402,7 +405,7 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _start_console(endpoints: list[str], out: Callable[[str], None]) -> Any:
+def _start_console(endpoints: list[str], out: Callable[[str], None]) -> Console:
     """The console over the demo's namespace, on its default port or else a free one."""
     console_type = load_console()
     from ..console import ConsoleError
@@ -441,7 +444,7 @@ def run(keep_etcd: bool = False, say: Callable[[str], None] = print, console: bo
             print(f"genesis-registry: error: {exc}", file=sys.stderr, flush=True)
             return 1
         pid: int | None = None
-        running_console: Any = None
+        running_console: Console | None = None
         try:
             try:
                 etcd.start()

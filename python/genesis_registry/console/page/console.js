@@ -254,11 +254,19 @@ function renderInstances() {
 
 function tickLeases() {
   const detail = state.detail;
-  if (!detail) return;
+  if (!detail || document.hidden) return;
+  const byIdMap = new Map(detail.instances.map((i) => [i.id, i]));
   for (const row of $("instances").tBodies[0].rows) {
-    const inst = detail.instances.find((i) => i.id === row.dataset.id);
+    const inst = byIdMap.get(row.dataset.id);
     if (inst) row.querySelector(".lease-cell").replaceChildren(leaseCell(inst.lease, detail.fetchedAt));
   }
+}
+
+// A burst of changes (a mesh redeploying) redraws the lists once per frame, not once per event.
+const drawing = new Set();
+function drawSoon(draw) {
+  if (drawing.size === 0) requestAnimationFrame(() => { const draws = [...drawing]; drawing.clear(); draws.forEach((d) => d()); });
+  drawing.add(draw);
 }
 
 // A change to the shown service, applied at once; its lease follows from a fetch.
@@ -269,10 +277,10 @@ function applyToDetail(change) {
   if (change.type === "PUT") {
     others.push({ ...change.instance, lease: null });
     others.sort(byId);
-    detail.fresh = new Set([change.id]);
+    detail.fresh = new Set([...(detail.fresh ?? []), change.id]);
   }
   detail.instances = others;
-  renderInstances();
+  drawSoon(renderInstances);
   loadService(false);
   if (change.type === "PUT") probeSoon([change.id]);
 }
@@ -351,8 +359,8 @@ function onChange(doc) {
   state.services[doc.service] = doc.count;
   addEvent(doc);
   if (selectFirstIfNone()) return;
-  renderServices();
-  if (doc.service === state.selected) { applyToDetail(doc); renderFigures(); }
+  drawSoon(renderServices);
+  if (doc.service === state.selected) { applyToDetail(doc); drawSoon(renderFigures); }
 }
 
 function onServices(doc) {

@@ -3,6 +3,8 @@ python-etcd3 scenarios run in a virtualenv of their own."""
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import json
 import os
 import resource
@@ -77,6 +79,14 @@ def rss_bytes() -> int:
     """Resident memory of this process now."""
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def trimmed_rss_mb() -> float:
+    """RSS after glibc's ``malloc_trim(0)``: what freed memory the allocator still held goes
+    back to the system, so what remains is still in use (RSS as is where there is no glibc)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    return rss_bytes() / 2**20
 
 
 def thread_count() -> int:

@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import ctypes
 import gc
 import itertools
 import json
@@ -61,7 +60,7 @@ import grpc.aio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import apply_plan, emit, machine_info, percentile, rss_bytes, thread_count, write_results
+from common import apply_plan, emit, machine_info, percentile, rss_bytes, thread_count, trimmed_rss_mb, write_results
 from mesh_scale import EchoServerProcess, address, last_stage, process_state, raise_fd_limit, socket_count
 
 HERE = Path(__file__).resolve().parent
@@ -504,14 +503,6 @@ async def push_aio(args: argparse.Namespace) -> dict[str, Any]:
 
 def footprint() -> dict[str, float]:
     return {"rss_mb": rss_bytes() / 2**20, "threads": thread_count(), "fds": len(os.listdir("/proc/self/fd"))}
-
-
-def trimmed_rss_mb() -> float:
-    """RSS after glibc's ``malloc_trim(0)``: what freed memory the allocator still held goes
-    back to the system, so what remains is still in use (RSS as is where there is no glibc)."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    return rss_bytes() / 2**20
 
 
 def added(now: dict[str, float], before: dict[str, float]) -> dict[str, float]:

@@ -50,7 +50,7 @@ PEERS = {
     "etcd-client-py": ("etcd_client", "etcd-client-py==0.5.1"),
 }
 ALL_PEERS = ["etcd3", *PEERS]
-ALL_SCENARIOS = "lookup,watch,register,fanout,herd,grpc,threads,overhead,mesh,native"
+ALL_SCENARIOS = "lookup,watch,register,fanout,herd,grpc,threads,overhead,mesh,native,console"
 NOT_APPLICABLE = {
     "register": {
         "etcd-client-py": "its put() takes no lease: a key cannot be tied to a lease, so an instance "
@@ -231,6 +231,13 @@ class Bench:
         if self.quick and any(table[c]["stale"] for c in self.clients("ours", "ours-async")):
             raise RuntimeError(f"herd: genesis-registry left views stale: {table}")
         self.results["herd"] = table
+
+    def console(self) -> None:
+        """Scenario 11 (benches/console_scale.py): the web console over 5,000 instances, on this etcd."""
+        args = [str(HERE / "console_scale.py"), "--etcd", self.endpoints, "--json"]
+        result = run_one(sys.executable, [*args, *(["--quick"] if self.quick else [])], timeout=1800)
+        print(f"  console   {json.dumps(result)[:400]}", flush=True)
+        self.results["console"] = result
 
     def threads(self) -> None:
         seconds = "0.2" if self.quick else "2"
@@ -472,6 +479,10 @@ def report(results: dict[str, Any], info: dict[str, str], repeat: int) -> str:
                 f"| {r['watch_streams']:,} | {r['watch_requests']:,} | {r['requests']:,} |"
             ]
         out += [""]
+    if "console" in results:
+        from console_scale import markdown as console_markdown
+
+        out += ["### 11. The web console at mesh scale", "", console_markdown(results["console"]), ""]
     return "\n".join(out)
 
 

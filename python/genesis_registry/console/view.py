@@ -220,12 +220,15 @@ class MeshView:
             "etcd_error": self._etcd_error,
         }
 
-    async def _lease_times(self, name: str, instances: int) -> tuple[dict[str, LeaseTime], str | None]:
+    async def _lease_times(
+        self, name: str, instances: tuple[ServiceInstance, ...]
+    ) -> tuple[dict[str, LeaseTime], str | None]:
         """The service's leases, read again once the last read is older than its horizon:
         :data:`LEASES_FRESH_FOR` seconds, more for big services (a lookup per lease), so that
-        pages watching a mesh do not load etcd with lease lookups."""
-        horizon = max(LEASES_FRESH_FOR, instances / LEASE_LOOKUPS_PER_SECOND)
+        pages watching a mesh do not load etcd with lease lookups. An instance that joined
+        since has no lease shown until then."""
         read_at, leases, error = self._leases.get(name, (-math.inf, {}, None))
+        horizon = max(LEASES_FRESH_FOR, len(instances) / LEASE_LOOKUPS_PER_SECOND)
         if time.monotonic() - read_at < horizon:
             return leases, error
         try:
@@ -236,13 +239,10 @@ class MeshView:
         return leases, error
 
     async def service(self, name: str) -> dict[str, Any]:
-        """A followed service's instances, each with its lease (as etcd told at most a few
-        seconds ago; an instance that joined since then is looked up at once)."""
+        """A followed service's instances, each with its lease (as etcd told it at most a few
+        seconds ago, more for big services; None for an instance that joined since)."""
         instances = await self.registry.get_service(name)
-        leases, lease_error = await self._lease_times(name, len(instances))
-        if any(i.id not in leases for i in instances):
-            self._leases.pop(name, None)
-            leases, lease_error = await self._lease_times(name, len(instances))
+        leases, lease_error = await self._lease_times(name, instances)
         docs = []
         for instance in instances:
             doc = instance_doc(instance)

@@ -92,6 +92,8 @@ function select(name) {
     state.detail = null;
     state.probes = {};
     probeIds = null;
+    pendingChanges = [];
+    rows.clear();
     history.replaceState(null, "", `#service=${encodeURIComponent(name)}`);
   }
   renderServices();
@@ -196,20 +198,33 @@ function renderFigures() {
   $("service-figures").replaceChildren(...items.map(([k, v]) => el("div", {}, el("dt", { text: k }), el("dd", { text: v }))));
 }
 
-function leaseCell(lease, fetchedAt) {
-  if (!lease) return el("span", { class: "muted", text: "…" });
-  if (lease.id === "0") return el("span", { class: "muted", text: "no lease (never expires)" });
-  if (lease.ttl_left == null) return el("span", { class: "muted", text: "lease gone" });
-  const left = Math.max(0, lease.ttl_left - (performance.now() - fetchedAt) / 1000);
-  const share = lease.granted_ttl ? Math.min(1, left / lease.granted_ttl) : 0;
-  const bar = el("span");
-  bar.style.width = `${(share * 100).toFixed(1)}%`;
-  return el(
-    "div",
-    { class: "lease", "data-low": String(share < 0.34), title: `lease ${lease.id}` },
-    el("span", { class: "left", text: `${Math.round(left)} s of ${lease.granted_ttl} s` }),
-    el("div", { class: "bar" }, bar),
-  );
+// The lease cell of a row, written in place: every second for every row, so no new elements.
+function showLease(cell, lease, fetchedAt) {
+  let text, share = null;
+  if (!lease) text = "…";
+  else if (lease.id === "0") text = "no lease (never expires)";
+  else if (lease.ttl_left == null) text = "lease gone";
+  else {
+    const left = Math.max(0, lease.ttl_left - (performance.now() - fetchedAt) / 1000);
+    share = lease.granted_ttl ? Math.min(1, left / lease.granted_ttl) : 0;
+    text = `${Math.round(left)} s of ${lease.granted_ttl} s`;
+  }
+  let box = cell.firstElementChild;
+  if (!box) {
+    box = el("div", { class: "lease" }, el("span", { class: "left" }), el("div", { class: "bar" }, el("span")));
+    cell.append(box);
+  }
+  const label = box.firstElementChild;
+  if (label.textContent === text) return;  // unchanged since the last second
+  const bar = box.lastElementChild;
+  label.textContent = text;
+  label.classList.toggle("muted", share === null);
+  bar.hidden = share === null;
+  if (share !== null) {
+    bar.firstElementChild.style.width = `${(share * 100).toFixed(1)}%`;
+    box.dataset.low = String(share < 0.34);
+    box.title = `lease ${lease.id}`;
+  }
 }
 
 function endpointCell(endpoint) {
@@ -220,45 +235,72 @@ function endpointCell(endpoint) {
   return el("div", { class: "endpoint", "data-endpoint": endpoint }, el("span", { class: "mono", text: endpoint }), badge);
 }
 
+// Rows are kept by instance id and rebuilt only when what they show changed, and the table is
+// patched in place: a change to a service of thousands of instances touches one row.
+const rows = new Map();  // id -> {inst, probes, key, tr}
+
+const probeStates = (inst) => inst.endpoints.map((e) => state.probes[e]?.state ?? "").join(",");
+const rowKey = (inst, probes) => JSON.stringify([inst.version, inst.endpoints, inst.metadata, inst.zone, inst.weight, probes]);
+
+function buildRow(inst) {
+  const meta = Object.entries(inst.metadata).filter(([k]) => k !== "zone" && k !== "weight");
+  return el(
+    "tr",
+    { "data-id": inst.id },
+    el("td", { class: "id", text: inst.id }),
+    el("td", { text: inst.version || "–" }),
+    el("td", {}, ...inst.endpoints.map(endpointCell)),
+    el("td", { text: inst.zone ?? "–" }),
+    el("td", { class: "num", text: inst.weight ?? "–" }),
+    el("td", {}, ...meta.map(([k, v]) => el("span", { class: "chip", text: `${k}=${v}` }))),
+    el("td", { class: "lease-cell" }),
+  );
+}
+
 function renderInstances() {
   const detail = state.detail;
   const note = $("service-note");
   const body = $("instances").tBodies[0];
-  if (!state.selected) {
+  if (!state.selected || !detail) {
+    rows.clear();
     body.replaceChildren();
-    note.textContent = "Pick a service on the left to see its instances.";
+    note.textContent = state.selected ? "Loading…" : "Pick a service on the left to see its instances.";
     return;
   }
-  if (!detail) { note.textContent = "Loading…"; return; }
-  const rows = detail.instances.map((inst) => {
-    const meta = Object.entries(inst.metadata).filter(([k]) => k !== "zone" && k !== "weight");
-    const row = el(
-      "tr",
-      { "data-id": inst.id, class: detail.fresh?.has(inst.id) ? "fresh" : "" },
-      el("td", { class: "id", text: inst.id }),
-      el("td", { text: inst.version || "–" }),
-      el("td", {}, ...inst.endpoints.map(endpointCell)),
-      el("td", { text: inst.zone ?? "–" }),
-      el("td", { class: "num", text: inst.weight ?? "–" }),
-      el("td", {}, ...meta.map(([k, v]) => el("span", { class: "chip", text: `${k}=${v}` }))),
-      el("td", { class: "lease-cell" }, leaseCell(inst.lease, detail.fetchedAt)),
-    );
-    return row;
+  const wanted = detail.instances.map((inst) => {
+    const probes = probeStates(inst);
+    let row = rows.get(inst.id);
+    if (!row || row.inst !== inst || row.probes !== probes) {
+      // The same object and probes: nothing to compare. Else (a fresh load) compare what is shown.
+      const key = rowKey(inst, probes);
+      if (!row || row.key !== key) row = { key, tr: buildRow(inst) };
+      Object.assign(row, { inst, probes, key });
+      rows.set(inst.id, row);
+      showLease(row.tr.lastElementChild, inst.lease, detail.fetchedAt);
+    }
+    if (detail.fresh?.has(inst.id)) row.tr.classList.add("fresh");
+    return row.tr;
   });
-  body.replaceChildren(...rows);
+  const keep = new Set(wanted);
+  for (const [id, row] of rows) if (!keep.has(row.tr)) { row.tr.remove(); rows.delete(id); }
+  for (const child of [...body.children]) if (!keep.has(child)) child.remove();
+  let cursor = body.firstElementChild;
+  for (const tr of wanted) {
+    if (tr === cursor) cursor = cursor.nextElementSibling;
+    else body.insertBefore(tr, cursor);
+  }
   if (detail.gone) note.textContent = "This service has no instances now.";
   else if (detail.lease_error) note.textContent = `Leases could not be read: ${detail.lease_error}`;
-  else note.textContent = rows.length ? "" : "No instances.";
+  else note.textContent = wanted.length ? "" : "No instances.";
   if (detail.fresh) detail.fresh = new Set();  // highlight once
 }
 
 function tickLeases() {
   const detail = state.detail;
   if (!detail || document.hidden) return;
-  const byIdMap = new Map(detail.instances.map((i) => [i.id, i]));
-  for (const row of $("instances").tBodies[0].rows) {
-    const inst = byIdMap.get(row.dataset.id);
-    if (inst) row.querySelector(".lease-cell").replaceChildren(leaseCell(inst.lease, detail.fetchedAt));
+  for (const inst of detail.instances) {
+    const row = rows.get(inst.id);
+    if (row) showLease(row.tr.lastElementChild, inst.lease, detail.fetchedAt);
   }
 }
 
@@ -269,20 +311,41 @@ function drawSoon(draw) {
   drawing.add(draw);
 }
 
-// A change to the shown service, applied at once; its lease follows from a fetch.
+// Changes to the shown service are applied together, once per frame (a burst of hundreds costs
+// one sort and one pass over the table); a new instance's lease follows from a read.
+let pendingChanges = [];
+
 function applyToDetail(change) {
   const detail = state.detail;
   if (!detail || detail.gone) { loadService(true); return; }
-  const others = detail.instances.filter((i) => i.id !== change.id);
-  if (change.type === "PUT") {
-    others.push({ ...change.instance, lease: null });
-    others.sort(byId);
-    detail.fresh = new Set([...(detail.fresh ?? []), change.id]);
-  }
-  detail.instances = others;
-  drawSoon(renderInstances);
-  loadService(false);
+  pendingChanges.push(change);
+  drawSoon(applyChanges);
   if (change.type === "PUT") probeSoon([change.id]);
+}
+
+function applyChanges() {
+  const detail = state.detail;
+  const changes = pendingChanges;
+  pendingChanges = [];
+  if (!detail) return;
+  const byIdMap = new Map(detail.instances.map((i) => [i.id, i]));
+  let added = false;
+  for (const change of changes) {
+    if (change.service !== detail.name) continue;
+    if (change.type === "PUT") {
+      added = added || !byIdMap.has(change.id);
+      byIdMap.set(change.id, { ...change.instance, lease: byIdMap.get(change.id)?.lease ?? null });
+      detail.fresh = new Set([...(detail.fresh ?? []), change.id]);
+    } else {
+      byIdMap.delete(change.id);
+    }
+  }
+  detail.instances = [...byIdMap.values()];
+  if (added) detail.instances.sort(byId);
+  renderInstances();
+  // A small service's new leases are read at once; a big one (a read is ~250 bytes an instance)
+  // waits for its periodic read.
+  if (detail.instances.length <= 500) loadService(false);
 }
 
 // ---- the event log and counters -----------------------------------------------------------
@@ -398,7 +461,15 @@ document.addEventListener("DOMContentLoaded", () => {
   $("filter").addEventListener("input", renderServices);
   $("probe").addEventListener("click", () => probe("all"));
   setInterval(tickLeases, 1000);
-  setInterval(() => { if (!document.hidden) loadService(false); }, LEASE_REFRESH_MS);
+  // Leases are read again every LEASE_REFRESH_MS, less often for big services (their answer is
+  // about 250 bytes an instance, and the server reads them at most 250 leases a second anyway).
+  let lastLoad = 0;
+  setInterval(() => {
+    const size = state.detail?.instances.length ?? 0;
+    if (document.hidden || performance.now() - lastLoad < Math.max(LEASE_REFRESH_MS, size * 4)) return;
+    lastLoad = performance.now();
+    loadService(false);
+  }, 1000);
   renderService();
   connect();
 });

@@ -19,10 +19,12 @@ import genesis_registry as gr
 import pytest
 from genesis_registry.console import Console, ConsoleAccessError, ConsoleError
 from genesis_registry.console.access import COOKIE, Access
+from genesis_registry.console.view import QUEUE_SIZE, MeshView
 from genesis_registry.localetcd import EtcdServer
 from support.cli_process import Child, assert_one_line_error, child_env, run_cli
 from support.echo import EchoServer, instance_for
 from support.etcd import etcd_keys, instance
+from support.wait import await_until
 
 TOKEN = "a-console-token-of-some-length"
 
@@ -181,6 +183,34 @@ async def test_the_feed_pushes_each_change_as_it_happens(start_console, registry
         ("n-1", "registered"),
     ]
     feed.response.close()
+
+
+async def test_a_page_that_falls_behind_gets_a_snapshot_and_ends_exact(areg, registry):
+    registry.register(instance("seed", name="burst"))
+    view = MeshView(areg, about={})
+    await view.start()
+    try:
+        with view.subscribe() as feed:
+            assert (await feed.next(5))[0] == "snapshot"
+            total = QUEUE_SIZE + 11
+            registry.register_many([instance(f"b-{i}", name="burst") for i in range(total - 1)])
+            await await_until(lambda: view.services.get("burst") == total, 30, "the view to apply the burst")
+            read = 0
+            while True:  # unread: what fitted in the queue, then a snapshot instead of the rest
+                kind, doc = await feed.next(5)
+                read += 1
+                if kind == "snapshot":
+                    break
+            assert read <= QUEUE_SIZE + 1
+            assert doc["services"] == {"burst": total}
+            await view.close()  # ends its feeds: after what is queued, None
+            for _ in range(10):
+                if await feed.next(5) is None:
+                    break
+            else:
+                raise AssertionError("the feed went on after the view closed")
+    finally:
+        await view.close()
 
 
 async def test_probes_tell_serving_from_down(start_console, registry, http):

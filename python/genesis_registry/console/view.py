@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import datetime
 import itertools
 import math
@@ -107,10 +106,12 @@ class Subscription:
             self._behind = True
 
     def end(self) -> None:
-        """No more messages: :meth:`next` returns None once the queue is read."""
+        """No more messages: :meth:`next` returns None (at once, if the page was behind)."""
         self._behind = False
-        with contextlib.suppress(asyncio.QueueFull):
-            self._queue.put_nowait(None)
+        if self._queue.full():  # what it has not read is moot now
+            while not self._queue.empty():
+                self._queue.get_nowait()
+        self._queue.put_nowait(None)
 
     async def next(self, timeout: float | None = None) -> Message | None:
         """The next message; None when the view closed. ``TimeoutError`` after ``timeout`` s."""

@@ -213,6 +213,29 @@ async def test_a_page_that_falls_behind_gets_a_snapshot_and_ends_exact(areg, reg
         await view.close()
 
 
+async def test_the_console_rides_out_an_etcd_restart(own_etcd, namespace, http):
+    config = gr.EtcdConfig(endpoints=own_etcd.endpoints, dial_timeout=2)
+    with gr.EtcdConnector(config) as conn, gr.Registry(conn, gr.Config(namespace=namespace)) as writer:
+        writer.register(instance("before", name="svc"))
+        with Console(config, namespace=namespace, port=0) as console:
+            feed = await open_feed(http, console)
+            assert (await feed.next())[1]["services"] == {"svc": 1}
+            await asyncio.to_thread(own_etcd.stop)
+            down = await feed.next_of("stats", timeout=15)
+            while down["etcd_error"] is None:  # the namespace is listed every 2 s
+                down = await feed.next_of("stats", timeout=15)
+            assert down["services"]["svc"]["instances"] == 1  # the last known view, still shown
+            await asyncio.to_thread(own_etcd.start)
+            await asyncio.to_thread(writer.register, instance("after", name="svc"))
+            change = await feed.next_of("change", timeout=30)
+            assert (change["id"], change["count"]) == ("after", 2)
+            up = await feed.next_of("stats", timeout=15)
+            while up["etcd_error"] is not None:
+                up = await feed.next_of("stats", timeout=15)
+            assert up["registry"]["watch_restarts"] >= 1
+            feed.response.close()
+
+
 async def test_probes_tell_serving_from_down(start_console, registry, http):
     with EchoServer("probed") as echo:
         registry.register(instance_for(echo, name="probed", id="live"))

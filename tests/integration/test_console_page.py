@@ -90,6 +90,7 @@ async def test_the_page_shows_etcd_and_follows_it_without_a_reload(start_console
 
         # What etcd holds, and the first service opened.
         await page.wait_for("document.querySelector('#feed-state').dataset.state === 'live'")
+        await page.wait_for("document.querySelectorAll('#services li').length === 2")  # the snapshot came
         assert await service_counts(page) == {"db": "1", "web": "2"}
         await page.evaluate("document.querySelector('#services li[data-service=web]').click()")
         await page.wait_for("document.querySelectorAll('#instances tbody tr').length === 2")

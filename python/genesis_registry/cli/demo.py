@@ -461,25 +461,23 @@ def run(keep_etcd: bool = False, say: Callable[[str], None] = print, console: bo
             except (RuntimeError, RegistryError, CliError) as exc:
                 print(f"genesis-registry: error: {exc}", file=sys.stderr, flush=True)
                 ok = False
-            if running_console is not None:
-                out(f"\nthe console stays at {running_console.url}, over etcd at {endpoint}; Ctrl-C stops both")
-                try:
+            # The tour is over: a Ctrl-C from here on, even while the lines below are printed,
+            # is the expected end (exit 0), not an interruption.
+            try:
+                if running_console is not None:
+                    out(f"\nthe console stays at {running_console.url}, over etcd at {endpoint}; Ctrl-C stops both")
+                elif keep_etcd:
+                    out(f"\netcd keeps running at {endpoint}. In another shell:")
+                    out(f"    export GENESIS_ETCD_ENDPOINTS={endpoint}")
+                    out("    genesis-registry register --name user-service --id u1 --endpoint 127.0.0.1:9001 &")
+                    out("    genesis-registry list")
+                    out(f'or follow the README quick start with gr.EtcdConfig(endpoints=["{endpoint}"])')
+                    out("Ctrl-C stops it")
+                if running_console is not None or keep_etcd:
                     while etcd.is_running():
                         time.sleep(0.2)
-                except Interrupted:
-                    pass
-            elif keep_etcd:
-                out(f"\netcd keeps running at {endpoint}. In another shell:")
-                out(f"    export GENESIS_ETCD_ENDPOINTS={endpoint}")
-                out("    genesis-registry register --name user-service --id u1 --endpoint 127.0.0.1:9001 &")
-                out("    genesis-registry list")
-                out(f'or follow the README quick start with gr.EtcdConfig(endpoints=["{endpoint}"])')
-                out("Ctrl-C stops it")
-                try:
-                    while etcd.is_running():
-                        time.sleep(0.2)
-                except Interrupted:
-                    pass
+            except Interrupted:
+                pass
         except Interrupted:
             out("interrupted: stopping everything")
             if running_console is not None:

@@ -133,6 +133,7 @@ async def test_the_page_shows_etcd_and_follows_it_without_a_reload(start_console
 async def test_a_bad_token_is_refused(start_console, registry, browser):
     registry.register(instance("s-1", name="secret-service"))
     console = start_console(token=TOKEN)
+    browser.expect_errors("status of 401")  # the refusals this test causes
     page = await browser.new_page()
 
     await page.goto(console.url + "?token=wrong-token-wrong-token")
@@ -154,6 +155,7 @@ async def test_the_page_says_when_its_token_is_no_longer_accepted(etcd_endpoints
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     config = gr.EtcdConfig(endpoints=etcd_endpoints)
+    browser.expect_errors("status of 401", "ERR_CONNECTION_REFUSED", "/api/events")  # the restart and refusal
     page = await browser.new_page()
     with Console(config, namespace=namespace, port=port, token=TOKEN) as console:
         await page.goto(console.url + f"?token={TOKEN}")
@@ -169,6 +171,8 @@ async def test_demo_console_shows_greeter_2_leave_and_greeter_4_join(browser):
     try:
         line = await asyncio.to_thread(demo.read_until, lambda text: text.startswith("console: "), 60)
         url = line.split()[1]
+        # At the end of the tour greeter has no instance left: the page's read of it finds none (404).
+        browser.expect_errors("/api/services/greeter")
         page = await browser.new_page()
         await page.goto(url)  # the tour starts once this page is open
         # What the table showed over time (the tour ends 2 s after greeter-4 joins).

@@ -115,6 +115,7 @@ class Browser:
         self._waiting: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._expected: list[tuple[str, str | None, asyncio.Future[dict[str, Any]]]] = []
         self.console_messages: list[str] = []
+        self._expected_fragments: list[str] = []
 
     @classmethod
     def launch(cls, timeout: float = 20.0) -> _Launch:
@@ -203,6 +204,12 @@ class Browser:
                 self.console_messages.append(" ".join(str(a.get("value", a.get("description", ""))) for a in args))
             elif method == "Runtime.exceptionThrown":
                 self.console_messages.append("exception: " + json.dumps(data["params"]["exceptionDetails"])[:500])
+            elif method == "Log.entryAdded":  # CSP violations, failed loads, the browser's own warnings
+                entry = data["params"]["entry"]
+                if entry.get("level") in ("error", "warning") and not self._expected_log(entry):
+                    self.console_messages.append(
+                        f"log {entry.get('level')}: {entry.get('text')} {entry.get('url', '')}"
+                    )
             for entry in list(self._expected):
                 name, wanted_session, future = entry
                 if name == method and wanted_session in (None, session) and not future.done():
@@ -211,6 +218,14 @@ class Browser:
         for future in self._waiting.values():
             if not future.done():
                 future.set_exception(BrowserError("the DevTools connection closed"))
+
+    def expect_errors(self, *fragments: str) -> None:
+        """Log entries holding one of ``fragments`` are expected (e.g. a 401 the test causes)."""
+        self._expected_fragments.extend(fragments)
+
+    def _expected_log(self, entry: dict[str, Any]) -> bool:
+        text = f"{entry.get('text', '')} {entry.get('url', '')}"
+        return any(fragment in text for fragment in self._expected_fragments)
 
     def expect(self, method: str, session: str | None = None) -> asyncio.Future[dict[str, Any]]:
         """A future for the next event ``method`` (of ``session``), to set up before causing it."""
@@ -239,6 +254,7 @@ class Browser:
         page = Page(self, attached["sessionId"])
         await page.send("Page.enable")
         await page.send("Runtime.enable")
+        await page.send("Log.enable")
         await page.send(
             "Emulation.setDeviceMetricsOverride", width=WIDTH, height=HEIGHT, deviceScaleFactor=1, mobile=False
         )

@@ -18,12 +18,10 @@ from concurrent import futures
 import genesis_registry as gr
 import grpc
 from genesis_registry.console import Console
+from genesis_registry.console.probe import SERVING_REPLY
 from genesis_registry.localetcd import EtcdServer
 
 from .browser import Browser
-
-#: An encoded ``grpc.health.v1.HealthCheckResponse{status: SERVING}``.
-SERVING = b"\x08\x01"
 
 ZONES = ("eu-west-1a", "eu-west-1b", "eu-west-1c")
 #: service -> (instances, version, TTL)
@@ -41,7 +39,7 @@ MESH = {
 def health_server(host: str = "127.0.0.1") -> tuple[grpc.Server, str]:
     """A gRPC server on loopback address ``host`` whose health service says SERVING; and its endpoint."""
     handler = grpc.method_handlers_generic_handler(
-        "grpc.health.v1.Health", {"Check": grpc.unary_unary_rpc_method_handler(lambda request, context: SERVING)}
+        "grpc.health.v1.Health", {"Check": grpc.unary_unary_rpc_method_handler(lambda request, context: SERVING_REPLY)}
     )
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=1), handlers=[handler])
     port = server.add_insecure_port(f"{host}:0")

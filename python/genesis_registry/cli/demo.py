@@ -44,6 +44,7 @@ import grpc
 from ..balancer import BalancedChannel
 from ..config import Config, EtcdConfig
 from ..connector import EtcdConnector
+from ..console.probe import HEALTH_CHECK, SERVING_REPLY
 from ..errors import RegistryError
 from ..localetcd import EtcdNotFoundError, EtcdServer
 from ..model import EventType, ServiceInstance
@@ -73,8 +74,6 @@ CHANGE_TIMEOUT = 10.0
 PAGE_WAIT = 60.0
 
 _SERVER_OPTIONS = (("grpc.so_reuseport", 0),)  # a port held by a live server is never shared
-#: An encoded ``grpc.health.v1.HealthCheckResponse{status: SERVING}``.
-_SERVING = b"\x08\x01"
 
 
 class GreeterServer:
@@ -103,7 +102,7 @@ class GreeterServer:
         )
         # The standard health service, which the console's probe asks.
         health = grpc.method_handlers_generic_handler(
-            "grpc.health.v1.Health", {"Check": grpc.unary_unary_rpc_method_handler(self._health)}
+            HEALTH_CHECK.split("/")[1], {"Check": grpc.unary_unary_rpc_method_handler(self._health)}
         )
         self._server = grpc.server(self._executor, handlers=[greeter, health], options=_SERVER_OPTIONS)
         self.port = int(self._server.add_insecure_port("127.0.0.1:0"))
@@ -114,7 +113,7 @@ class GreeterServer:
         return self.name.encode() + b": hello " + request
 
     def _health(self, request: bytes, context: grpc.ServicerContext) -> bytes:
-        return _SERVING
+        return SERVING_REPLY
 
     @property
     def address(self) -> str:
@@ -415,9 +414,13 @@ def _start_console(endpoints: list[str], out: Callable[[str], None]) -> Console:
         console = console_type(config, namespace=NAMESPACE).start()
     except ConsoleError:  # the default port is taken
         console = console_type(config, namespace=NAMESPACE, port=0).start()
-    out(f"console: {console.url}  (open it to watch the tour; it waits up to {PAGE_WAIT:.0f} s for a page)")
-    if console.wait_for_page(PAGE_WAIT):
-        out("console: a page is open; starting the tour")
+    try:
+        out(f"console: {console.url}  (open it to watch the tour; it waits up to {PAGE_WAIT:.0f} s for a page)")
+        if console.wait_for_page(PAGE_WAIT):
+            out("console: a page is open; starting the tour")
+    except BaseException:  # Ctrl-C while waiting: the caller never gets the console to close
+        console.close()
+        raise
     return console
 
 
@@ -503,7 +506,7 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m genesis_registry.demo [--keep-etcd] [--console]`` (the same as ``genesis-registry demo``)."""
     parser = argparse.ArgumentParser(prog="python -m genesis_registry.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--keep-etcd", action="store_true", help="keep the local etcd running after the tour")
-    parser.add_argument("--console", action="store_true", help="serve the running_console console beside the tour")
+    parser.add_argument("--console", action="store_true", help="serve the web console beside the tour")
     args = parser.parse_args(argv)
     return run(keep_etcd=args.keep_etcd, console=args.console)
 

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from .._core import __version__
+from ..console.access import DEFAULT_HOST, DEFAULT_PORT
 from .exits import EXIT_USAGE
 
 __all__ = [
@@ -44,9 +45,6 @@ ACCEPTS: dict[str, tuple[str, ...]] = {
     "etcd": ("json",),
     "demo": (),
 }
-#: The console's defaults.
-DEFAULT_CONSOLE_HOST = "127.0.0.1"
-DEFAULT_CONSOLE_PORT = 8765
 
 
 class _Parser(argparse.ArgumentParser):
@@ -233,18 +231,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub["demo"].add_argument(
         "--console",
         action="store_true",
-        help=f"serve the web console beside the tour (port {DEFAULT_CONSOLE_PORT}, or a free one) and print its URL",
+        help=f"serve the web console beside the tour (port {DEFAULT_PORT}, or a free one) and print its URL",
     )
 
     console = sub["console"]
-    console.add_argument(
-        "--host", default=DEFAULT_CONSOLE_HOST, help=f"address to listen on (default {DEFAULT_CONSOLE_HOST})"
-    )
+    console.add_argument("--host", default=DEFAULT_HOST, help=f"address to listen on (default {DEFAULT_HOST})")
     console.add_argument(
         "--port",
         type=_port_or_any,
-        default=DEFAULT_CONSOLE_PORT,
-        help=f"port (default {DEFAULT_CONSOLE_PORT}; 0: any free one)",
+        default=DEFAULT_PORT,
+        help=f"port (default {DEFAULT_PORT}; 0: any free one)",
     )
     console.add_argument(
         "--token",

@@ -15,6 +15,7 @@ namespace and the messages the pages get), ``probe`` (the gRPC health probe), ``
 
 Example::
 
+    >>> from genesis_registry.console import Console
     >>> reg.register(instance)
     >>> with Console(gr.EtcdConfig(endpoints=[etcd_endpoint]), namespace=reg.namespace, port=0) as console:
     ...     console.url.startswith("http://127.0.0.1:")
@@ -23,7 +24,21 @@ Example::
 
 from __future__ import annotations
 
-from .access import ENV_TOKEN, ConsoleAccessError
-from .runner import DEFAULT_PORT, Console, ConsoleError
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["DEFAULT_PORT", "ENV_TOKEN", "Console", "ConsoleAccessError", "ConsoleError"]
+from .access import DEFAULT_HOST, DEFAULT_PORT, ENV_TOKEN, ConsoleAccessError
+
+if TYPE_CHECKING:
+    from .runner import Console, ConsoleError
+
+__all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "ENV_TOKEN", "Console", "ConsoleAccessError", "ConsoleError"]
+
+
+def __getattr__(name: str) -> Any:
+    # The server needs aiohttp (the console extra): imported when first asked for, so that the
+    # command line and the demo can read the defaults and the probe without it.
+    if name in ("Console", "ConsoleError"):
+        from . import runner
+
+        return getattr(runner, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

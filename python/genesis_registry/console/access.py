@@ -26,8 +26,20 @@ import ipaddress
 import socket
 from dataclasses import dataclass
 
-__all__ = ["COOKIE", "ENV_TOKEN", "MIN_TOKEN_LENGTH", "Access", "ConsoleAccessError", "is_loopback_host"]
+__all__ = [
+    "COOKIE",
+    "DEFAULT_HOST",
+    "DEFAULT_PORT",
+    "ENV_TOKEN",
+    "MIN_TOKEN_LENGTH",
+    "Access",
+    "ConsoleAccessError",
+    "is_loopback_host",
+]
 
+#: Where the console listens unless told otherwise.
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8765
 ENV_TOKEN = "GENESIS_CONSOLE_TOKEN"
 MIN_TOKEN_LENGTH = 16
 #: The cookie that carries the token after the page was opened with ``?token=``.

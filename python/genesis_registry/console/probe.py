@@ -26,9 +26,12 @@ import grpc.aio
 
 from ..balancer.targets import endpoint_target
 
-__all__ = ["HEALTH_CHECK", "ProbeResult", "probe_endpoint", "probe_endpoints"]
+__all__ = ["HEALTH_CHECK", "SERVING_REPLY", "ProbeResult", "probe_endpoint", "probe_endpoints", "serving_status"]
 
 HEALTH_CHECK = "/grpc.health.v1.Health/Check"
+#: An encoded ``HealthCheckResponse{status: SERVING}``: what a server's health service answers
+#: when all is well (the demo's servers answer it).
+SERVING_REPLY = b"\x08\x01"
 #: ``HealthCheckResponse.ServingStatus`` by number.
 _SERVING_STATUS = {0: "UNKNOWN", 1: "SERVING", 2: "NOT_SERVING", 3: "SERVICE_UNKNOWN"}
 #: Endpoints probed at once; a mesh service may have thousands.

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
@@ -14,13 +15,12 @@ from .._core import __version__
 from ..config import Config, EtcdConfig
 from ..connector import EtcdConnector
 from ..registry import AsyncRegistry
-from .access import Access
-from .server import build_app
-from .view import MeshView
+from .access import DEFAULT_HOST, DEFAULT_PORT, Access
+from .server import RECONNECT_MS, build_app
+from .view import LEASE_LOOKUPS_PER_SECOND, MeshView
 
-__all__ = ["DEFAULT_PORT", "Console", "ConsoleError"]
+__all__ = ["Console", "ConsoleError"]
 
-DEFAULT_PORT = 8765
 #: Seconds a probe waits for an endpoint's answer.
 PROBE_TIMEOUT = 2.0
 #: Seconds the server gives requests in flight when it stops.
@@ -56,7 +56,7 @@ class Console:
         etcd: EtcdConfig,
         *,
         namespace: str = "",
-        host: str = "127.0.0.1",
+        host: str = DEFAULT_HOST,
         port: int = DEFAULT_PORT,
         token: str | None = None,
         probe_timeout: float = PROBE_TIMEOUT,
@@ -143,6 +143,9 @@ class Console:
             "tls": self._etcd.tls is not None,
             "version": __version__,
             "probe_timeout": self._probe_timeout,
+            # The page's pace follows the server's.
+            "reconnect_ms": RECONNECT_MS,
+            "lease_lookups_per_second": LEASE_LOOKUPS_PER_SECOND,
         }
 
     async def _serve(self) -> None:
@@ -150,34 +153,57 @@ class Console:
         self._loop = asyncio.get_running_loop()
         if self._closing:
             self._stop.set()
-        connector = EtcdConnector(self._etcd)
-        registry: AsyncRegistry | None = None
-        view: MeshView | None = None
-        runner: web.AppRunner | None = None
+        parts = _Parts(EtcdConnector(self._etcd))
+        starting = asyncio.create_task(self._start_up(parts), name="console-start")
+        stopping = asyncio.create_task(self._stop.wait(), name="console-stop")
         try:
-            await connector.aconnect()
-            registry = AsyncRegistry(connector, self._config)
-            view = MeshView(registry, self._about(registry), self._page_opened)
-            await view.start()
-            app = build_app(view, self._access, self._probe_timeout)
-            runner = web.AppRunner(app, access_log=None, shutdown_timeout=_SHUTDOWN_GRACE)
-            await runner.setup()
-            site = web.TCPSite(runner, self._host, self._port)
-            try:
-                await site.start()
-            except OSError as exc:
-                raise ConsoleError(f"the console cannot listen on {self._host}:{self._port}: {exc.strerror}") from None
-            self._port = int(runner.addresses[0][1])
+            # A close() while it starts (connecting to etcd, reading every service) ends it.
+            await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if not starting.done():
+                starting.cancel()
+                await asyncio.gather(starting, return_exceptions=True)
+                raise ConsoleError("the console was closed while it started")
+            starting.result()  # a failure to start is raised here
             self._ready.set()
-            await self._stop.wait()
+            await stopping
         except BaseException as exc:
             self._failure = exc
             raise
         finally:
-            if view is not None:
-                await view.close()  # ends the live feeds, so the server stops at once
-            if runner is not None:
-                await runner.cleanup()
-            if registry is not None:
-                await registry.close()
-            connector.close()
+            stopping.cancel()
+            await parts.close()
+
+    async def _start_up(self, parts: _Parts) -> None:
+        await parts.connector.aconnect()
+        parts.registry = AsyncRegistry(parts.connector, self._config)
+        parts.view = MeshView(parts.registry, self._about(parts.registry), self._page_opened)
+        await parts.view.start()
+        app = build_app(parts.view, self._access, self._probe_timeout)
+        # handler_cancellation: a page that goes away ends its feed and its probes at once.
+        parts.runner = web.AppRunner(app, access_log=None, shutdown_timeout=_SHUTDOWN_GRACE, handler_cancellation=True)
+        await parts.runner.setup()
+        site = web.TCPSite(parts.runner, self._host, self._port)
+        try:
+            await site.start()
+        except OSError as exc:
+            raise ConsoleError(f"the console cannot listen on {self._host}:{self._port}: {exc.strerror}") from None
+        self._port = int(parts.runner.addresses[0][1])
+
+
+@dataclass
+class _Parts:
+    """What a console started, closed in the reverse order."""
+
+    connector: EtcdConnector
+    registry: AsyncRegistry | None = None
+    view: MeshView | None = None
+    runner: web.AppRunner | None = None
+
+    async def close(self) -> None:
+        if self.view is not None:
+            await self.view.close()  # ends the live feeds, so the server stops at once
+        if self.runner is not None:
+            await self.runner.cleanup()
+        if self.registry is not None:
+            await self.registry.close()
+        self.connector.close()

@@ -3,12 +3,13 @@
 Routes, all ``GET`` (the console changes nothing):
 
 * ``/``: the page (``/?token=TOKEN`` stores the token in a cookie and drops it from the URL);
-* ``/static/console.js``, ``/static/console.css``: the page's script and style, shipped in
-  the package (no build step, nothing fetched from the internet);
+* ``/static/console.js``, ``/static/console.css``, ``/static/favicon.svg``: the page's
+  script, style and icon, shipped in the package (no build step, nothing fetched from the
+  internet);
 * ``/api/overview``: the snapshot the feed starts with (:meth:`MeshView.snapshot`);
 * ``/api/services/NAME``: a service's instances with their leases;
-* ``/api/services/NAME/probe``: a health probe of each of its endpoints (``?id=ID&id=...``:
-  of those instances only);
+* ``/api/services/NAME/probe``: a health probe of each of its endpoints, the first
+  :data:`MAX_PROBES` (``?id=ID&id=...``: of those instances only);
 * ``/api/events``: the live feed, as server-sent events (``snapshot``, ``change``,
   ``services``, ``stats``; see :mod:`genesis_registry.console.view`).
 """
@@ -28,17 +29,20 @@ from .access import COOKIE, Access
 from .probe import probe_endpoints
 from .view import MeshView
 
-__all__ = ["build_app"]
+__all__ = ["MAX_PROBES", "RECONNECT_MS", "build_app"]
 
 #: Seconds between two comments on an idle feed (they also reveal a page that went away).
 KEEP_ALIVE_EVERY = 15.0
 #: How soon a page reconnects after losing the feed, in milliseconds (the browser's EventSource).
 RECONNECT_MS = 2000
+#: Endpoints one probe request asks at most (the first ones, in instance-id order).
+MAX_PROBES = 1000
 
 _PAGE_FILES = {
     "index.html": "text/html",
     "console.js": "text/javascript",
     "console.css": "text/css",
+    "favicon.svg": "image/svg+xml",
 }
 _SECURITY_HEADERS = {
     # The page loads nothing but its own script and style, and only talks to this server.
@@ -74,10 +78,14 @@ def _refused(status: int, text: str) -> web.Response:
 
 @web.middleware
 async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """The Host check, the token, and the security headers, for every request."""
+    """The Host check, the origin and token checks, and the security headers, for every
+    request (errors included)."""
     access = request.app[_ACCESS]
     if not access.host_allowed(request.headers.get("Host")):
         return _refused(403, "genesis-registry console: this host name is not served (open it as 127.0.0.1)")
+    if request.headers.get("Sec-Fetch-Site") == "cross-site":
+        # Another site's page in the user's browser: it may not read the console nor make it work.
+        return _refused(403, "genesis-registry console: requests from other sites are refused")
     if access.requires_token:
         in_url = request.query.get("token")
         if request.path == "/" and in_url is not None:
@@ -89,7 +97,11 @@ async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
             raise moved
         if not access.token_matches(_offered_token(request)):
             return _refused(401, "genesis-registry console: a token is required; open /?token=TOKEN once")
-    response = await handler(request)
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:  # 404, 405...: the same headers
+        exc.headers.update(_SECURITY_HEADERS)
+        raise
     response.headers.update(_SECURITY_HEADERS)
     return response
 
@@ -124,10 +136,12 @@ async def _probe(request: web.Request) -> web.Response:
     view = request.app[_VIEW]
     name = _followed(request)
     ids = set(request.query.getall("id", []))  # none: every instance
-    instances = [i for i in await view.registry.get_service(name) if not ids or i.id in ids]
+    instances = [i for i in view.instances(name) if not ids or i.id in ids]
     endpoints = list(dict.fromkeys(e for i in instances for e in i.endpoints))
-    results = await probe_endpoints(endpoints, request.app[_PROBE_TIMEOUT])
-    return _json({"name": name, "probes": [r.to_dict() for r in results]})
+    # Stopped if the page goes away (the server cancels the handler).
+    results = await probe_endpoints(endpoints[:MAX_PROBES], request.app[_PROBE_TIMEOUT])
+    doc = {"name": name, "probes": [r.to_dict() for r in results], "endpoints": len(endpoints)}
+    return _json(doc)
 
 
 def _sse(kind: str, doc: Any) -> bytes:

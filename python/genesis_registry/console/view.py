@@ -33,7 +33,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import datetime
-import itertools
 import math
 import threading
 import time
@@ -87,41 +86,50 @@ def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
 
 
+_RESYNC: Message = ("snapshot", {})  # in a feed's queue: a fresh snapshot is due, read when it is read
+
+
 class Subscription:
     """One page's feed: a bounded queue of messages. A page that falls :data:`QUEUE_SIZE`
-    messages behind loses them and gets a fresh snapshot instead, so it still ends exact."""
+    messages behind loses them and is sent a fresh snapshot next instead, so it still ends
+    exact."""
 
     def __init__(self, view: MeshView) -> None:
         self._view = view
         self._queue: asyncio.Queue[Message | None] = asyncio.Queue(QUEUE_SIZE)
         self._behind = False
-        self._queue.put_nowait(("snapshot", view.snapshot()))
+        self._queue.put_nowait(_RESYNC)
+
+    def _drain(self) -> None:
+        while not self._queue.empty():
+            self._queue.get_nowait()
 
     def offer(self, message: Message) -> None:
         if self._behind:
-            return
+            return  # the snapshot due will hold it
         try:
             self._queue.put_nowait(message)
         except asyncio.QueueFull:
+            self._drain()
+            self._queue.put_nowait(_RESYNC)
             self._behind = True
 
     def end(self) -> None:
-        """No more messages: :meth:`next` returns None (at once, if the page was behind)."""
-        self._behind = False
+        """No more messages: :meth:`next` returns None once what is queued is read."""
         if self._queue.full():  # what it has not read is moot now
-            while not self._queue.empty():
-                self._queue.get_nowait()
+            self._drain()
         self._queue.put_nowait(None)
 
     async def next(self, timeout: float | None = None) -> Message | None:
         """The next message; None when the view closed. ``TimeoutError`` after ``timeout`` s."""
-        if self._behind and self._queue.empty():
+        message = await asyncio.wait_for(self._queue.get(), timeout)
+        if message is _RESYNC:
             self._behind = False
             return ("snapshot", self._view.snapshot())
-        return await asyncio.wait_for(self._queue.get(), timeout)
+        return message
 
     def close(self) -> None:
-        self._view._subscriptions.discard(self)
+        self._view.unsubscribe(self)
 
     def __enter__(self) -> Subscription:
         return self
@@ -155,10 +163,11 @@ class MeshView:
         self._about = about
         self._services: dict[str, _Followed] = {}
         self._log: collections.deque[dict[str, Any]] = collections.deque(maxlen=LOG_SIZE)
-        self._seq = itertools.count(1)
+        self._last_seq = 0  # of the last change logged
         self._subscriptions: set[Subscription] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self._leases: dict[str, tuple[float, dict[str, LeaseTime], str | None]] = {}
+        self._lease_reads: dict[str, asyncio.Task[tuple[float, dict[str, LeaseTime], str | None]]] = {}
         self._etcd_error: str | None = None
         self._closed = False
         #: Set once a page subscribed; other threads may wait on it (the demo does).
@@ -178,12 +187,16 @@ class MeshView:
         if self._closed:
             return
         self._closed = True
-        tasks = self._tasks + [f.task for f in self._services.values() if f.task is not None]
+        tasks: list[asyncio.Task[Any]] = [*self._tasks, *self._lease_reads.values()]
+        tasks += [f.task for f in self._services.values() if f.task is not None]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         for subscription in list(self._subscriptions):
             subscription.end()
+
+    def unsubscribe(self, subscription: Subscription) -> None:
+        self._subscriptions.discard(subscription)
 
     def subscribe(self) -> Subscription:
         """A feed of messages for one page, starting with a snapshot."""
@@ -203,6 +216,10 @@ class MeshView:
     def follows(self, name: str) -> bool:
         return name in self._services
 
+    def instances(self, name: str) -> list[ServiceInstance]:
+        """A followed service's instances as the feed has told them, sorted by id."""
+        return sorted(self._services[name].instances.values(), key=lambda i: i.id)
+
     def snapshot(self) -> dict[str, Any]:
         """Everything a page needs to draw itself."""
         return {
@@ -221,40 +238,51 @@ class MeshView:
             "etcd_error": self._etcd_error,
         }
 
-    async def _lease_times(
-        self, name: str, instances: tuple[ServiceInstance, ...]
-    ) -> tuple[dict[str, LeaseTime], str | None]:
-        """The service's leases, read again once the last read is older than its horizon:
-        :data:`LEASES_FRESH_FOR` seconds, more for big services (a lookup per lease), so that
-        pages watching a mesh do not load etcd with lease lookups. An instance that joined
-        since has no lease shown until then."""
+    async def _lease_times(self, name: str, count: int) -> tuple[float, dict[str, LeaseTime], str | None]:
+        """The service's leases and when they were read (``time.monotonic()``), read again
+        once that is older than the service's horizon: :data:`LEASES_FRESH_FOR` seconds, more
+        for big services (a lookup per lease), so that pages watching a mesh do not load etcd
+        with lease lookups. Pages asking at once share one read."""
         read_at, leases, error = self._leases.get(name, (-math.inf, {}, None))
-        horizon = max(LEASES_FRESH_FOR, len(instances) / LEASE_LOOKUPS_PER_SECOND)
+        horizon = max(LEASES_FRESH_FOR, count / LEASE_LOOKUPS_PER_SECOND)
         if time.monotonic() - read_at < horizon:
-            return leases, error
+            return read_at, leases, error
+        reading = self._lease_reads.get(name)
+        if reading is None:
+            reading = asyncio.create_task(self._read_leases(name), name=f"console-leases-{name}")
+            self._lease_reads[name] = reading
+            reading.add_done_callback(lambda _: self._lease_reads.pop(name, None))
+        return await asyncio.shield(reading)
+
+    async def _read_leases(self, name: str) -> tuple[float, dict[str, LeaseTime], str | None]:
         try:
             leases, error = await self.registry.lease_times(name), None
         except RegistryError as exc:
             leases, error = {}, str(exc)
-        self._leases[name] = (time.monotonic(), leases, error)
-        return leases, error
+        entry = (time.monotonic(), leases, error)
+        if name in self._services:  # not kept for a service that went meanwhile
+            self._leases[name] = entry
+        return entry
 
     async def service(self, name: str) -> dict[str, Any]:
-        """A followed service's instances, each with its lease (as etcd told it at most a few
-        seconds ago, more for big services; None for an instance that joined since)."""
-        instances = await self.registry.get_service(name)
-        leases, lease_error = await self._lease_times(name, instances)
+        """A followed service's instances as the feed has told them (up to change ``seq``),
+        each with its lease: etcd's answer at most a few seconds old (more for big services),
+        aged since; None for an instance that joined since."""
+        seq = self._last_seq
+        instances = self.instances(name)
+        read_at, leases, lease_error = await self._lease_times(name, len(instances))
+        aged = int(time.monotonic() - read_at)
         docs = []
         for instance in instances:
             doc = instance_doc(instance)
             lease = leases.get(instance.id)
+            doc["lease"] = None
             if lease is not None:
-                doc["lease"] = {"id": f"{lease.lease:x}", "granted_ttl": lease.granted_ttl, "ttl_left": lease.ttl_left}
-            else:
-                doc["lease"] = None
+                left = None if lease.ttl_left is None else max(0, lease.ttl_left - aged)
+                doc["lease"] = {"id": f"{lease.lease:x}", "granted_ttl": lease.granted_ttl, "ttl_left": left}
             docs.append(doc)
         stats = self.registry.service_stats().get(name)
-        return {"name": name, "time": _now(), "instances": docs, "stats": stats, "lease_error": lease_error}
+        return {"name": name, "seq": seq, "instances": docs, "stats": stats, "lease_error": lease_error}
 
     def _broadcast(self, message: Message) -> None:
         for subscription in list(self._subscriptions):
@@ -284,9 +312,7 @@ class MeshView:
                 await self._follow(name, log_existing=not initial)
                 changed = True
         for name in [n for n, f in self._services.items() if n not in listed and not f.instances]:
-            followed = self._services.pop(name)
-            if followed.task is not None:
-                followed.task.cancel()
+            self._unfollow(name)
             changed = True
         if changed and not initial:
             self._broadcast(("services", {"services": self.services}))
@@ -298,6 +324,21 @@ class MeshView:
             # The state the console starts from: the watch's first PUTs repeat it, unlogged.
             followed.instances = {i.id: i for i in await self.registry.get_service(name)}
         followed.task = asyncio.create_task(self._watch(name, followed), name=f"console-watch-{name}")
+        followed.task.add_done_callback(lambda task: self._watch_ended(name, followed, task))
+
+    def _unfollow(self, name: str) -> None:
+        followed = self._services.pop(name)
+        self._leases.pop(name, None)
+        if followed.task is not None:
+            followed.task.cancel()
+
+    def _watch_ended(self, name: str, followed: _Followed, task: asyncio.Task[None]) -> None:
+        """A watch that failed is dropped, so that the next listing follows its service again."""
+        if task.cancelled() or self._closed or self._services.get(name) is not followed:
+            return
+        error = task.exception()
+        self.registry.logger.warning("console: the watch of service %s ended (%s); following it again", name, error)
+        del self._services[name]
 
     async def _watch(self, name: str, followed: _Followed) -> None:
         async with self.registry.watch(name) as events:
@@ -317,8 +358,9 @@ class MeshView:
                 return
             del followed.instances[instance.id]
             what = "deregistered"
+        self._last_seq += 1
         doc = {
-            "seq": next(self._seq),
+            "seq": self._last_seq,
             "time": _now(),
             "type": event.type.value,
             "change": what,

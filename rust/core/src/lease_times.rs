@@ -10,7 +10,7 @@ use tokio::task::JoinSet;
 
 use crate::error::Result;
 use crate::etcd::{read_range, EtcdAccess};
-use crate::watch::instance_id;
+use crate::instance::instance_id;
 
 /// Lease lookups in flight at once: a mesh service may have an instance (and a lease) per process.
 const CONCURRENT_LOOKUPS: usize = 16;

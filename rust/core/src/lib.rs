@@ -12,8 +12,8 @@
 //! - [`lease_times`] reads how long each instance's lease has left, for operators' views.
 //!
 //! Dependencies run one way: registry → connector → watch → cache → instance → error,
-//! and connector, watch, lease, lease_times and registry → etcd → error (lease_times reads
-//! keys by the watch's grammar).
+//! and connector, watch, lease, lease_times and registry → etcd → error; the key grammar
+//! (`instance::instance_id`) is the instance module's.
 //!
 //! Background work (keep-alive, watches) runs on the caller's tokio runtime and reports
 //! through [`log_sink::LogSink`] and [`stats`] counters, which the bindings read; nothing

@@ -8,7 +8,7 @@ const LEASE_REFRESH_MS = 5000;
 
 const state = {
   about: null,
-  services: {},        // name -> instance count
+  services: Object.create(null),  // name -> instance count
   selected: null,      // the service shown
   detail: null,        // {name, instances: [...], stats, fetchedAt}
   probes: {},          // endpoint -> probe result, for the selected service
@@ -64,6 +64,10 @@ function setFeedState(name, text) {
 
 // ---- services -----------------------------------------------------------------------------
 
+// Service names are etcd's: kept in an object without a prototype, where "__proto__" or
+// "constructor" is a name like any other.
+const servicesOf = (counts) => Object.assign(Object.create(null), counts);
+
 function renderServices() {
   const filter = $("filter").value.trim().toLowerCase();
   const names = Object.keys(state.services).sort();
@@ -93,6 +97,7 @@ function select(name) {
     state.probes = {};
     probeIds = null;
     pendingChanges = [];
+    recentChanges = [];
     rows.clear();
     history.replaceState(null, "", `#service=${encodeURIComponent(name)}`);
   }
@@ -122,6 +127,9 @@ async function loadService(probe) {
       const previous = new Set((state.detail?.instances ?? []).map((i) => i.id));
       doc.fetchedAt = performance.now();
       doc.instances.sort(byId);
+      // Changes the feed brought while this answer was on its way are newer than it: again on top.
+      recentChanges = recentChanges.filter((change) => change.seq > doc.seq);
+      mergeChanges(doc, recentChanges);
       doc.fresh = state.detail ? new Set(doc.instances.filter((i) => !previous.has(i.id)).map((i) => i.id)) : new Set();
       state.detail = doc;
       renderService();
@@ -172,6 +180,8 @@ async function probe(ids) {
       for (const result of doc.probes) state.probes[result.endpoint] = result;
       renderInstances();
     }
+  } catch (error) {
+    // The server went away (the feed's state says so); the next opening probes again.
   } finally {
     if (ids === "all") { button.disabled = !state.selected; button.textContent = "Probe endpoints"; }
   }
@@ -278,7 +288,11 @@ function renderInstances() {
       rows.set(inst.id, row);
       showLease(row.tr.lastElementChild, inst.lease, detail.fetchedAt);
     }
-    if (detail.fresh?.has(inst.id)) row.tr.classList.add("fresh");
+    if (detail.fresh?.has(inst.id)) {
+      row.tr.classList.remove("fresh");
+      void row.tr.offsetWidth;  // so that the highlight plays again on a row shown before
+      row.tr.classList.add("fresh");
+    }
     return row.tr;
   });
   const keep = new Set(wanted);
@@ -312,22 +326,25 @@ function drawSoon(draw) {
 }
 
 // Changes to the shown service are applied together, once per frame (a burst of hundreds costs
-// one sort and one pass over the table); a new instance's lease follows from a read.
+// one sort and one pass over the table); a new instance's lease follows from a read. The ones
+// a read may not hold yet are kept until one does (its answer says up to which change, seq).
 let pendingChanges = [];
+let recentChanges = [];
+const RECENT_KEPT = 5000;
 
 function applyToDetail(change) {
   const detail = state.detail;
   if (!detail || detail.gone) { loadService(true); return; }
   pendingChanges.push(change);
+  recentChanges.push(change);
+  if (recentChanges.length > RECENT_KEPT) recentChanges.splice(0, recentChanges.length - RECENT_KEPT);
   drawSoon(applyChanges);
   if (change.type === "PUT") probeSoon([change.id]);
 }
 
-function applyChanges() {
-  const detail = state.detail;
-  const changes = pendingChanges;
-  pendingChanges = [];
-  if (!detail) return;
+// Applies feed changes to a service's instances (a change to another service is skipped).
+function mergeChanges(detail, changes) {
+  if (changes.length === 0) return;
   const byIdMap = new Map(detail.instances.map((i) => [i.id, i]));
   let added = false;
   for (const change of changes) {
@@ -342,6 +359,14 @@ function applyChanges() {
   }
   detail.instances = [...byIdMap.values()];
   if (added) detail.instances.sort(byId);
+}
+
+function applyChanges() {
+  const detail = state.detail;
+  const changes = pendingChanges;
+  pendingChanges = [];
+  if (!detail) return;
+  mergeChanges(detail, changes);
   renderInstances();
   // A small service's new leases are read at once; a big one (a read is ~250 bytes an instance)
   // waits for its periodic read.
@@ -397,8 +422,11 @@ function renderStats() {
 // ---- the feed -----------------------------------------------------------------------------
 
 function onSnapshot(doc) {
+  // A snapshot starts the feed again (perhaps from a restarted console): older changes are moot.
+  pendingChanges = [];
+  recentChanges = [];
   state.about = doc.about;
-  state.services = doc.services;
+  state.services = servicesOf(doc.services);
   state.stats = doc.stats;
   state.events = doc.events.slice(-EVENTS_SHOWN).reverse();
   renderAbout();
@@ -427,7 +455,7 @@ function onChange(doc) {
 }
 
 function onServices(doc) {
-  state.services = doc.services;
+  state.services = servicesOf(doc.services);
   if (selectFirstIfNone()) return;
   renderServices();
   if (state.selected && !(state.selected in state.services)) loadService(false);
@@ -446,7 +474,7 @@ function connect() {
         return;
       }
       setFeedState("reconnecting", "reconnecting…");
-      setTimeout(connect, 2000);
+      setTimeout(connect, state.about?.reconnect_ms ?? 2000);
     } else {
       setFeedState("reconnecting", "reconnecting…");
     }
@@ -466,7 +494,8 @@ document.addEventListener("DOMContentLoaded", () => {
   let lastLoad = 0;
   setInterval(() => {
     const size = state.detail?.instances.length ?? 0;
-    if (document.hidden || performance.now() - lastLoad < Math.max(LEASE_REFRESH_MS, size * 4)) return;
+    const perInstanceMs = 1000 / (state.about?.lease_lookups_per_second ?? 250);
+    if (document.hidden || performance.now() - lastLoad < Math.max(LEASE_REFRESH_MS, size * perInstanceMs)) return;
     lastLoad = performance.now();
     loadService(false);
   }, 1000);

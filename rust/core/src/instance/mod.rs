@@ -122,6 +122,14 @@ pub fn validate_segment(what: &str, value: &str) -> Result<()> {
     ))
 }
 
+/// The instance id a key under `prefix` (`<namespace>/<service>/`) names: its last segment.
+/// Keys nested deeper (another `/` after the prefix) or not valid UTF-8 are not instance keys.
+pub(crate) fn instance_id<'k>(prefix: &str, key: &'k [u8]) -> Option<&'k str> {
+    let rest = key.strip_prefix(prefix.as_bytes())?;
+    let id = std::str::from_utf8(rest).ok()?;
+    (!id.is_empty() && !id.contains('/')).then_some(id)
+}
+
 /// `value` quoted and escaped for an error message, shortened if huge.
 pub(crate) fn shown(value: &str) -> String {
     if value.len() <= MAX_SHOWN_LEN {
@@ -204,6 +212,16 @@ pub(crate) mod fixtures {
 mod tests {
     use super::fixtures::*;
     use super::*;
+
+    #[test]
+    fn instance_ids_come_from_the_last_key_segment() {
+        let prefix = "/genesis/services/user/";
+        assert_eq!(instance_id(prefix, b"/genesis/services/user/u-1"), Some("u-1"));
+        assert_eq!(instance_id(prefix, b"/genesis/services/user/"), None);
+        assert_eq!(instance_id(prefix, b"/genesis/services/user/a/b"), None);
+        assert_eq!(instance_id(prefix, b"/genesis/services/other/u-1"), None);
+        assert_eq!(instance_id(prefix, b"/genesis/services/user/\xff"), None);
+    }
 
     #[test]
     fn accepts_valid_segments() {

@@ -13,13 +13,13 @@ use tokio::task::{AbortHandle, JoinSet};
 use tokio::time::Instant;
 
 use super::state::{
-    decode_instance, instance_id, Change, HubState, Liveness, ReadResult, Reply, ReplyAction, StreamStart,
+    decode_instance, Change, HubState, Liveness, ReadResult, Reply, ReplyAction, StreamStart,
 };
 use super::Command;
 use crate::backoff::Backoff;
 use crate::error::{Error, Result};
 use crate::etcd::{read_range, EtcdAccess, Header};
-use crate::instance::ServiceInstance;
+use crate::instance::{instance_id, ServiceInstance};
 use crate::log_sink::Level;
 
 /// Range reads in flight at once (a data reset re-reads every watched service).

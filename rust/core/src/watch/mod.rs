@@ -19,8 +19,6 @@
 mod hub;
 mod state;
 
-pub(crate) use state::instance_id;
-
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 

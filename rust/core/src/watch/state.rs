@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use crate::backoff::Backoff;
 use crate::cache::{diff, Event, Position, ServiceCache};
 use crate::etcd::Header;
-use crate::instance::ServiceInstance;
+use crate::instance::{instance_id, ServiceInstance};
 use crate::log_sink::{Level, LogSink};
 use crate::stats::WatchStats;
 
@@ -675,14 +675,6 @@ fn is_auth_refusal(reason: &str) -> bool {
         || reason.contains("unauthenticated")
 }
 
-/// The instance id a key under `prefix` names: its last segment. Keys nested deeper
-/// (another `/` after the prefix) or not valid UTF-8 are not instance keys.
-pub(crate) fn instance_id<'k>(prefix: &str, key: &'k [u8]) -> Option<&'k str> {
-    let rest = key.strip_prefix(prefix.as_bytes())?;
-    let id = std::str::from_utf8(rest).ok()?;
-    (!id.is_empty() && !id.contains('/')).then_some(id)
-}
-
 /// Decodes a stored value; the id inside must agree with the key's.
 pub(crate) fn decode_instance(
     name: &str,
@@ -1021,16 +1013,6 @@ mod tests {
         assert_eq!(state.opened_into_reset(header(3, 1), start.highest), [PREFIX.to_string()]);
         assert_eq!(stats.data_resets.get(), 1);
         assert_eq!(state.phase(PREFIX), Some(Phase::Pending));
-    }
-
-    #[test]
-    fn instance_ids_come_from_the_last_key_segment() {
-        let prefix = "/genesis/services/user/";
-        assert_eq!(instance_id(prefix, b"/genesis/services/user/u-1"), Some("u-1"));
-        assert_eq!(instance_id(prefix, b"/genesis/services/user/"), None);
-        assert_eq!(instance_id(prefix, b"/genesis/services/user/a/b"), None);
-        assert_eq!(instance_id(prefix, b"/genesis/services/other/u-1"), None);
-        assert_eq!(instance_id(prefix, b"/genesis/services/user/\xff"), None);
     }
 
     #[test]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
 from typing import TYPE_CHECKING
 
 from .client import etcd_config
@@ -72,8 +71,8 @@ def cmd_console(args: argparse.Namespace, out: Output) -> int:
         except ConsoleError as exc:
             raise CliError(f"{exc}; pick another with --port") from None
         announce(console.url, args.namespace, console.requires_token, out)
-        while True:
-            time.sleep(3600)
+        if console.wait():  # it only stops by itself on a fault
+            raise CliError("the console stopped by itself; run with -v to see why")
     except Interrupted:
         pass
     finally:

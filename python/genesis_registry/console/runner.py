@@ -101,6 +101,13 @@ class Console:
             raise self._failure
         return self
 
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait until the console has stopped (True), or ``timeout`` seconds (False)."""
+        if self._thread is None:
+            return True
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
     def wait_for_page(self, timeout: float | None = None) -> bool:
         """Wait until a page has opened the live feed (True), or ``timeout`` seconds (False)."""
         return self._page_opened.wait(timeout)

@@ -283,7 +283,8 @@ async def test_read_only(start_console, registry, http, etcd_server, namespace):
 
 async def test_every_answer_carries_the_security_headers(start_console, http):
     console = start_console()
-    answers = [("GET", path, 200) for path in ("", "static/console.js", "static/favicon.svg", "api/overview")]
+    pages = ("", "static/console.js", "static/favicon.svg", "favicon.ico", "api/overview")
+    answers = [("GET", path, 200) for path in pages]
     answers += [("GET", "static/nothing.js", 404), ("GET", "api/services/none", 404), ("POST", "api/overview", 405)]
     for method, path, status in answers:
         async with http.request(method, console.url + path) as response:

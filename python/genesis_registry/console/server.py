@@ -107,7 +107,9 @@ async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 
 async def _page(request: web.Request) -> web.Response:
-    name = request.match_info.get("file", "index.html")
+    # /favicon.ico: what browsers ask for by themselves, for pages without an icon of their own.
+    default = "favicon.svg" if request.path == "/favicon.ico" else "index.html"
+    name = request.match_info.get("file", default)
     if name not in _PAGE_FILES:
         raise web.HTTPNotFound(text=f"no such file: {name}")
     return web.Response(body=request.app[_PAGE][name], content_type=_PAGE_FILES[name], charset="utf-8")
@@ -183,6 +185,7 @@ def build_app(view: MeshView, access: Access, probe_timeout: float) -> web.Appli
     app[_PROBE_TIMEOUT] = probe_timeout
     app.router.add_get("/", _page)
     app.router.add_get("/static/{file}", _page)
+    app.router.add_get("/favicon.ico", _page)
     app.router.add_get("/api/overview", _overview)
     app.router.add_get("/api/events", _events)
     app.router.add_get("/api/services/{name}", _service)

@@ -17,7 +17,7 @@ gateway (leases granted there, so nothing here keeps them alive):
   5,000 rows drawn; the page's JavaScript heap then; and **push**: from ``register()``'s return
   to the new instance's row in the page, one at a time (20 times) into the 5,000-instance
   service shown and into a 10-instance one, and for a burst of 200 (one ``register_many``) until
-  the last row is drawn.
+  the last row is drawn (5 bursts).
 """
 
 from __future__ import annotations
@@ -46,6 +46,8 @@ from support.browser import Browser, find_chromium  # noqa: E402
 NAMESPACE = "/bench-console"
 BIG = "big"
 SIZES = {"full": (5000, 200, 10, 20, 200), "quick": (200, 10, 5, 3, 20)}
+#: Bursts timed (each one register_many, then every instance of it deregistered).
+BURSTS = 5
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
@@ -157,18 +159,24 @@ async def page_figures(console: Console, writer: gr.Registry, big: int, pushes: 
             figures[key] = {"p50": statistics.median(latencies), "max": max(latencies), "n": len(latencies)}
         await page.evaluate(f"document.querySelector('#services li[data-service={BIG}]').click()")
         await page.wait_for(f"document.querySelectorAll('#instances tbody tr').length === {big}", timeout=60)
-        await page.evaluate(RECORD_ROWS)
-        batch = [gr.ServiceInstance(id=f"burst-{k}", name=BIG, endpoints=["grpc://127.0.0.1:9"]) for k in range(burst)]
-        await asyncio.to_thread(writer.register_many, batch)
-        returned = time.time() * 1000
-        last = await page.wait_for(
-            f"Object.keys(window.seenAt).filter(id => id.startsWith('burst-')).length === {burst} && "
-            "Math.max(...Object.entries(window.seenAt).filter(([id]) => id.startsWith('burst-')).map(([, t]) => t))",
-            timeout=60,
-        )
-        figures["burst_ms"] = {"n": burst, "last": last - returned}
-        for item in batch:
-            await asyncio.to_thread(writer.deregister, item.id)
+        bursts = []
+        for round_ in range(BURSTS):
+            await page.evaluate(RECORD_ROWS)
+            prefix = f"burst{round_}-"
+            batch = [
+                gr.ServiceInstance(id=f"{prefix}{k}", name=BIG, endpoints=["grpc://127.0.0.1:9"]) for k in range(burst)
+            ]
+            await asyncio.to_thread(writer.register_many, batch)
+            returned = time.time() * 1000
+            ours = f"Object.entries(window.seenAt).filter(([id]) => id.startsWith('{prefix}'))"
+            last = await page.wait_for(
+                f"{ours}.length === {burst} && Math.max(...{ours}.map(([, t]) => t))", timeout=60
+            )
+            bursts.append(last - returned)
+            for item in batch:
+                await asyncio.to_thread(writer.deregister, item.id)
+            await page.wait_for(f"document.querySelectorAll('#instances tbody tr').length === {big}", timeout=60)
+        figures["burst_ms"] = {"n": burst, "p50": statistics.median(bursts), "max": max(bursts), "times": len(bursts)}
         return figures
 
 
@@ -248,7 +256,11 @@ def markdown(result: dict[str, Any]) -> str:
             ),
             (f"`register()` → its row in the page, {big}-instance service shown", _push(page["push_big_ms"])),
             ("`register()` → its row in the page, 10-instance service shown", _push(page["push_small_ms"])),
-            (f"`register_many({page['burst_ms']['n']})` → the last row drawn", f"{page['burst_ms']['last']:.0f} ms"),
+            (
+                f"`register_many({page['burst_ms']['n']})` → the last row drawn",
+                f"p50 {page['burst_ms']['p50']:.0f} ms, max {page['burst_ms']['max']:.0f} ms "
+                f"({page['burst_ms']['times']} times)",
+            ),
         ]
     lines = ["| | figure |", "|---|---|", *(f"| {what} | {figure} |" for what, figure in rows)]
     return "\n".join(lines)

@@ -38,7 +38,9 @@ function clockTime(iso) {
 
 // Ids as people count them: web-2 before web-10.
 const collator = new Intl.Collator("en", { numeric: true });
-const byId = (a, b) => collator.compare(a.id, b.id);
+// A total order: ids the collator finds equal ("x-01", "x-1") still sort apart, always the same way.
+const compareIds = (a, b) => collator.compare(a, b) || (a < b ? -1 : a > b ? 1 : 0);
+const byId = (a, b) => compareIds(a.id, b.id);
 
 function number(value, digits = 0) {
   return Number(value).toLocaleString("en-US", { maximumFractionDigits: digits, minimumFractionDigits: digits });
@@ -342,23 +344,35 @@ function applyToDetail(change) {
   if (change.type === "PUT") probeSoon([change.id]);
 }
 
-// Applies feed changes to a service's instances (a change to another service is skipped).
+// Where instance `id` is, or would go, in a list sorted by byId (a binary search: a burst into
+// a service of thousands costs no sort).
+function indexOfId(list, id) {
+  let low = 0;
+  let high = list.length;
+  while (low < high) {
+    const middle = (low + high) >> 1;
+    if (compareIds(list[middle].id, id) < 0) low = middle + 1;
+    else high = middle;
+  }
+  return low;
+}
+
+// Applies feed changes to a service's instances, in place (a change to another service is skipped).
 function mergeChanges(detail, changes) {
-  if (changes.length === 0) return;
-  const byIdMap = new Map(detail.instances.map((i) => [i.id, i]));
-  let added = false;
+  const list = detail.instances;
   for (const change of changes) {
     if (change.service !== detail.name) continue;
+    const at = indexOfId(list, change.id);
+    const here = list[at]?.id === change.id;
     if (change.type === "PUT") {
-      added = added || !byIdMap.has(change.id);
-      byIdMap.set(change.id, { ...change.instance, lease: byIdMap.get(change.id)?.lease ?? null });
-      detail.fresh = new Set([...(detail.fresh ?? []), change.id]);
-    } else {
-      byIdMap.delete(change.id);
+      const instance = { ...change.instance, lease: here ? list[at].lease : null };
+      if (here) list[at] = instance;
+      else list.splice(at, 0, instance);
+      (detail.fresh ??= new Set()).add(change.id);
+    } else if (here) {
+      list.splice(at, 1);
     }
   }
-  detail.instances = [...byIdMap.values()];
-  if (added) detail.instances.sort(byId);
 }
 
 function applyChanges() {

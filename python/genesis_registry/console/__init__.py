@@ -6,12 +6,12 @@ the registry's figures, and a health probe of each endpoint.
     genesis-registry demo --console                  # the demo, with the console beside it
 
 Needs the ``console`` extra (``pip install 'genesis-registry[console]'``: aiohttp). The page
-is three files shipped in the package (no build step, nothing fetched at run time).
+is four files shipped in the package (no build step, nothing fetched at run time).
 
 Modules: ``runner`` (:class:`Console`: a thread with its own loop, connection and
 registry), ``server`` (the aiohttp routes and the live feed), ``view`` (the followed
 namespace and the messages the pages get), ``probe`` (the gRPC health probe), ``access``
-(the bind rule, the token, the Host check), ``page/`` (the HTML, script and style).
+(the bind rule, the token, the Host check), ``page/`` (the HTML, script, style and icon).
 
 Example::
 

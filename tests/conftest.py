@@ -5,8 +5,8 @@ Fixtures only: what tests share besides fixtures is in the ``support`` package."
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import genesis_registry as gr
 import pytest
@@ -14,6 +14,9 @@ from genesis_registry.localetcd import EtcdServer
 from support.echo import EchoServer
 from support.etcd import make_connector
 from support.scenario import SCENARIOS, Scenario, write_report
+
+if TYPE_CHECKING:
+    from genesis_registry.console import Console
 
 
 @pytest.fixture
@@ -54,6 +57,27 @@ def servers() -> Iterator[list[EchoServer]]:
     yield started
     for server in started:
         server.stop()
+
+
+@pytest.fixture
+def start_console(etcd_endpoints: list[str], namespace: str) -> Iterator[Callable[..., Console]]:
+    """Starts web consoles (over the test's namespace and etcd, on free ports, unless told
+    otherwise; ``etcd=`` an EtcdConfig); closes them after the test."""
+    from genesis_registry.console import Console  # the console extra: only for the tests that use it
+
+    started: list[Console] = []
+
+    def start(**kw: Any) -> Console:
+        kw.setdefault("namespace", namespace)
+        kw.setdefault("port", 0)
+        config = kw.pop("etcd", None) or gr.EtcdConfig(endpoints=etcd_endpoints)
+        console = Console(config, **kw)
+        started.append(console)
+        return console.start()
+
+    yield start
+    for console in started:
+        console.close()
 
 
 @pytest.fixture

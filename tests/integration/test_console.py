@@ -30,24 +30,6 @@ TOKEN = "a-console-token-of-some-length"
 
 
 @pytest.fixture
-def start_console(etcd_endpoints: list[str], namespace: str) -> Iterator[Callable[..., Console]]:
-    """Starts consoles over the test's namespace on free ports; closes them after the test."""
-    started: list[Console] = []
-
-    def start(**kw: Any) -> Console:
-        kw.setdefault("namespace", namespace)
-        kw.setdefault("port", 0)
-        config = kw.pop("etcd", None) or gr.EtcdConfig(endpoints=etcd_endpoints)
-        console = Console(config, **kw)
-        started.append(console)
-        return console.start()
-
-    yield start
-    for console in started:
-        console.close()
-
-
-@pytest.fixture
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession() as session:
         yield session

@@ -10,15 +10,13 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
-from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any
+from collections.abc import AsyncIterator
 
 import genesis_registry as gr
 import pytest
 from genesis_registry.console import Console
 from support.browser import ENV_REQUIRE, Browser, Page, find_chromium
-from support.cli_process import Child, child_env
+from support.cli_process import Child, child_env, free_ports
 from support.echo import EchoServer, instance_for
 from support.etcd import instance
 
@@ -34,20 +32,6 @@ async def browser() -> AsyncIterator[Browser]:
         yield launched
     # The page raised nothing and logged nothing while it ran.
     assert launched.console_messages == []
-
-
-@pytest.fixture
-def start_console(etcd_endpoints: list[str], namespace: str) -> Iterator[Callable[..., Console]]:
-    started: list[Console] = []
-
-    def start(**kw: Any) -> Console:
-        console = Console(gr.EtcdConfig(endpoints=etcd_endpoints), namespace=namespace, port=0, **kw)
-        started.append(console)
-        return console.start()
-
-    yield start
-    for console in started:
-        console.close()
 
 
 COUNT_OF_GREETER = "document.querySelector('#services li[data-service=greeter] .count')?.textContent"
@@ -151,9 +135,7 @@ async def test_a_bad_token_is_refused(start_console, registry, browser):
 
 async def test_the_page_says_when_its_token_is_no_longer_accepted(etcd_endpoints, namespace, browser):
     """A console restarted with another token: the open page says so instead of spinning."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_ports(1)  # the same port for both consoles: below the ephemeral range, so it stays free
     config = gr.EtcdConfig(endpoints=etcd_endpoints)
     browser.expect_errors("status of 401", "ERR_CONNECTION_REFUSED", "/api/events")  # the restart and refusal
     page = await browser.new_page()

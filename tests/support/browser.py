@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import itertools
 import json
 import os
@@ -25,7 +26,7 @@ import signal
 import subprocess
 import tempfile
 import time
-from types import TracebackType
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -118,8 +119,14 @@ class Browser:
         self._expected_fragments: list[str] = []
 
     @classmethod
-    def launch(cls, timeout: float = 20.0) -> _Launch:
-        return _Launch(timeout)
+    @contextlib.asynccontextmanager
+    async def launch(cls, timeout: float = 20.0) -> AsyncIterator[Browser]:
+        """``async with Browser.launch() as browser``: started, then closed."""
+        browser = await cls._start(timeout)
+        try:
+            yield browser
+        finally:
+            await browser.close()
 
     @classmethod
     async def _start(cls, timeout: float) -> Browser:
@@ -278,21 +285,3 @@ class Browser:
                 await asyncio.to_thread(self._process.wait, 10)
         self._log.close()
         shutil.rmtree(self._profile, ignore_errors=True)
-
-
-class _Launch:
-    """``async with Browser.launch() as browser``."""
-
-    def __init__(self, timeout: float) -> None:
-        self._timeout = timeout
-        self._browser: Browser | None = None
-
-    async def __aenter__(self) -> Browser:
-        self._browser = await Browser._start(self._timeout)
-        return self._browser
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        if self._browser is not None:
-            await self._browser.close()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import pathlib
-import socket
 import sys
 from concurrent import futures
 
@@ -22,6 +21,7 @@ from genesis_registry.console.probe import SERVING_REPLY
 from genesis_registry.localetcd import EtcdServer
 
 from .browser import Browser
+from .cli_process import free_ports
 
 ZONES = ("eu-west-1a", "eu-west-1b", "eu-west-1c")
 #: service -> (instances, version, TTL)
@@ -45,12 +45,6 @@ def health_server(host: str = "127.0.0.1") -> tuple[grpc.Server, str]:
     port = server.add_insecure_port(f"{host}:0")
     server.start()
     return server, f"grpc://{host}:{port}"
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def shoot(folder: pathlib.Path) -> None:
@@ -96,7 +90,7 @@ async def shoot(folder: pathlib.Path) -> None:
                     id="greeter-4",
                     name="greeter",
                     version="1.0.0",
-                    endpoints=[f"grpc://127.0.0.1:{closed_port()}"],
+                    endpoints=[f"grpc://127.0.0.1:{free_ports(1)}"],  # nothing listens there
                     metadata={"zone": ZONES[0], "weight": "100", "build": "2026.11.19"},
                 ),
                 ttl=10,

@@ -14,27 +14,18 @@ from .signals import Interrupted
 if TYPE_CHECKING:
     from ..console import Console
 
-__all__ = ["cmd_console", "console_extra_missing", "load_console"]
-
-_EXTRA = "the console needs its extra: pip install 'genesis-registry[console]'"
-
-
-def console_extra_missing() -> str | None:
-    """Why the console cannot run here (its extra is not installed), or None."""
-    try:
-        import aiohttp  # noqa: F401
-    except ImportError:
-        return _EXTRA
-    return None
+__all__ = ["cmd_console", "load_console"]
 
 
 def load_console() -> type[Console]:
-    """:class:`genesis_registry.console.Console`, or :class:`CliError` naming the extra."""
-    missing = console_extra_missing()
-    if missing:
-        raise CliError(missing)
-    from ..console import Console
-
+    """:class:`genesis_registry.console.Console`, or :class:`CliError` naming the extra it
+    needs when aiohttp is not installed."""
+    try:
+        from ..console.runner import Console
+    except ImportError as exc:
+        if exc.name is None or not exc.name.startswith("aiohttp"):
+            raise
+        raise CliError("the console needs its extra: pip install 'genesis-registry[console]'") from None
     return Console
 
 

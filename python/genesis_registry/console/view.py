@@ -61,6 +61,8 @@ LEASES_FRESH_FOR = 3.0
 LEASE_LOOKUPS_PER_SECOND = 250
 
 Message = tuple[str, dict[str, Any]]
+#: A service's leases as read: when (``time.monotonic()``), by instance id, and the error if the read failed.
+_LeaseRead = tuple[float, dict[str, LeaseTime], str | None]
 
 
 def instance_doc(instance: ServiceInstance) -> dict[str, Any]:
@@ -166,8 +168,8 @@ class MeshView:
         self._last_seq = 0  # of the last change logged
         self._subscriptions: set[Subscription] = set()
         self._tasks: list[asyncio.Task[None]] = []
-        self._leases: dict[str, tuple[float, dict[str, LeaseTime], str | None]] = {}
-        self._lease_reads: dict[str, asyncio.Task[tuple[float, dict[str, LeaseTime], str | None]]] = {}
+        self._leases: dict[str, _LeaseRead] = {}
+        self._lease_reads: dict[str, asyncio.Task[_LeaseRead]] = {}
         self._etcd_error: str | None = None
         self._closed = False
         #: Set once a page subscribed; other threads may wait on it (the demo does).
@@ -238,7 +240,7 @@ class MeshView:
             "etcd_error": self._etcd_error,
         }
 
-    async def _lease_times(self, name: str, count: int) -> tuple[float, dict[str, LeaseTime], str | None]:
+    async def _lease_times(self, name: str, count: int) -> _LeaseRead:
         """The service's leases and when they were read (``time.monotonic()``), read again
         once that is older than the service's horizon: :data:`LEASES_FRESH_FOR` seconds, more
         for big services (a lookup per lease), so that pages watching a mesh do not load etcd
@@ -254,7 +256,7 @@ class MeshView:
             reading.add_done_callback(lambda _: self._lease_reads.pop(name, None))
         return await asyncio.shield(reading)
 
-    async def _read_leases(self, name: str) -> tuple[float, dict[str, LeaseTime], str | None]:
+    async def _read_leases(self, name: str) -> _LeaseRead:
         try:
             leases, error = await self.registry.lease_times(name), None
         except RegistryError as exc:
